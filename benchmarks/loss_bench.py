@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_loss import baseline_selhn_loss  # noqa: E402
+from baseline_loss import baseline_selhn_loss
 
-from selhn import SelHNLoss  # noqa: E402
+from selhn import SelHNLoss
 
 
 def make_inputs(regime: str, batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

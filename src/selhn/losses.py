@@ -184,12 +184,20 @@ def _forward(scores: Tensor, ids: Tensor | None, opts: _Options) -> tuple[Tensor
 
 
 def _dense_rows(
-    scores: Tensor, start: int, stop: int, ids: Tensor | None, margin: float, plan: _Plan, out: Tensor
+    scores: Tensor,
+    start: int,
+    stop: int,
+    ids: Tensor | None,
+    margin: float,
+    plan: _Plan,
+    out: Tensor,
 ) -> None:
     """Write rows ``start:stop`` of the mean-branch part of dL/dS into ``out`` (diagonal zero)."""
     block = scores[start:stop]
     pos = scores.diagonal()
-    torch.mul(block > (pos[start:stop] - margin)[:, None], plan.row_weight[start:stop, None], out=out)
+    torch.mul(
+        block > (pos[start:stop] - margin)[:, None], plan.row_weight[start:stop, None], out=out
+    )
     out.addcmul_(block > (pos - margin)[None, :], plan.col_weight[None, :])
     out.diagonal(offset=start).zero_()
     if ids is not None:
