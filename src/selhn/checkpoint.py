@@ -1,0 +1,99 @@
+"""A trained model as a directory: ``config.json`` + ``weights.pt`` + ``vocab.json``.
+
+Directories are written under a temporary name and renamed into place, so a crash never leaves a
+half-written checkpoint behind; ``point(link, target)`` swaps a symlink such as ``RUN/best``
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selhn.data.vocab import Vocabulary
+from selhn.models import RVSEPP
+
+FORMAT = 1
+CONFIG, WEIGHTS, VOCAB = "config.json", "weights.pt", "vocab.json"
+
+
+def save_model(
+    directory: str | Path,
+    model: RVSEPP,
+    vocab: Vocabulary,
+    meta: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model directory atomically.
+
+    Args:
+        meta: JSON-serialisable facts stored in config.json (training config, epoch, metrics).
+        extra: tensors or objects stored beside the weights as ``{name}.pt`` (trainer state).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        config = {"format": FORMAT, "architecture": "rvsepp", "model": model.config()}
+        (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
+        torch.save(model.state_dict(), tmp / WEIGHTS)
+        vocab.save(tmp / VOCAB)
+        for name, value in (extra or {}).items():
+            torch.save(value, tmp / f"{name}.pt")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {directory} a selhn model directory?")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if meta.get("architecture") != "rvsepp" or "model" not in meta:
+        raise ValueError(f"{path}: expected 'architecture': 'rvsepp' and a 'model' entry")
+    return meta
+
+
+def load_model(
+    directory: str | Path, device: torch.device | str = "cpu"
+) -> tuple[RVSEPP, Vocabulary, dict[str, Any]]:
+    """(model in eval mode, vocabulary, config.json contents) of a model directory."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    model = RVSEPP(**meta["model"])
+    state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    vocab = Vocabulary.load(directory / VOCAB)
+    if len(vocab) != model.sizes.vocab_size:
+        raise ValueError(
+            f"{directory / VOCAB}: {len(vocab)} words, but the model was built for "
+            f"{model.sizes.vocab_size}"
+        )
+    return model.to(device).eval(), vocab, meta
+
+
+def load_extra(directory: str | Path, name: str) -> Any:
+    return torch.load(Path(directory) / f"{name}.pt", map_location="cpu", weights_only=True)
+
+
+def point(link: str | Path, target: str | Path) -> None:
+    """Make ``link`` a symlink to ``target`` (relative), replacing any old link atomically."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)

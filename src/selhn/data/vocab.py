@@ -1,0 +1,84 @@
+"""Word-level tokeniser and a vocabulary stored as SCAN-compatible JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+PAD, START, END, UNK, MASK = "<pad>", "<start>", "<end>", "<unk>", "<mask>"
+SPECIALS = (PAD, START, END, UNK, MASK)
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words, with punctuation as separate tokens: "A dog's toy." -> a dog's toy ."""
+    return _TOKEN.findall(text.lower())
+
+
+class Vocabulary:
+    """Maps words to ids; unknown words map to ``<unk>``."""
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self.idx2word: list[str] = []
+        self.word2idx: dict[str, int] = {}
+        for word in words:
+            self.add(word)
+        missing = [w for w in (PAD, START, END, UNK) if w not in self.word2idx]
+        if missing:
+            raise ValueError(f"a vocabulary needs the special tokens {missing}")
+        if self.word2idx[PAD] != 0:
+            raise ValueError(f"{PAD} must have id 0, found {self.word2idx[PAD]}")
+        self.add(MASK)  # SCAN vocabularies predate the <mask> token of the augmentation
+
+    def add(self, word: str) -> None:
+        if word not in self.word2idx:
+            self.word2idx[word] = len(self.idx2word)
+            self.idx2word.append(word)
+
+    def __len__(self) -> int:
+        return len(self.idx2word)
+
+    def __call__(self, word: str) -> int:
+        return self.word2idx.get(word, self.word2idx[UNK])
+
+    def encode(self, caption: str) -> list[int]:
+        """``<start>`` + token ids + ``<end>``."""
+        return [self.word2idx[START], *map(self, tokenize(caption)), self.word2idx[END]]
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """Vocabulary of the words seen at least ``min_count`` times, most frequent first."""
+        counts = Counter(token for caption in captions for token in tokenize(caption))
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: -counts[w])
+        return cls([*SPECIALS, *(w for w in words if w not in SPECIALS)])
+
+    def save(self, path: str | Path) -> None:
+        data = {
+            "word2idx": self.word2idx,
+            "idx2word": {str(i): w for i, w in enumerate(self.idx2word)},
+            "idx": len(self),
+        }
+        Path(path).write_text(json.dumps(data, indent=0, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        """Load a vocabulary written by ``save`` or by SCAN (``word2idx``, ``idx2word``, ``idx``)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            word2idx = data["word2idx"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{path}: not a vocabulary JSON with a 'word2idx' mapping ({err})"
+            ) from err
+        order = sorted(word2idx.items(), key=lambda item: item[1])
+        if [i for _, i in order] != list(range(len(order))):
+            raise ValueError(f"{path}: 'word2idx' ids must be 0..{len(order) - 1} without gaps")
+        try:
+            return cls(word for word, _ in order)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err

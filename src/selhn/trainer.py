@@ -1,0 +1,261 @@
+"""The training loop: one epoch over the captions, dev evaluation, atomic checkpoints, resume.
+
+A run directory holds ``config.yaml`` (the resolved configuration), ``log.jsonl`` (one JSON record
+per logged step and per evaluation), ``checkpoints/epoch-NNN/`` model directories and the symlinks
+``last`` and ``best`` that point at them. Everything random is keyed by (seed, epoch), so a resumed
+run repeats the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from selhn.checkpoint import load_extra, load_model, point, save_model
+from selhn.config import Config, save_config
+from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
+from selhn.data.precomp import PrecompSplit, open_split
+from selhn.data.vocab import Vocabulary
+from selhn.evaluation import embedding_metrics
+from selhn.losses import AllNegativesLoss, HardestNegativeLoss, SelHNLoss
+from selhn.models import RVSEPP
+from selhn.retrieval import encode_split
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available")
+    return device
+
+
+def make_loss(name: str, margin: float, epsilon: float) -> SelHNLoss:
+    if name == "selhn":
+        return SelHNLoss(margin, epsilon)
+    if name == "hardest":
+        return HardestNegativeLoss(margin, vanishing_threshold=epsilon or 0.01)
+    if name == "all":
+        return AllNegativesLoss(margin, vanishing_threshold=epsilon or 0.01)
+    raise ValueError(f"loss.name must be selhn, hardest or all; got {name!r}")
+
+
+def grad_norm(module: nn.Module) -> Tensor:
+    """L2 norm of all gradients of ``module`` (0 if none)."""
+    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.zeros(())
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides the batch."""
+
+    model: RVSEPP
+    optimizer: torch.optim.Optimizer
+    loss_fn: SelHNLoss
+    grad_clip: float
+    mask_same_image: bool
+    autocast: Callable[[], Any]
+
+
+def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+    """One optimisation step; returns detached 0-d tensors to log (no host synchronisation)."""
+    model = ctx.model
+    with ctx.autocast():
+        img_emb, txt_emb = model(
+            batch.features, batch.feature_lengths, batch.tokens, batch.token_lengths
+        )
+    ids = batch.image_ids if ctx.mask_same_image else None
+    loss = ctx.loss_fn(img_emb, txt_emb, ids)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm_img, norm_txt = grad_norm(model.image_encoder), grad_norm(model.text_encoder)
+    if ctx.grad_clip > 0:  # one norm over all parameters, like clip_grad_norm_
+        total = torch.sqrt(norm_img**2 + norm_txt**2)
+        scale = torch.clamp(ctx.grad_clip / (total + 1e-6), max=1.0)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    ctx.optimizer.step()
+    return {
+        "loss": loss.detach(),
+        "grad_norm_image": norm_img,
+        "grad_norm_text": norm_txt,
+        **ctx.loss_fn.stats,
+    }
+
+
+def evaluate(
+    model: RVSEPP, split: PrecompSplit, vocab: Vocabulary, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device)
+    return embedding_metrics(img_emb, txt_emb, split.captions_per_image)
+
+
+class RunLog:
+    """Appends JSON records to ``log.jsonl``; on resume, drops records of unfinished epochs."""
+
+    def __init__(self, path: Path, keep_before_epoch: int | None = None) -> None:
+        self.path = path
+        if keep_before_epoch is not None and path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if json.loads(line)["epoch"] < keep_before_epoch
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _progress(loader: DataLoader, epoch: int, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+
+
+def _save_epoch(
+    run: Path,
+    model: RVSEPP,
+    vocab: Vocabulary,
+    meta: dict[str, Any],
+    trainer_state: dict[str, Any],
+    is_best: bool,
+) -> None:
+    """Write checkpoints/epoch-NNN, point ``last`` (and ``best`` if improved) at it, prune."""
+    directory = run / "checkpoints" / f"epoch-{meta['epoch']:03d}"
+    save_model(directory, model, vocab, meta, extra={"trainer_state": trainer_state})
+    if is_best:
+        point(run / "best", directory)
+    point(run / "last", directory)
+    keep = {(run / "last").resolve(), (run / "best").resolve()}
+    for old in (run / "checkpoints").glob("epoch-*"):
+        if old.resolve() not in keep:
+            shutil.rmtree(old)
+
+
+def train(
+    config: Config, data: str | Path, run: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train RVSE++ on a precomp data directory; return the best dev metrics and their epoch."""
+    data, run = Path(data), Path(run)
+    config.validate()
+    tc, lc = config.train, config.loss
+    device = resolve_device(tc.device)
+    if tc.amp == "bf16" and device.type != "cuda":
+        raise ValueError("train.amp=bf16 needs a CUDA device; use train.amp=none on the CPU")
+    train_split = open_split(data, "train")
+    dev_split = open_split(data, config.data.dev_split)
+
+    start_epoch, best_rsum, best_epoch = 0, -math.inf, -1
+    if resume:
+        last = run / "last"
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+        model, vocab, meta = load_model(last, device)
+        model.train()
+        start_epoch = meta["epoch"] + 1
+        trainer_state = load_extra(last, "trainer_state")
+        best_rsum, best_epoch = trainer_state["best_rsum"], trainer_state["best_epoch"]
+    else:
+        if (run / "last").exists():
+            raise FileExistsError(f"{run} already holds a run; pass --resume or another --out")
+        vocab = (
+            Vocabulary.load(config.data.vocab)
+            if config.data.vocab
+            else Vocabulary.build(train_split.captions, config.data.min_word_count)
+        )
+        torch.manual_seed(tc.seed)
+        sizes = vars(config.model)
+        model = RVSEPP(len(vocab), img_dim=train_split.feature_dim, **sizes).to(device)
+    if model.sizes.img_dim != train_split.feature_dim:
+        raise ValueError(
+            f"{train_split.features_path}: {train_split.feature_dim} channels per region, but "
+            f"the model expects {model.sizes.img_dim}"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(config, run / "config.yaml")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if resume:
+        optimizer.load_state_dict(trainer_state["optimizer"])
+    augmentation = Augmentation(config.data.region_drop, config.data.token_prob)
+    dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
+    log = RunLog(run / "log.jsonl", keep_before_epoch=start_epoch if resume else 0)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp == "bf16" else nullcontext
+    )
+    show_progress = progress and sys.stderr.isatty()
+    step = start_epoch * math.ceil(len(dataset) / tc.batch_size)
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            warmup = epoch < lc.warmup_epochs
+            ctx = StepContext(
+                model,
+                optimizer,
+                make_loss("all" if warmup else lc.name, lc.margin, lc.epsilon),
+                tc.grad_clip,
+                lc.mask_same_image,
+                autocast,
+            )
+            dataset.epoch = epoch
+            loader = DataLoader(
+                dataset,
+                tc.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch),
+                collate_fn=collate_pairs,
+                num_workers=config.data.num_workers,
+                drop_last=len(dataset) % tc.batch_size == 1,  # a lone pair has no negatives
+            )
+            model.train()
+            for batch in _progress(loader, epoch, show_progress):
+                values = train_step(batch.to(device), ctx)
+                if step % tc.log_every == 0:  # .item() synchronises with the device
+                    record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
+                    record |= {k: v.item() for k, v in values.items()}
+                    log.write(record)
+                step += 1
+            metrics = evaluate(model, dev_split, vocab, tc.eval_batch_size, device)
+            log.write({"type": "eval", "epoch": epoch, "split": dev_split.name, **metrics})
+            is_best = metrics["rsum"] > best_rsum
+            if is_best:
+                best_rsum, best_epoch = metrics["rsum"], epoch
+            meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
+            trainer_state = {
+                "optimizer": optimizer.state_dict(),
+                "best_rsum": best_rsum,
+                "best_epoch": best_epoch,
+            }
+            _save_epoch(run, model, vocab, meta, trainer_state, is_best)
+            print(
+                f"epoch {epoch + 1}/{tc.epochs}  dev rSum {metrics['rsum']:.1f}  "
+                f"(best {best_rsum:.1f} at epoch {best_epoch + 1})",
+                flush=True,
+            )
+    finally:
+        log.close()
+    return {"best_epoch": best_epoch, "best_rsum": best_rsum}
