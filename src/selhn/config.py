@@ -84,10 +84,14 @@ class Config:
     def update(self, values: dict[str, Any], source: str) -> None:
         """Set ``{section: {key: value}}``; unknown keys and wrong types raise naming the key."""
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+            raise ValueError(
+                f"{source}: expected a mapping of sections, got {type(values).__name__}"
+            )
         for section, entries in values.items():
             if section not in SECTIONS:
-                raise ValueError(f"{source}: unknown section {section!r}; expected one of {SECTIONS}")
+                raise ValueError(
+                    f"{source}: unknown section {section!r}; expected one of {SECTIONS}"
+                )
             if not isinstance(entries, dict):
                 raise ValueError(f"{source}: section {section!r} must be a mapping")
             for key, value in entries.items():

@@ -212,11 +212,11 @@ def train(
             lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            warmup = epoch < lc.warmup_epochs
+            objective = "all" if epoch < lc.warmup_epochs else lc.name
             ctx = StepContext(
                 model,
                 optimizer,
-                make_loss("all" if warmup else lc.name, lc.margin, lc.epsilon),
+                make_loss(objective, lc.margin, lc.epsilon),
                 tc.grad_clip,
                 lc.mask_same_image,
                 autocast,
@@ -236,6 +236,7 @@ def train(
                 values = train_step(batch.to(device), ctx)
                 if step % tc.log_every == 0:  # .item() synchronises with the device
                     record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
+                    record["objective"] = objective
                     record |= {k: v.item() for k, v in values.items()}
                     log.write(record)
                 step += 1

@@ -66,7 +66,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        """Load a vocabulary written by ``save`` or by SCAN (``word2idx``, ``idx2word``, ``idx``)."""
+        """Load a vocabulary written by ``save`` or by SCAN (``word2idx``, ``idx2word``)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

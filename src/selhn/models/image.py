@@ -33,8 +33,9 @@ class ResidualRegionEncoder(nn.Module):
 
     def forward(self, regions: Tensor, lengths: Tensor) -> Tensor:
         """(B, K, img_dim) regions, (B,) valid counts -> (B, embed_size) unit vectors."""
-        mask = length_mask(lengths, regions.shape[1])
-        valid = self.fc(regions[mask])  # (n_valid, D)
+        batch, slots, _ = regions.shape
+        where = length_mask(lengths, slots).flatten().nonzero().squeeze(1)  # valid (b, k) slots
+        valid = self.fc(regions.flatten(0, 1)[where])  # (n_valid, D)
         valid = valid + self.mlp(valid)
-        feats = valid.new_zeros(*mask.shape, valid.shape[-1]).masked_scatter(mask[..., None], valid)
-        return F.normalize(self.pool(feats, lengths), dim=-1)
+        feats = valid.new_zeros(batch * slots, valid.shape[1]).index_copy(0, where, valid)
+        return F.normalize(self.pool(feats.view(batch, slots, -1), lengths), dim=-1)

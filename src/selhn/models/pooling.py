@@ -6,7 +6,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from selhn.models.rnn import BiGRU
 
 
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -36,7 +37,7 @@ class GPO(nn.Module):
         super().__init__()
         self.pe_dim = pe_dim
         self.temperature = temperature
-        self.gru = nn.GRU(pe_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
+        self.gru = BiGRU(pe_dim, hidden)
         self.linear = nn.Linear(hidden, 1, bias=False)
 
     def weights(self, lengths: Tensor, max_len: int) -> Tensor:
@@ -44,10 +45,8 @@ class GPO(nn.Module):
         mask = length_mask(lengths, max_len)
         enc = positional_encoding(max_len, self.pe_dim).to(self.linear.weight)
         enc = enc.expand(len(lengths), -1, -1) * mask[..., None]
-        packed = pack_padded_sequence(enc, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=max_len)
-        half = out.shape[-1] // 2
-        scores = self.linear((out[..., :half] + out[..., half:]) / 2)  # (B, max_len, 1)
+        out = self.gru(enc, lengths)
+        scores = self.linear(out)  # (B, max_len, 1)
         scores = scores.masked_fill(~mask[..., None], -math.inf)
         return torch.softmax(scores / self.temperature, dim=1)
 

@@ -1,0 +1,119 @@
+"""Seconds per RVSE++ training step at the paper's defaults against a release-style step, and the
+share of the machine's matmul FLOP rate that the step reaches.
+
+The batch is synthetic but shaped like the release's: B = 128 pairs, 36 x 2048 regions of which
+each keeps ~80% after region dropout, captions of 8-19 tokens, a vocabulary of 8,500 words. The
+step is the trainer's own (`selhn.trainer.train_step`: forward, SelHN loss, backward, per-encoder
+gradient norms, clipping, AdamW). The baseline runs the same step on the same parameters, computed
+as the release computes it (`baseline_rvsepp.py`); the two alternate in one process. The FLOP
+count is that of the matrix products in the forward pass times three (forward + two backward
+products); the reference rate is a float32 matmul of the image projection's size, timed in the
+same process.
+
+Usage: python benchmarks/train_step.py [--batch 128] [--steps 5] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_rvsepp import ReleaseStyleLoss, ReleaseStyleRVSEPP
+
+from selhn import SelHNLoss
+from selhn.data.collate import Batch
+from selhn.models import RVSEPP
+from selhn.trainer import StepContext, train_step
+
+
+def make_batch(batch: int, regions: int, img_dim: int, vocab: int, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    kept = round(0.8 * regions)  # region dropout keeps 80% on average
+    feature_lengths = (kept + torch.randint(-3, 4, (batch,), generator=gen)).clamp(1, regions)
+    features = torch.rand(batch, int(feature_lengths.max()), img_dim, generator=gen)
+    token_lengths = torch.randint(8, 20, (batch,), generator=gen)
+    tokens = torch.randint(4, vocab, (batch, int(token_lengths.max())), generator=gen)
+    return Batch(features, feature_lengths, tokens, token_lengths, torch.arange(batch))
+
+
+def step_flops(model: RVSEPP, batch: Batch) -> float:
+    """Multiply-add FLOPs of the step's matrix products (forward x 3)."""
+    s = model.sizes
+    regions = int(batch.feature_lengths.sum())
+    tokens = int(batch.token_lengths.sum())
+    image = regions * (s.img_dim * s.embed_size + 2 * s.embed_size * s.mlp_hidden)
+    text = tokens * 2 * 3 * (s.word_dim + s.embed_size) * s.embed_size  # two GRU directions
+    scores = len(batch.token_lengths) ** 2 * s.embed_size
+    return 3 * 2 * (image + text + scores)
+
+
+def matmul_rate(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * inner * cols * repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--regions", type=int, default=36)
+    parser.add_argument("--img-dim", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=8500)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="print where the time goes")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = RVSEPP(args.vocab, img_dim=args.img_dim).train()
+    batch = make_batch(args.batch, args.regions, args.img_dim, args.vocab)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+    contexts = {
+        "selhn": StepContext(model, optimizer, SelHNLoss(), 2.0, False, nullcontext),
+        "release-style": StepContext(
+            ReleaseStyleRVSEPP(model), optimizer, ReleaseStyleLoss(), 2.0, False, nullcontext
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contexts}
+    for ctx in contexts.values():
+        train_step(batch, ctx)  # warm-up
+    for _ in range(args.steps):
+        for name, ctx in contexts.items():
+            start = time.perf_counter()
+            train_step(batch, ctx)
+            times[name].append(time.perf_counter() - start)
+    seconds = statistics.median(times["selhn"])
+    baseline = statistics.median(times["release-style"])
+    ctx = contexts["selhn"]
+    flops = step_flops(model, batch)
+    rate = matmul_rate(int(batch.feature_lengths.sum()), args.img_dim, 1024)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"B = {args.batch}, {int(batch.feature_lengths.sum())} regions, "
+        f"{int(batch.token_lengths.sum())} tokens, V = {args.vocab}"
+    )
+    print(
+        f"seconds per step (median of {args.steps}): "
+        f"selhn {seconds:.3f}, release-style {baseline:.3f}"
+    )
+    print(f"throughput ratio selhn / release-style: {baseline / seconds:.2f}x")
+    print(f"step matmul work: {flops / 1e9:.1f} GFLOP -> {flops / seconds / 1e9:.0f} GFLOP/s")
+    print(f"machine float32 matmul rate: {rate / 1e9:.0f} GFLOP/s")
+    print(f"share of the matmul rate reached: {flops / seconds / rate:.2f}")
+    if args.profile:
+        with torch.profiler.profile() as prof:
+            train_step(batch, ctx)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+
+from selhn.config import Config, load_config, save_config
+
+
+def test_defaults_are_the_release_recipe():
+    config = Config()
+    assert (config.train.lr, config.train.epochs, config.train.batch_size) == (5e-4, 30, 128)
+    assert (config.train.lr_decay_epoch, config.train.grad_clip) == (15, 2.0)
+    assert (config.loss.margin, config.loss.epsilon, config.loss.warmup_epochs) == (0.2, 0.01, 0)
+    assert (config.model.embed_size, config.model.word_dim) == (1024, 300)
+    assert (config.data.region_drop, config.data.token_prob) == (0.2, 0.2)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 1.0e-3\n  epochs: 4\nloss:\n  epsilon: .inf\n")
+    config = load_config(path, {"train.epochs": "7", "loss.mask_same_image": "true"})
+    assert config.train.lr == 1e-3 and config.train.epochs == 7
+    assert math.isinf(config.loss.epsilon) and config.loss.mask_same_image is True
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.lrate": 1}, r"unknown key 'train.lrate'; train has"),
+        ({"optim.lr": 1}, r"unknown key 'optim.lr'"),
+        ({"train.epochs": "many"}, r"train.epochs must be int; got 'many'"),
+        ({"train.epochs": "1.5"}, r"train.epochs must be int; got '1.5'"),
+        ({"loss.mask_same_image": "maybe"}, r"loss.mask_same_image must be bool"),
+        ({"loss.epsilon": -1}, r"loss.epsilon must be >= 0; got -1.0"),
+        ({"loss.name": "triplet"}, r"loss.name must be one of .*got 'triplet'"),
+        ({"train.batch_size": 1}, r"train.batch_size must be >= 2; got 1"),
+    ],
+)
+def test_bad_settings_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_file_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train: [1, 2]\n")
+    with pytest.raises(ValueError, match=r"run.yaml: section 'train' must be a mapping"):
+        load_config(path)
+    path.write_text("training:\n  lr: 1\n")
+    with pytest.raises(ValueError, match=r"run.yaml: unknown section 'training'"):
+        load_config(path)

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from selhn import SelHNLoss
+from selhn.checkpoint import load_model, save_model
+from selhn.data.vocab import Vocabulary
+from selhn.models import GPO, RVSEPP
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def small_model(vocab_size=50):
+    torch.manual_seed(0)
+    return RVSEPP(vocab_size, img_dim=20, embed_size=16, word_dim=8, mlp_hidden=12)
+
+
+def batch(gen, n=4, regions=6, tokens=7, img_dim=20, vocab=50):
+    features = torch.randn(n, regions, img_dim, generator=gen)
+    feature_lengths = torch.tensor([regions, 3, 1, 5][:n])
+    ids = torch.randint(1, vocab, (n, tokens), generator=gen)
+    token_lengths = torch.tensor([tokens, 2, 5, 4][:n])
+    return features, feature_lengths, ids, token_lengths
+
+
+def test_parameter_counts_match_the_release():
+    model = RVSEPP(vocab_size=8500)
+    assert count(model.image_encoder) == 3_162_016
+    assert count(model.text_encoder) == 10_709_648
+
+
+def test_embeddings_are_unit_vectors_of_the_joint_size():
+    model = small_model().eval()
+    img, txt = model(*batch(torch.Generator().manual_seed(0)))
+    assert img.shape == txt.shape == (4, 16)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(txt.norm(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_embedding_does_not_depend_on_batch_padding(mode):
+    model = small_model()
+    model.train(mode == "train")
+    features, feature_lengths, ids, token_lengths = batch(torch.Generator().manual_seed(1))
+    img, txt = model(features, feature_lengths, ids, token_lengths)
+    pad_regions = torch.cat([features, torch.randn(4, 5, 20)], dim=1)
+    pad_tokens = torch.cat([ids, torch.randint(1, 50, (4, 3))], dim=1)
+    img_padded, txt_padded = model(pad_regions, feature_lengths, pad_tokens, token_lengths)
+    torch.testing.assert_close(img_padded, img, rtol=0, atol=1e-6)
+    torch.testing.assert_close(txt_padded, txt, rtol=0, atol=1e-6)
+    if mode == "eval":  # alone, an item has no batch padding at all
+        alone = model.encode_images(features[1:2, :3], feature_lengths[1:2])
+        torch.testing.assert_close(alone[0], img[1], rtol=0, atol=1e-6)
+        alone = model.encode_texts(ids[1:2, :2], token_lengths[1:2])
+        torch.testing.assert_close(alone[0], txt[1], rtol=0, atol=1e-6)
+
+
+def test_gpo_is_a_weighted_sum_of_sorted_values():
+    torch.manual_seed(0)
+    pool = GPO()
+    features = torch.randn(2, 5, 3)
+    lengths = torch.tensor([5, 3])
+    pooled = pool(features, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        weights = pool.weights(torch.tensor([n]), n)[0, :, 0]
+        assert weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+        for channel in range(3):
+            ranked = sorted(features[b, :n, channel].tolist(), reverse=True)
+            expected = sum(w * v for w, v in zip(weights.tolist(), ranked, strict=True))
+            assert pooled[b, channel].item() == pytest.approx(expected, abs=1e-5)
+    weights = pool.weights(lengths, 5)
+    assert torch.equal(weights[1, 3:], torch.zeros(2, 1))
+
+
+def test_every_parameter_gets_a_finite_gradient():
+    model = small_model().train()
+    gen = torch.Generator().manual_seed(2)
+    img, txt = model(*batch(gen))
+    SelHNLoss(epsilon=1.0)(img, txt).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_model_directory_round_trip(tmp_path):
+    model = small_model(vocab_size=7).eval()
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "red", "cube"])
+    assert len(vocab) == 7  # <mask> is added
+    save_model(tmp_path / "m", model, vocab, meta={"epoch": 3})
+    loaded, loaded_vocab, meta = load_model(tmp_path / "m")
+    assert meta["epoch"] == 3 and meta["model"] == model.config()
+    assert loaded_vocab.idx2word == vocab.idx2word
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "vocab.json", "weights.pt",
+    ]  # fmt: skip
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    gen = torch.Generator().manual_seed(3)
+    features, feature_lengths, _, _ = batch(gen)
+    ids = torch.randint(1, 7, (4, 7), generator=gen)
+    token_lengths = torch.tensor([7, 2, 5, 4])
+    for a, b in zip(
+        model(features, feature_lengths, ids, token_lengths),
+        loaded(features, feature_lengths, ids, token_lengths),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+
+def test_loading_a_non_model_directory_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config.json: not found"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "other"}))
+    with pytest.raises(ValueError, match=r"config.json: expected 'architecture': 'rvsepp'"):
+        load_model(tmp_path)

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+from selhn.checkpoint import load_model
+from selhn.cli import main
+from selhn.config import load_config
+from selhn.data.precomp import open_split
+from selhn.data.synth import SynthConfig, generate
+from selhn.models import RVSEPP
+from selhn.trainer import evaluate, train
+
+TINY = {
+    "model.embed_size": 32,
+    "model.word_dim": 16,
+    "model.mlp_hidden": 16,
+    "train.batch_size": 16,
+    "train.lr": 2e-3,
+    "train.log_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(train=64, dev=20, test=20, regions=8, feature_dim=16, seed=1))
+    return root
+
+
+def records(run, kind):
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
+    config = load_config(None, {**TINY, "train.epochs": 4})
+    result = train(config, data, tmp_path / "run", progress=False)
+
+    _model, vocab, meta = load_model(tmp_path / "run" / "best")
+    assert meta["epoch"] == result["best_epoch"] and meta["config"] == config.to_dict()
+    torch.manual_seed(0)
+    untrained = RVSEPP(len(vocab), img_dim=16, embed_size=32, word_dim=16, mlp_hidden=16)
+    dev = open_split(data, "dev")
+    before = evaluate(untrained, dev, vocab, 64, torch.device("cpu"))["rsum"]
+    assert result["best_rsum"] > before + 50
+
+    steps = records(tmp_path / "run", "step")
+    assert len(steps) == 4 * 20  # 320 captions / 16 per batch, every step logged
+    for key in ("loss", "grad_norm_image", "grad_norm_text", "lr", "vanishing_i2t", "gap_t2i"):
+        assert all(isinstance(r[key], float) for r in steps), key
+    evals = records(tmp_path / "run", "eval")
+    assert [r["epoch"] for r in evals] == [0, 1, 2, 3]
+    assert max(r["rsum"] for r in evals) == result["best_rsum"]
+    assert (tmp_path / "run" / "last").resolve().name == "epoch-003"
+    kept = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    assert kept == {"epoch-003", f"epoch-{result['best_epoch']:03d}"}
+
+
+def test_resume_reproduces_the_uninterrupted_run(data, tmp_path):
+    whole = load_config(None, {**TINY, "train.epochs": 3, "train.lr_decay_epoch": 2})
+    train(whole, data, tmp_path / "whole", progress=False)
+    part = load_config(None, {**TINY, "train.epochs": 1, "train.lr_decay_epoch": 2})
+    train(part, data, tmp_path / "part", progress=False)
+    with open(tmp_path / "part" / "log.jsonl", "a") as log:  # a crash mid-epoch left this behind
+        log.write(json.dumps({"type": "step", "epoch": 1, "step": 99}) + "\n")
+    train(whole, data, tmp_path / "part", resume=True, progress=False)
+
+    assert records(tmp_path / "part", "eval") == records(tmp_path / "whole", "eval")
+    assert records(tmp_path / "part", "step") == records(tmp_path / "whole", "step")
+    a, _, _ = load_model(tmp_path / "whole" / "last")
+    b, _, _ = load_model(tmp_path / "part" / "last")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_warmup_uses_all_negatives_first(data, tmp_path):
+    config = load_config(None, {**TINY, "train.epochs": 2, "loss.name": "hardest"})
+    config.loss.warmup_epochs = 1
+    train(config, data, tmp_path / "run", progress=False)
+    objectives = {r["epoch"]: r["objective"] for r in records(tmp_path / "run", "step")}
+    assert objectives == {0: "all", 1: "hardest"}
+
+
+def test_an_existing_run_is_not_overwritten(data, tmp_path):
+    config = load_config(None, {**TINY, "train.epochs": 1})
+    train(config, data, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        train(config, data, tmp_path / "run", progress=False)
+
+
+def test_command_line_end_to_end(tmp_path, capsys):
+    data = tmp_path / "data"
+    args = ["--train", "48", "--dev", "10", "--test", "10", "--regions", "8", "--feature-dim", "12"]
+    assert main(["data", "synth", "--out", str(data), *args]) == 0
+    tiny = [f"--{k}={v}" for k, v in TINY.items()]
+    for run, seed in (("a", "0"), ("b", "1")):
+        argv = ["train", "--data", str(data), "--out", str(tmp_path / run), "--epochs", "1"]
+        assert main([*argv, "--seed", seed, "--no-progress", *tiny]) == 0
+    report = tmp_path / "metrics.json"
+    argv = ["eval", "--checkpoint", str(tmp_path / "a" / "best"), "--data", str(data)]
+    assert main([*argv, "--json", str(report), "--save-sims", str(tmp_path / "sims.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "image->text" in out and "rSum" in out
+    metrics = json.loads(report.read_text())["metrics"]
+    sims = torch.load(tmp_path / "sims.pt")
+    assert sims.shape == (10, 50)
+
+    ensemble = tmp_path / "ensemble.json"
+    argv += ["--ensemble", str(tmp_path / "b" / "best"), "--json", str(ensemble)]
+    assert main(argv) == 0
+    assert json.loads(ensemble.read_text())["checkpoints"][1].endswith("b/best")
+    assert json.loads(ensemble.read_text())["metrics"] != metrics
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "a" / "best"), "--data", "nowhere"]) == 2
+    assert "nowhere: data directory not found" in capsys.readouterr().err
