@@ -13,8 +13,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)" -e ".[test]"
 	touch $@
 
+DEMO_DATA := data/synth
+DEMO_RUN := runs/demo
+
+# Generates the synthetic data once, trains RVSE++ with SelHN (resuming a run that is already
+# there, never overwriting it) and prints the test recall table.
 demo: $(BIN)/.installed
-	$(BIN)/python examples/plug_and_play.py
+	@test -f $(DEMO_DATA)/test_caps.txt || $(BIN)/selhn data synth --out $(DEMO_DATA)
+	@if [ -e $(DEMO_RUN)/last ]; then resume=--resume; else resume="--config configs/demo.yaml"; fi; \
+	$(BIN)/selhn train --data $(DEMO_DATA) --out $(DEMO_RUN) $$resume
+	$(BIN)/selhn eval --checkpoint $(DEMO_RUN)/best --data $(DEMO_DATA) --split test
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -23,6 +31,7 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/loss_bench.py
+	$(BIN)/python benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -106,6 +106,7 @@ def test_chunked_ranking_equals_one_chunk(monkeypatch):
     whole = embedding_metrics(img, txt, caption_to_image=index)
     whole_sims = retrieval_metrics(img @ txt.T, caption_to_image=index)
     monkeypatch.setattr(evaluation, "_CHUNK_ELEMENTS", 40)  # 2 image rows per chunk
+    monkeypatch.setattr(evaluation, "_TILE_ELEMENTS", 60)  # 3 image rows per tile
     assert embedding_metrics(img, txt, caption_to_image=index) == whole
     assert retrieval_metrics(img @ txt.T, caption_to_image=index) == whole_sims
 

@@ -116,3 +116,27 @@ def test_loading_a_non_model_directory_says_what_is_wrong(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "other"}))
     with pytest.raises(ValueError, match=r"config.json: expected 'architecture': 'rvsepp'"):
         load_model(tmp_path)
+
+
+def test_unrolled_bigru_equals_the_packed_cudnn_style_gru():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from selhn.models.rnn import BiGRU
+
+    torch.manual_seed(0)
+    rnn = BiGRU(5, 4).double()
+    inputs = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 6, 1])
+    ours = rnn(inputs, lengths)
+    packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = pad_packed_sequence(rnn.gru(packed)[0], batch_first=True)
+    ref = (ref[..., :4] + ref[..., 4:]) / 2
+    torch.testing.assert_close(ours, ref)
+    weights = torch.randn_like(ref)
+    params = [inputs, *rnn.parameters()]
+    for a, b in zip(
+        torch.autograd.grad((ours * weights).sum(), params),
+        torch.autograd.grad((ref * weights).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)

@@ -114,3 +114,23 @@ def test_command_line_end_to_end(tmp_path, capsys):
 
     assert main(["eval", "--checkpoint", str(tmp_path / "a" / "best"), "--data", "nowhere"]) == 2
     assert "nowhere: data directory not found" in capsys.readouterr().err
+
+    model_args = ["--checkpoint", str(tmp_path / "a" / "best"), "--data", str(data)]
+    assert main(["encode", *model_args, "--out", str(tmp_path / "emb.pt")]) == 0
+    saved = torch.load(tmp_path / "emb.pt")
+    assert saved["images"].shape == (10, 32) and saved["captions"].shape == (50, 32)
+    torch.testing.assert_close(saved["images"] @ saved["captions"].T, sims)
+    capsys.readouterr()
+    query = open_split(data, "test").captions[7]
+    assert main(["search", *model_args, "--query", query, "--k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    best_images = (sims[:, 7]).argsort(descending=True)[:3].tolist()
+    assert [h["image"] for h in hits] == best_images
+    argv = ["search", *model_args, "--image-index", "2", "--k", "50", "--json"]
+    assert main([*argv, "--embeddings", str(tmp_path / "emb.pt"), "--backend", "faiss"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["caption_index"] for h in hits] == sims[2].argsort(descending=True).tolist()
+    assert sum(h["match"] for h in hits) == 5
+    assert main(["search", *model_args, "--image-index", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("image -> text: image 2 of test") and out.count("(ground truth)") <= 5

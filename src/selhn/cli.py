@@ -1,4 +1,4 @@
-"""The ``selhn`` command: data, train, eval. The only module that reads argv."""
+"""The ``selhn`` command: data, train, eval, encode, search. The only module that reads argv."""
 
 from __future__ import annotations
 
@@ -117,6 +117,93 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 
+def _encoded_split(args: argparse.Namespace):
+    """(model, vocab, split, image embeddings, caption embeddings) of ``--checkpoint``."""
+    from selhn.checkpoint import load_model
+    from selhn.data.precomp import open_split
+    from selhn.retrieval import encode_split
+    from selhn.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model, vocab, _ = load_model(args.checkpoint, device)
+    split = open_split(args.data, args.split)
+    if getattr(args, "embeddings", None):
+        saved = torch.load(args.embeddings, weights_only=True)
+        img_emb, txt_emb = saved["images"], saved["captions"]
+        if img_emb.shape[0] != split.num_images or txt_emb.shape[0] != len(split.captions):
+            raise ValueError(
+                f"{args.embeddings}: {img_emb.shape[0]} images and {txt_emb.shape[0]} captions, "
+                f"but split {split.name} has {split.num_images} and {len(split.captions)}"
+            )
+    else:
+        img_emb, txt_emb = encode_split(model, split, vocab, args.batch_size, device)
+    return model, vocab, split, img_emb, txt_emb
+
+
+def _cmd_encode(args: argparse.Namespace) -> None:
+    _, _, split, img_emb, txt_emb = _encoded_split(args)
+    torch.save(
+        {
+            "images": img_emb,
+            "captions": txt_emb,
+            "caption_to_image": torch.from_numpy(split.caption_to_image()),
+            "split": split.name,
+            "checkpoint": str(args.checkpoint),
+        },
+        args.out,
+    )
+    print(f"wrote {args.out}: {tuple(img_emb.shape)} images, {tuple(txt_emb.shape)} captions")
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from selhn.data.collate import pad_tokens
+    from selhn.retrieval import top_k
+
+    model, vocab, split, img_emb, txt_emb = _encoded_split(args)
+    owner = split.caption_to_image()
+    if args.query is not None:
+        tokens, lengths = pad_tokens([vocab.encode(args.query)])
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            query = model.encode_texts(tokens.to(device), lengths.to(device)).cpu()
+        scores, indices = top_k(query, img_emb, args.k, args.backend)
+        hits = [
+            {"image": i, "score": s, "caption": split.captions[int((owner == i).argmax())]}
+            for i, s in zip(indices[0].tolist(), scores[0].tolist(), strict=True)
+        ]
+        header = f"text -> image: {args.query!r}"
+    else:
+        if not 0 <= args.image_index < split.num_images:
+            raise ValueError(
+                f"--image-index must be in [0, {split.num_images}); got {args.image_index}"
+            )
+        scores, indices = top_k(
+            img_emb[args.image_index : args.image_index + 1], txt_emb, args.k, args.backend
+        )
+        hits = [
+            {
+                "caption_index": j,
+                "score": s,
+                "caption": split.captions[j],
+                "match": bool(owner[j] == args.image_index),
+            }
+            for j, s in zip(indices[0].tolist(), scores[0].tolist(), strict=True)
+        ]
+        header = f"image -> text: image {args.image_index} of {split.name}"
+    if args.json:
+        print(
+            json.dumps(
+                {"query": args.query, "image_index": args.image_index, "hits": hits}, indent=2
+            )
+        )
+        return
+    print(header)
+    for rank, hit in enumerate(hits, start=1):
+        where = f"image {hit['image']}" if "image" in hit else f"caption {hit['caption_index']}"
+        mark = " (ground truth)" if hit.get("match") else ""
+        print(f"{rank:3d}. {hit['score']:.3f}  {where}: {hit['caption']}{mark}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selhn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write the metrics as JSON")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--device", default="auto")
+    enc = commands.add_parser("encode", help="save the image and caption embeddings of a split")
+    search = commands.add_parser("search", help="top-k text->image or image->text search")
+    for sub in (enc, search):
+        sub.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
+        sub.add_argument("--data", required=True, help="precomp data directory")
+        sub.add_argument("--split", default="test")
+        sub.add_argument("--batch-size", type=int, default=256)
+        sub.add_argument("--device", default="auto")
+    enc.add_argument("--out", required=True, help="output file (torch.save of a dict)")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="a caption: find the images it describes")
+    query.add_argument("--image-index", type=int, help="an image of the split: find its captions")
+    search.add_argument("--k", type=int, default=5, help="results to show")
+    search.add_argument("--embeddings", help="a file from selhn encode, instead of encoding")
+    search.add_argument("--backend", choices=("torch", "faiss"), default="torch")
+    search.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -174,8 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_synth(args)
         elif args.command == "train":
             _cmd_train(args, extra)
-        else:
+        elif args.command == "eval":
             _cmd_eval(args)
+        elif args.command == "encode":
+            _cmd_encode(args)
+        else:
+            _cmd_search(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"selhn {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -39,3 +39,42 @@ def encode_split(
     finally:
         model.train(was_training)
     return torch.cat(img_emb), torch.cat(txt_emb)
+
+
+def top_k(
+    queries: Tensor, gallery: Tensor, k: int, backend: str = "torch", chunk: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """Exact inner-product search: (Q, k) scores and gallery indices, best first.
+
+    Args:
+        queries: (Q, D) query embeddings.
+        gallery: (N, D) embeddings searched.
+        k: results per query (at most N).
+        backend: "torch" (chunked matmul + topk) or "faiss" (an exact flat inner-product index,
+            from the ``faiss`` extra).
+    """
+    if queries.dim() != 2 or gallery.dim() != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"queries and gallery must be (Q, D) and (N, D); got {tuple(queries.shape)}, "
+            f"{tuple(gallery.shape)}"
+        )
+    if not 1 <= k <= gallery.shape[0]:
+        raise ValueError(f"k must be in [1, {gallery.shape[0]}] (the gallery size); got {k}")
+    if backend == "faiss":
+        try:
+            import faiss
+        except ImportError as err:
+            raise ValueError(
+                "backend='faiss' needs the faiss extra: pip install 'selhn[faiss]'"
+            ) from err
+        index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(gallery.detach().float().cpu().contiguous().numpy())
+        scores, indices = index.search(queries.detach().float().cpu().contiguous().numpy(), k)
+        return torch.from_numpy(scores), torch.from_numpy(indices).long()
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'faiss'; got {backend!r}")
+    results = [
+        (queries[start : start + chunk] @ gallery.T).topk(k, dim=1)
+        for start in range(0, queries.shape[0], chunk)
+    ]
+    return torch.cat([r.values for r in results]), torch.cat([r.indices for r in results])
