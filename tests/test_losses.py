@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from baseline_loss import baseline_selhn_loss
 
-from selhn import STAT_NAMES, AllNegativesLoss, HardestNegativeLoss, SelHNLoss
+from selhn import STAT_NAMES, AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
 from selhn import losses as losses_module
 
 EPSILONS = [0.0, 0.01, 0.05, math.inf]
@@ -274,3 +274,39 @@ def test_bad_hyperparameters_are_rejected():
         SelHNLoss(margin=-0.1)
     with pytest.raises(ValueError, match="epsilon must be >= 0"):
         SelHNLoss(epsilon=-1)
+
+
+def reference_infonce(scores, temperature, ids=None):
+    batch = scores.shape[0]
+    total = 0.0
+    for direction in (scores, scores.T):
+        for i in range(batch):
+            keep = [j for j in range(batch) if j == i or ids is None or ids[j] != ids[i]]
+            logits = direction[i, keep] / temperature
+            total = total - (logits[keep.index(i)] - torch.logsumexp(logits, dim=0))
+    return total / (2 * batch)
+
+
+@pytest.mark.parametrize("ids", [None, [0, 1, 1, 2, 3, 3, 3, 4]])
+def test_infonce_matches_reference(ids):
+    img, txt = random_pairs("random", seed=11)
+    loss = InfoNCELoss(temperature=0.1).double()
+    temperature = 1 / loss.logit_scale.detach().exp()  # 0.1 up to float32 rounding
+    ids_tensor = None if ids is None else torch.tensor(ids)
+    assert_same(
+        lambda a, b: loss(a, b, ids_tensor),
+        lambda a, b: reference_infonce(a @ b.T, temperature, ids),
+        img,
+        txt,
+    )
+    value = loss(img, txt)
+    value.backward()
+    assert loss.logit_scale.grad is not None and loss.logit_scale.grad != 0
+    assert loss.stats["temperature"].item() == pytest.approx(0.1)
+
+
+def test_infonce_fixed_temperature_is_a_buffer():
+    loss = InfoNCELoss(temperature=0.05, learnable=False)
+    assert list(loss.parameters()) == [] and "logit_scale" in loss.state_dict()
+    with pytest.raises(ValueError, match="temperature must be a positive number, got 0"):
+        InfoNCELoss(temperature=0)

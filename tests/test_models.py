@@ -114,7 +114,9 @@ def test_loading_a_non_model_directory_says_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config.json: not found"):
         load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "other"}))
-    with pytest.raises(ValueError, match=r"config.json: expected 'architecture': 'rvsepp'"):
+    with pytest.raises(
+        ValueError, match=r"config.json: expected an 'architecture' name and a 'model'"
+    ):
         load_model(tmp_path)
 
 
@@ -140,3 +142,30 @@ def test_unrolled_bigru_equals_the_packed_cudnn_style_gru():
         strict=True,
     ):
         torch.testing.assert_close(a, b)
+
+
+def test_vsepp_architecture_and_registry(tmp_path):
+    from selhn.models import VSEPP, build_model
+
+    torch.manual_seed(0)
+    model = build_model("vsepp", vocab_size=50, img_dim=20, embed_size=16, word_dim=8)
+    assert isinstance(model, VSEPP)
+    features, feature_lengths, ids, token_lengths = batch(torch.Generator().manual_seed(4))
+    img, txt = model(features, feature_lengths, ids, token_lengths)
+    # mean of the projected valid regions; the GRU state after each caption's last token
+    want = model.image_encoder.fc(features[1, :3]).mean(dim=0)
+    torch.testing.assert_close(img[1], want / want.norm())
+    _, last = model.text_encoder.rnn(model.text_encoder.embed(ids[1:2, :2]))
+    torch.testing.assert_close(txt[1], last[0, 0] / last[0, 0].norm())
+    SelHNLoss(epsilon=1.0)(img, txt).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+    vocab = Vocabulary.build(["a b c"] * 1)
+    small = build_model("vsepp", vocab_size=len(vocab), img_dim=20, embed_size=16, word_dim=8)
+    save_model(tmp_path / "v", small, vocab)
+    loaded, _, meta = load_model(tmp_path / "v")
+    assert isinstance(loaded, VSEPP) and meta["architecture"] == "vsepp"
+    with pytest.raises(ValueError, match=r"unknown architecture 'vit'"):
+        build_model("vit", vocab_size=5)
+    with pytest.raises(ValueError, match=r"architecture 'vsepp' takes no \['mlp_hidden'\]"):
+        build_model("vsepp", vocab_size=5, mlp_hidden=3)

@@ -57,10 +57,16 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     assert kept == {"epoch-003", f"epoch-{result['best_epoch']:03d}"}
 
 
-def test_resume_reproduces_the_uninterrupted_run(data, tmp_path):
-    whole = load_config(None, {**TINY, "train.epochs": 3, "train.lr_decay_epoch": 2})
+@pytest.mark.parametrize(
+    "setup",
+    [{}, {"loss.name": "infonce", "model.architecture": "vsepp", "model.mlp_hidden": 512}],
+    ids=["rvsepp-selhn", "vsepp-infonce"],
+)
+def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
+    settings = {**TINY, **setup, "train.lr_decay_epoch": 2}
+    whole = load_config(None, {**settings, "train.epochs": 3})
     train(whole, data, tmp_path / "whole", progress=False)
-    part = load_config(None, {**TINY, "train.epochs": 1, "train.lr_decay_epoch": 2})
+    part = load_config(None, {**settings, "train.epochs": 1})
     train(part, data, tmp_path / "part", progress=False)
     with open(tmp_path / "part" / "log.jsonl", "a") as log:  # a crash mid-epoch left this behind
         log.write(json.dumps({"type": "step", "epoch": 1, "step": 99}) + "\n")
@@ -134,3 +140,11 @@ def test_command_line_end_to_end(tmp_path, capsys):
     assert main(["search", *model_args, "--image-index", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("image -> text: image 2 of test") and out.count("(ground truth)") <= 5
+
+
+def test_a_size_the_architecture_does_not_use_is_an_error(data, tmp_path):
+    config = load_config(None, {**TINY, "model.architecture": "vsepp"})
+    with pytest.raises(
+        ValueError, match=r"model.mlp_hidden does not apply to model.architecture=vsepp"
+    ):
+        train(config, data, tmp_path / "run", progress=False)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from selhn.data.vocab import Vocabulary
-from selhn.models import RVSEPP
+from selhn.models import build_model
 
 FORMAT = 1
 CONFIG, WEIGHTS, VOCAB = "config.json", "weights.pt", "vocab.json"
@@ -25,7 +26,7 @@ CONFIG, WEIGHTS, VOCAB = "config.json", "weights.pt", "vocab.json"
 
 def save_model(
     directory: str | Path,
-    model: RVSEPP,
+    model: nn.Module,
     vocab: Vocabulary,
     meta: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -40,7 +41,7 @@ def save_model(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        config = {"format": FORMAT, "architecture": "rvsepp", "model": model.config()}
+        config = {"format": FORMAT, "architecture": model.architecture, "model": model.config()}
         (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
         torch.save(model.state_dict(), tmp / WEIGHTS)
         vocab.save(tmp / VOCAB)
@@ -63,18 +64,21 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if meta.get("architecture") != "rvsepp" or "model" not in meta:
-        raise ValueError(f"{path}: expected 'architecture': 'rvsepp' and a 'model' entry")
+    if not isinstance(meta.get("architecture"), str) or not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{path}: expected an 'architecture' name and a 'model' mapping")
     return meta
 
 
 def load_model(
     directory: str | Path, device: torch.device | str = "cpu"
-) -> tuple[RVSEPP, Vocabulary, dict[str, Any]]:
+) -> tuple[nn.Module, Vocabulary, dict[str, Any]]:
     """(model in eval mode, vocabulary, config.json contents) of a model directory."""
     directory = Path(directory)
     meta = read_meta(directory)
-    model = RVSEPP(**meta["model"])
+    try:
+        model = build_model(meta["architecture"], **meta["model"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{directory / CONFIG}: {err}") from err
     state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     vocab = Vocabulary.load(directory / VOCAB)

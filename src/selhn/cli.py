@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from selhn.config import LOSSES, load_config
+from selhn.models import ARCHITECTURES
 
 
 def _overrides(extra: list[str]) -> dict[str, str]:
@@ -56,6 +57,7 @@ TRAIN_SHORTCUTS = {
     "device": "train.device",
     "amp": "train.amp",
     "loss": "loss.name",
+    "architecture": "model.architecture",
     "epsilon": "loss.epsilon",
     "warmup_epochs": "loss.warmup_epochs",
 }
@@ -234,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast (CUDA)")
     train.add_argument("--loss", choices=LOSSES)
+    train.add_argument("--architecture", choices=sorted(ARCHITECTURES))
     train.add_argument("--epsilon", type=float, help="SelHN gap threshold")
     train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -12,16 +12,17 @@ from typing import Any
 
 import yaml
 
-LOSSES = ("selhn", "hardest", "all")
+LOSSES = ("selhn", "hardest", "all", "infonce")
 
 
 @dataclass
 class ModelConfig:
-    """RVSE++ sizes (the region feature size and the vocabulary size come from the data)."""
+    """Architecture and sizes (region feature size and vocabulary size come from the data)."""
 
+    architecture: str = "rvsepp"  # rvsepp | vsepp (mean-pooled regions, GRU last state)
     embed_size: int = 1024  # joint embedding dimension
     word_dim: int = 300  # word embedding dimension
-    mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP
+    mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP (rvsepp)
 
 
 @dataclass
@@ -40,9 +41,10 @@ class DataConfig:
 class LossConfig:
     """Triplet loss (METHOD.md section 3)."""
 
-    name: str = "selhn"  # selhn | hardest | all
-    margin: float = 0.2
+    name: str = "selhn"  # selhn | hardest | all | infonce
+    margin: float = 0.2  # triplet margin
     epsilon: float = 0.01  # SelHN gap threshold
+    temperature: float = 0.07  # infonce: initial temperature (learned)
     warmup_epochs: int = 0  # epochs of the all-negatives loss first (VSE-infinity uses 1)
     mask_same_image: bool = False  # captions of one image in a batch are not negatives
 
@@ -116,6 +118,7 @@ class Config:
             (self.loss.margin >= 0, "loss.margin", ">= 0"),
             (self.loss.epsilon >= 0, "loss.epsilon", ">= 0"),
             (self.loss.warmup_epochs >= 0, "loss.warmup_epochs", ">= 0"),
+            (self.loss.temperature > 0, "loss.temperature", "> 0"),
             (self.train.epochs >= 1, "train.epochs", ">= 1"),
             (self.train.batch_size >= 2, "train.batch_size", ">= 2"),
             (self.train.lr > 0, "train.lr", "> 0"),
@@ -127,7 +130,9 @@ class Config:
             (0 <= self.data.token_prob <= 1, "data.token_prob", "in [0, 1]"),
             (self.data.min_word_count >= 1, "data.min_word_count", ">= 1"),
             (self.data.num_workers >= 0, "data.num_workers", ">= 0"),
-            (min(dataclasses.astuple(self.model)) >= 1, "model sizes", ">= 1"),
+            (self.model.embed_size >= 1, "model.embed_size", ">= 1"),
+            (self.model.word_dim >= 1, "model.word_dim", ">= 1"),
+            (self.model.mlp_hidden >= 1, "model.mlp_hidden", ">= 1"),
         ]
         for ok, key, expected in checks:
             if not ok:

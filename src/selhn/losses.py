@@ -1,4 +1,4 @@
-"""Triplet losses for image-text matching: SelHN, hardest negative (VSE++) and all negatives (VSE0).
+"""Losses for image-text matching: SelHN, hardest negative (VSE++), all negatives (VSE0), InfoNCE.
 
 All three share one implementation and differ only in ``epsilon``, the gap below which an anchor
 falls back from its hardest hinge to the mean of its hinges (METHOD.md section 3):
@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Rows of the score matrix handled at once: 1M elements (4 MB in float32) per temporary, so that
@@ -406,3 +407,56 @@ class AllNegativesLoss(SelHNLoss):
 
     def __init__(self, margin: float = 0.2, vanishing_threshold: float = 0.01) -> None:
         super().__init__(margin, math.inf, vanishing_threshold)
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric contrastive loss with a learnable temperature, as in CLIP.
+
+    ``logits = exp(logit_scale) * scores``; the loss is the mean of the image->text and
+    text->image cross-entropies with the diagonal as targets. ``logit_scale`` starts at
+    log(1 / temperature) and is clamped to at most log(100) when used, as CLIP does.
+
+    Args:
+        temperature: initial temperature.
+        learnable: whether ``logit_scale`` is a trainable parameter (the optimiser must see it).
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = True) -> None:
+        super().__init__()
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        scale = torch.tensor(math.log(1 / temperature))
+        if learnable:
+            self.logit_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("logit_scale", scale)
+        self.stats: dict[str, Tensor] = {}
+
+    def forward(self, img_emb: Tensor, txt_emb: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Loss of (B, D) embeddings whose row i match; ``ids`` as in ``SelHNLoss``."""
+        if img_emb.dim() != 2 or txt_emb.dim() != 2 or img_emb.shape != txt_emb.shape:
+            raise ValueError(
+                "img_emb and txt_emb must both be (B, D) with the same shape; "
+                f"got {tuple(img_emb.shape)} and {tuple(txt_emb.shape)}"
+            )
+        return self.from_scores(_float(img_emb) @ _float(txt_emb).T, ids)
+
+    def from_scores(self, scores: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Loss of a (B, B) score matrix whose diagonal holds the matching pairs."""
+        if scores.dim() != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2:
+            raise ValueError(
+                f"scores must be a square (B, B) matrix with B >= 2; got {tuple(scores.shape)}"
+            )
+        _check_finite("scores", scores)
+        ids = _check_ids(ids, scores.shape[0], scores.device)
+        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        logits = scale * _float(scores)
+        if ids is not None:  # other pairs of the same id are neither targets nor negatives
+            same = (ids[:, None] == ids[None, :]) & ~torch.eye(
+                len(ids), dtype=torch.bool, device=ids.device
+            )
+            logits = logits.masked_fill(same, -math.inf)
+        target = torch.arange(scores.shape[0], device=scores.device)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        self.stats = {"temperature": (1 / scale).detach()}
+        return loss

@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from selhn.checkpoint import load_extra, load_model, point, save_model
-from selhn.config import Config, save_config
+from selhn.config import Config, ModelConfig, save_config
 from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
 from selhn.data.precomp import PrecompSplit, open_split
 from selhn.data.vocab import Vocabulary
 from selhn.evaluation import embedding_metrics
-from selhn.losses import AllNegativesLoss, HardestNegativeLoss, SelHNLoss
-from selhn.models import RVSEPP
+from selhn.losses import AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
+from selhn.models import build_model
+from selhn.models.registry import model_sizes
 from selhn.retrieval import encode_split
 
 
@@ -42,14 +43,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_loss(name: str, margin: float, epsilon: float) -> SelHNLoss:
+def make_loss(
+    name: str, margin: float = 0.2, epsilon: float = 0.01, temperature: float = 0.07
+) -> nn.Module:
+    """The loss named by ``loss.name``; the triplet losses measure vanishing at ``epsilon``."""
+    threshold = epsilon if 0 < epsilon < math.inf else 0.01
     if name == "selhn":
         return SelHNLoss(margin, epsilon)
     if name == "hardest":
-        return HardestNegativeLoss(margin, vanishing_threshold=epsilon or 0.01)
+        return HardestNegativeLoss(margin, vanishing_threshold=threshold)
     if name == "all":
-        return AllNegativesLoss(margin, vanishing_threshold=epsilon or 0.01)
-    raise ValueError(f"loss.name must be selhn, hardest or all; got {name!r}")
+        return AllNegativesLoss(margin, vanishing_threshold=threshold)
+    if name == "infonce":
+        return InfoNCELoss(temperature)
+    raise ValueError(f"loss.name must be selhn, hardest, all or infonce; got {name!r}")
+
+
+def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> nn.Module:
+    """The configured architecture; a size it does not use must be left at its default."""
+    takes = model_sizes(config.architecture)
+    sizes = {}
+    for key, value in vars(config).items():
+        if key == "architecture":
+            continue
+        if key in takes:
+            sizes[key] = value
+        elif value != getattr(ModelConfig, key):
+            raise ValueError(
+                f"model.{key} does not apply to model.architecture={config.architecture}"
+            )
+    return build_model(config.architecture, vocab_size=vocab_size, img_dim=img_dim, **sizes)
 
 
 def grad_norm(module: nn.Module) -> Tensor:
@@ -62,9 +85,9 @@ def grad_norm(module: nn.Module) -> Tensor:
 class StepContext:
     """What a training step needs besides the batch."""
 
-    model: RVSEPP
+    model: nn.Module
     optimizer: torch.optim.Optimizer
-    loss_fn: SelHNLoss
+    loss_fn: nn.Module
     grad_clip: float
     mask_same_image: bool
     autocast: Callable[[], Any]
@@ -98,7 +121,7 @@ def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
 
 
 def evaluate(
-    model: RVSEPP, split: PrecompSplit, vocab: Vocabulary, batch_size: int, device: torch.device
+    model: nn.Module, split: PrecompSplit, vocab: Vocabulary, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device)
     return embedding_metrics(img_emb, txt_emb, split.captions_per_image)
@@ -136,7 +159,7 @@ def _progress(loader: DataLoader, epoch: int, enabled: bool):
 
 def _save_epoch(
     run: Path,
-    model: RVSEPP,
+    model: nn.Module,
     vocab: Vocabulary,
     meta: dict[str, Any],
     trainer_state: dict[str, Any],
@@ -186,8 +209,7 @@ def train(
             else Vocabulary.build(train_split.captions, config.data.min_word_count)
         )
         torch.manual_seed(tc.seed)
-        sizes = vars(config.model)
-        model = RVSEPP(len(vocab), img_dim=train_split.feature_dim, **sizes).to(device)
+        model = make_model(config.model, len(vocab), train_split.feature_dim).to(device)
     if model.sizes.img_dim != train_split.feature_dim:
         raise ValueError(
             f"{train_split.features_path}: {train_split.feature_dim} channels per region, but "
@@ -196,9 +218,15 @@ def train(
     run.mkdir(parents=True, exist_ok=True)
     save_config(config, run / "config.yaml")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    loss_fn = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature).to(device)
+    warmup_loss = make_loss("all", lc.margin, lc.epsilon)
+    param_groups = [{"params": list(model.parameters())}]
+    if list(loss_fn.parameters()):  # InfoNCE's temperature: learned, without weight decay
+        param_groups.append({"params": list(loss_fn.parameters()), "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
     if resume:
         optimizer.load_state_dict(trainer_state["optimizer"])
+        loss_fn.load_state_dict(trainer_state["loss"])
     augmentation = Augmentation(config.data.region_drop, config.data.token_prob)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     log = RunLog(run / "log.jsonl", keep_before_epoch=start_epoch if resume else 0)
@@ -212,11 +240,12 @@ def train(
             lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            objective = "all" if epoch < lc.warmup_epochs else lc.name
+            warmup = epoch < lc.warmup_epochs
+            objective = "all" if warmup else lc.name
             ctx = StepContext(
                 model,
                 optimizer,
-                make_loss(objective, lc.margin, lc.epsilon),
+                warmup_loss if warmup else loss_fn,
                 tc.grad_clip,
                 lc.mask_same_image,
                 autocast,
@@ -248,6 +277,7 @@ def train(
             meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
             trainer_state = {
                 "optimizer": optimizer.state_dict(),
+                "loss": loss_fn.state_dict(),
                 "best_rsum": best_rsum,
                 "best_epoch": best_epoch,
             }

@@ -1,8 +1,18 @@
-"""Models: GPO pooling, the RVSE++ image and text encoders, and the joint model."""
+"""Models: GPO pooling, the RVSE++ encoders and model, the VSE++ baseline, a registry."""
 
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.pooling import GPO
+from selhn.models.registry import ARCHITECTURES, build_model
 from selhn.models.rvsepp import RVSEPP
 from selhn.models.text import BiGRUTextEncoder
+from selhn.models.vsepp import VSEPP
 
-__all__ = ["GPO", "RVSEPP", "BiGRUTextEncoder", "ResidualRegionEncoder"]
+__all__ = [
+    "ARCHITECTURES",
+    "GPO",
+    "RVSEPP",
+    "VSEPP",
+    "BiGRUTextEncoder",
+    "ResidualRegionEncoder",
+    "build_model",
+]

@@ -24,6 +24,8 @@ class RVSEPPSizes:
 class RVSEPP(nn.Module):
     """Dual encoder; the score of an image and a caption is the dot product of their embeddings."""
 
+    architecture = "rvsepp"
+
     def __init__(
         self,
         vocab_size: int,
