@@ -1,9 +1,10 @@
-"""The ``selhn`` command: data, train, eval, encode, search. The only module that reads argv."""
+"""The ``selhn`` command: data, train, experiment, eval, encode, search. The only argv reader."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,25 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     config = load_config(config_file, overrides)
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")
+
+
+def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) -> None:
+    from selhn.experiment import parse_losses, run_experiment
+
+    results = run_experiment(
+        args.data,
+        args.out,
+        parse_losses(args.losses),
+        seeds=args.seeds,
+        config_file=args.config,
+        overrides=_overrides(extra),
+        command=command,
+        plot_epochs=args.plot_epochs,
+        progress=not args.no_progress,
+    )
+    for loss, entry in results["losses"].items():
+        print(f"{loss:16s} test rSum {entry['rsum']['mean']:.1f} ± {entry['rsum']['std']:.1f}")
+    print(f"wrote {args.out}/results.md, results.json, grad_norms.png, vanishing.png, rsum.png")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -251,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write the metrics as JSON")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--device", default="auto")
+    exp = commands.add_parser(
+        "experiment",
+        help="train the same model once per loss and seed, compare, plot",
+        epilog="Settings shared by every run can be given as --section.key=value.",
+    )
+    exp.add_argument("--data", required=True, help="precomp data directory")
+    exp.add_argument("--out", required=True, help="experiment directory")
+    exp.add_argument("--losses", default="all,hardest,hardest+warmup,selhn,infonce")
+    exp.add_argument("--seeds", type=int, default=3)
+    exp.add_argument("--config", help="YAML file shared by every run")
+    exp.add_argument("--plot-epochs", type=int, default=2, help="epochs in grad_norms.png")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     enc = commands.add_parser("encode", help="save the image and caption embeddings of a split")
     search = commands.add_parser("search", help="top-k text->image or image->text search")
     for sub in (enc, search):
@@ -271,15 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command not in ("train", "experiment"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         if args.command == "data":
             _cmd_synth(args)
         elif args.command == "train":
             _cmd_train(args, extra)
+        elif args.command == "experiment":
+            _cmd_experiment(args, extra, shlex.join(["selhn", *argv]))
         elif args.command == "eval":
             _cmd_eval(args)
         elif args.command == "encode":
