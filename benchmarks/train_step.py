@@ -10,7 +10,7 @@ count is that of the matrix products in the forward pass times three (forward + 
 products); the reference rate is a float32 matmul of the image projection's size, timed in the
 same process.
 
-Usage: python benchmarks/train_step.py [--batch 128] [--steps 5] [--profile]
+Usage: python benchmarks/train_step.py [--batch 128] [--steps 5] [--breakdown]
 """
 
 from __future__ import annotations
@@ -63,6 +63,33 @@ def matmul_rate(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
     return 2 * rows * inner * cols * repeats / (time.perf_counter() - start)
 
 
+def _seconds(fn, repeats: int = 3) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def breakdown(model: RVSEPP, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Seconds of each part of the step, timed alone."""
+    dim = model.sizes.embed_size
+    gen = torch.Generator().manual_seed(1)
+    img = torch.randn(len(batch.token_lengths), dim, generator=gen).requires_grad_()
+    txt = torch.randn(len(batch.token_lengths), dim, generator=gen).requires_grad_()
+    loss = SelHNLoss()
+    return {
+        "image encoder": _seconds(
+            lambda: model.encode_images(batch.features, batch.feature_lengths).sum().backward()
+        ),
+        "text encoder": _seconds(
+            lambda: model.encode_texts(batch.tokens, batch.token_lengths).sum().backward()
+        ),
+        "loss": _seconds(lambda: loss(img, txt).backward()),
+        "AdamW step": _seconds(optimizer.step),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -70,7 +97,7 @@ def main() -> None:
     parser.add_argument("--img-dim", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=8500)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="print where the time goes")
+    parser.add_argument("--breakdown", action="store_true", help="print where the time goes")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -109,10 +136,10 @@ def main() -> None:
     print(f"step matmul work: {flops / 1e9:.1f} GFLOP -> {flops / seconds / 1e9:.0f} GFLOP/s")
     print(f"machine float32 matmul rate: {rate / 1e9:.0f} GFLOP/s")
     print(f"share of the matmul rate reached: {flops / seconds / rate:.2f}")
-    if args.profile:
-        with torch.profiler.profile() as prof:
-            train_step(batch, ctx)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    if args.breakdown:
+        print("where the time goes (forward + backward of each part, seconds):")
+        for part, seconds in breakdown(model, batch, optimizer).items():
+            print(f"  {part:14s} {seconds:.3f}")
 
 
 if __name__ == "__main__":

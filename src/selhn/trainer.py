@@ -130,9 +130,9 @@ def evaluate(
 class RunLog:
     """Appends JSON records to ``log.jsonl``; on resume, drops records of unfinished epochs."""
 
-    def __init__(self, path: Path, keep_before_epoch: int | None = None) -> None:
+    def __init__(self, path: Path, keep_before_epoch: int) -> None:
         self.path = path
-        if keep_before_epoch is not None and path.exists():
+        if path.exists():
             kept = [
                 line
                 for line in path.read_text().splitlines()
@@ -177,10 +177,61 @@ def _save_epoch(
             shutil.rmtree(old)
 
 
+@dataclass
+class _Start:
+    """Where a run starts: a fresh model, or the state of ``RUN/last``."""
+
+    model: nn.Module
+    vocab: Vocabulary
+    epoch: int = 0
+    best_rsum: float = -math.inf
+    best_epoch: int = -1
+    trainer_state: dict[str, Any] | None = None
+
+
+def _start(
+    config: Config, run: Path, train_split: PrecompSplit, device: torch.device, resume: bool
+) -> _Start:
+    if resume:
+        last = run / "last"
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+        model, vocab, meta = load_model(last, device)
+        state = load_extra(last, "trainer_state")
+        return _Start(
+            model, vocab, meta["epoch"] + 1, state["best_rsum"], state["best_epoch"], state
+        )
+    if (run / "last").exists():
+        raise FileExistsError(f"{run} already holds a run; pass --resume or another --out")
+    vocab = (
+        Vocabulary.load(config.data.vocab)
+        if config.data.vocab
+        else Vocabulary.build(train_split.captions, config.data.min_word_count)
+    )
+    torch.manual_seed(config.train.seed)
+    model = make_model(config.model, len(vocab), train_split.feature_dim).to(device)
+    return _Start(model, vocab)
+
+
+def _epoch_loader(
+    dataset: PairDataset, batch_size: int, seed: int, epoch: int, workers: int
+) -> DataLoader:
+    dataset.epoch = epoch
+    return DataLoader(
+        dataset,
+        batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        collate_fn=collate_pairs,
+        num_workers=workers,
+        drop_last=len(dataset) % batch_size == 1,  # a lone pair has no negatives
+    )
+
+
 def train(
     config: Config, data: str | Path, run: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train RVSE++ on a precomp data directory; return the best dev metrics and their epoch."""
+    """Train the configured model on a precomp data set; return the best dev rSum and epoch."""
     data, run = Path(data), Path(run)
     config.validate()
     tc, lc = config.train, config.loss
@@ -189,27 +240,13 @@ def train(
         raise ValueError("train.amp=bf16 needs a CUDA device; use train.amp=none on the CPU")
     train_split = open_split(data, "train")
     dev_split = open_split(data, config.data.dev_split)
-
-    start_epoch, best_rsum, best_epoch = 0, -math.inf, -1
-    if resume:
-        last = run / "last"
-        if not last.exists():
-            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-        model, vocab, meta = load_model(last, device)
-        model.train()
-        start_epoch = meta["epoch"] + 1
-        trainer_state = load_extra(last, "trainer_state")
-        best_rsum, best_epoch = trainer_state["best_rsum"], trainer_state["best_epoch"]
-    else:
-        if (run / "last").exists():
-            raise FileExistsError(f"{run} already holds a run; pass --resume or another --out")
-        vocab = (
-            Vocabulary.load(config.data.vocab)
-            if config.data.vocab
-            else Vocabulary.build(train_split.captions, config.data.min_word_count)
-        )
-        torch.manual_seed(tc.seed)
-        model = make_model(config.model, len(vocab), train_split.feature_dim).to(device)
+    start = _start(config, run, train_split, device, resume)
+    model, vocab, best_rsum, best_epoch = (
+        start.model,
+        start.vocab,
+        start.best_rsum,
+        start.best_epoch,
+    )
     if model.sizes.img_dim != train_split.feature_dim:
         raise ValueError(
             f"{train_split.features_path}: {train_split.feature_dim} channels per region, but "
@@ -224,19 +261,19 @@ def train(
     if list(loss_fn.parameters()):  # InfoNCE's temperature: learned, without weight decay
         param_groups.append({"params": list(loss_fn.parameters()), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    if resume:
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        loss_fn.load_state_dict(trainer_state["loss"])
+    if start.trainer_state is not None:
+        optimizer.load_state_dict(start.trainer_state["optimizer"])
+        loss_fn.load_state_dict(start.trainer_state["loss"])
     augmentation = Augmentation(config.data.region_drop, config.data.token_prob)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
-    log = RunLog(run / "log.jsonl", keep_before_epoch=start_epoch if resume else 0)
+    log = RunLog(run / "log.jsonl", keep_before_epoch=start.epoch)
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp == "bf16" else nullcontext
     )
     show_progress = progress and sys.stderr.isatty()
-    step = start_epoch * math.ceil(len(dataset) / tc.batch_size)
+    step = start.epoch * len(_epoch_loader(dataset, tc.batch_size, tc.seed, 0, 0))
     try:
-        for epoch in range(start_epoch, tc.epochs):
+        for epoch in range(start.epoch, tc.epochs):
             lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -250,16 +287,7 @@ def train(
                 lc.mask_same_image,
                 autocast,
             )
-            dataset.epoch = epoch
-            loader = DataLoader(
-                dataset,
-                tc.batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch),
-                collate_fn=collate_pairs,
-                num_workers=config.data.num_workers,
-                drop_last=len(dataset) % tc.batch_size == 1,  # a lone pair has no negatives
-            )
+            loader = _epoch_loader(dataset, tc.batch_size, tc.seed, epoch, config.data.num_workers)
             model.train()
             for batch in _progress(loader, epoch, show_progress):
                 values = train_step(batch.to(device), ctx)
