@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from selhn.data.vocab import Vocabulary
-from selhn.models import build_model
+from selhn.models import DualEncoder, build_model
 
 FORMAT = 1
 CONFIG, WEIGHTS, VOCAB = "config.json", "weights.pt", "vocab.json"
@@ -26,7 +25,7 @@ CONFIG, WEIGHTS, VOCAB = "config.json", "weights.pt", "vocab.json"
 
 def save_model(
     directory: str | Path,
-    model: nn.Module,
+    model: DualEncoder,
     vocab: Vocabulary,
     meta: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -71,7 +70,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 def load_model(
     directory: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, Vocabulary, dict[str, Any]]:
+) -> tuple[DualEncoder, Vocabulary, dict[str, Any]]:
     """(model in eval mode, vocabulary, config.json contents) of a model directory."""
     directory = Path(directory)
     meta = read_meta(directory)

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train RVSE++",
+        help="train a model (RVSE++ by default)",
         epilog="Any configuration key can be set as --section.key=value, e.g. --train.lr=1e-4.",
     )
     train.add_argument("--data", required=True, help="precomp data directory")
@@ -261,16 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = commands.add_parser("eval", help="evaluate checkpoints on a split")
-    ev.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
-    ev.add_argument("--data", required=True, help="precomp data directory")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds")
-    ev.add_argument("--ensemble", nargs="+", default=[], help="more checkpoints to average")
-    ev.add_argument("--save-sims", help="save the (images, captions) score matrix (torch.save)")
-    ev.add_argument("--json", help="write the metrics as JSON")
-    ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--device", default="auto")
     exp = commands.add_parser(
         "experiment",
         help="train the same model once per loss and seed, compare, plot",
@@ -284,14 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--plot-epochs", type=int, default=2, help="epochs in grad_norms.png")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    ev = commands.add_parser("eval", help="evaluate checkpoints on a split")
     enc = commands.add_parser("encode", help="save the image and caption embeddings of a split")
     search = commands.add_parser("search", help="top-k text->image or image->text search")
-    for sub in (enc, search):
+    for sub in (ev, enc, search):
         sub.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
         sub.add_argument("--data", required=True, help="precomp data directory")
         sub.add_argument("--split", default="test")
         sub.add_argument("--batch-size", type=int, default=256)
         sub.add_argument("--device", default="auto")
+    ev.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds")
+    ev.add_argument("--ensemble", nargs="+", default=[], help="more checkpoints to average")
+    ev.add_argument("--save-sims", help="save the (images, captions) score matrix (torch.save)")
+    ev.add_argument("--json", help="write the metrics as JSON")
     enc.add_argument("--out", required=True, help="output file (torch.save of a dict)")
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--query", help="a caption: find the images it describes")

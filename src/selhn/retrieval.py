@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from selhn.data.collate import CaptionDataset, ImageDataset, pad_regions, pad_tokens
 from selhn.data.precomp import PrecompSplit
 from selhn.data.vocab import Vocabulary
+from selhn.models import DualEncoder
 
 
 @torch.no_grad()
 def encode_split(
-    model: nn.Module,
+    model: DualEncoder,
     split: PrecompSplit,
     vocab: Vocabulary,
     batch_size: int = 256,

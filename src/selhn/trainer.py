@@ -29,7 +29,7 @@ from selhn.data.precomp import PrecompSplit, open_split
 from selhn.data.vocab import Vocabulary
 from selhn.evaluation import embedding_metrics
 from selhn.losses import AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
-from selhn.models import build_model
+from selhn.models import DualEncoder, build_model
 from selhn.models.registry import model_sizes
 from selhn.retrieval import encode_split
 
@@ -59,7 +59,7 @@ def make_loss(
     raise ValueError(f"loss.name must be selhn, hardest, all or infonce; got {name!r}")
 
 
-def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> nn.Module:
+def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> DualEncoder:
     """The configured architecture; a size it does not use must be left at its default."""
     takes = model_sizes(config.architecture)
     sizes = {}
@@ -85,7 +85,7 @@ def grad_norm(module: nn.Module) -> Tensor:
 class StepContext:
     """What a training step needs besides the batch."""
 
-    model: nn.Module
+    model: DualEncoder
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
     grad_clip: float
@@ -121,7 +121,11 @@ def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
 
 
 def evaluate(
-    model: nn.Module, split: PrecompSplit, vocab: Vocabulary, batch_size: int, device: torch.device
+    model: DualEncoder,
+    split: PrecompSplit,
+    vocab: Vocabulary,
+    batch_size: int,
+    device: torch.device,
 ) -> dict[str, float]:
     img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device)
     return embedding_metrics(img_emb, txt_emb, split.captions_per_image)
@@ -159,7 +163,7 @@ def _progress(loader: DataLoader, epoch: int, enabled: bool):
 
 def _save_epoch(
     run: Path,
-    model: nn.Module,
+    model: DualEncoder,
     vocab: Vocabulary,
     meta: dict[str, Any],
     trainer_state: dict[str, Any],
@@ -181,7 +185,7 @@ def _save_epoch(
 class _Start:
     """Where a run starts: a fresh model, or the state of ``RUN/last``."""
 
-    model: nn.Module
+    model: DualEncoder
     vocab: Vocabulary
     epoch: int = 0
     best_rsum: float = -math.inf

@@ -1,5 +1,6 @@
 """Models: GPO pooling, the RVSE++ encoders and model, the VSE++ baseline, a registry."""
 
+from selhn.models.base import DualEncoder
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.pooling import GPO
 from selhn.models.registry import ARCHITECTURES, build_model
@@ -13,6 +14,7 @@ __all__ = [
     "RVSEPP",
     "VSEPP",
     "BiGRUTextEncoder",
+    "DualEncoder",
     "ResidualRegionEncoder",
     "build_model",
 ]

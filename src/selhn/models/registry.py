@@ -5,12 +5,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from torch import nn
-
+from selhn.models.base import DualEncoder
 from selhn.models.rvsepp import RVSEPP
 from selhn.models.vsepp import VSEPP
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"rvsepp": RVSEPP, "vsepp": VSEPP}
+ARCHITECTURES: dict[str, type[DualEncoder]] = {"rvsepp": RVSEPP, "vsepp": VSEPP}
 
 
 def model_sizes(architecture: str) -> set[str]:
@@ -20,7 +19,7 @@ def model_sizes(architecture: str) -> set[str]:
     return set(inspect.signature(ARCHITECTURES[architecture]).parameters)
 
 
-def build_model(architecture: str, **sizes: Any) -> nn.Module:
+def build_model(architecture: str, **sizes: Any) -> DualEncoder:
     """An architecture from its name and size arguments (``vocab_size``, ``img_dim``, ...)."""
     unknown = set(sizes) - model_sizes(architecture)
     if unknown:

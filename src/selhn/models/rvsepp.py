@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from torch import Tensor, nn
-
+from selhn.models.base import DualEncoder
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.text import BiGRUTextEncoder
 
@@ -21,7 +20,7 @@ class RVSEPPSizes:
     mlp_hidden: int = 512
 
 
-class RVSEPP(nn.Module):
+class RVSEPP(DualEncoder):
     """Dual encoder; the score of an image and a caption is the dot product of their embeddings."""
 
     architecture = "rvsepp"
@@ -38,23 +37,3 @@ class RVSEPP(nn.Module):
         self.sizes = RVSEPPSizes(vocab_size, img_dim, embed_size, word_dim, mlp_hidden)
         self.image_encoder = ResidualRegionEncoder(img_dim, embed_size, mlp_hidden)
         self.text_encoder = BiGRUTextEncoder(vocab_size, word_dim, embed_size)
-
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture."""
-        return asdict(self.sizes)
-
-    def encode_images(self, features: Tensor, lengths: Tensor) -> Tensor:
-        """(B, K, img_dim) region features, (B,) region counts -> (B, embed_size) unit vectors."""
-        return self.image_encoder(features, lengths)
-
-    def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T) token ids, (B,) lengths -> (B, embed_size) unit vectors."""
-        return self.text_encoder(tokens, lengths)
-
-    def forward(
-        self, features: Tensor, feature_lengths: Tensor, tokens: Tensor, token_lengths: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Embeddings of a batch of images and of a batch of captions."""
-        return self.encode_images(features, feature_lengths), self.encode_texts(
-            tokens, token_lengths
-        )

@@ -6,12 +6,13 @@ residual MLP, no GPO, a unidirectional GRU.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from selhn.models.base import DualEncoder
 from selhn.models.pooling import length_mask
 
 
@@ -53,7 +54,7 @@ class LastStateTextEncoder(nn.Module):
         return F.normalize(last[0], dim=-1)
 
 
-class VSEPP(nn.Module):
+class VSEPP(DualEncoder):
     """Dual encoder with the RVSEPP interface (``encode_images``, ``encode_texts``)."""
 
     architecture = "vsepp"
@@ -65,19 +66,3 @@ class VSEPP(nn.Module):
         self.sizes = VSEPPSizes(vocab_size, img_dim, embed_size, word_dim)
         self.image_encoder = MeanRegionEncoder(img_dim, embed_size)
         self.text_encoder = LastStateTextEncoder(vocab_size, word_dim, embed_size)
-
-    def config(self) -> dict:
-        return asdict(self.sizes)
-
-    def encode_images(self, features: Tensor, lengths: Tensor) -> Tensor:
-        return self.image_encoder(features, lengths)
-
-    def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        return self.text_encoder(tokens, lengths)
-
-    def forward(
-        self, features: Tensor, feature_lengths: Tensor, tokens: Tensor, token_lengths: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        return self.encode_images(features, feature_lengths), self.encode_texts(
-            tokens, token_lengths
-        )
