@@ -1,15 +1,15 @@
 """Losses for image-text matching: SelHN, hardest negative (VSE++), all negatives (VSE0), InfoNCE.
 
-All three share one implementation and differ only in ``epsilon``, the gap below which an anchor
-falls back from its hardest hinge to the mean of its hinges (METHOD.md section 3):
+The three triplet losses share one implementation and differ only in ``epsilon``, the gap below
+which an anchor falls back from its hardest hinge to the mean of its hinges (METHOD.md section 3):
 
     epsilon = 0    -> every anchor uses its hardest negative (VSE++)
     epsilon = inf  -> every anchor uses the mean over its negatives (VSE0)
 
 The work is done by custom autograd functions that never build the B x B masks and intermediates
 of a straightforward implementation: the score matrix is reduced in row chunks to per-anchor
-statistics, and the backward pass uses sparse updates for anchors on the hardest branch and chunked
-dense products only for anchors on the mean branch.
+statistics; when every anchor takes its hardest branch the backward pass is a few gathered rows,
+otherwise dL/dS is built once, chunk by chunk, and goes through two products.
 """
 
 from __future__ import annotations

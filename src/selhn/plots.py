@@ -49,8 +49,11 @@ def _figure(plt, panels: int, title: str):
 
 def _save(fig, path: Path) -> None:
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend sits below the panels, off the curves
+    columns = max(1, min(len(labels), 3 * len(fig.axes)))
+    rows = -(-len(labels) // columns)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
+    # the legend sits below the panels, off the curves
+    fig.tight_layout(rect=(0, 0.03 + 0.06 * rows, 1, 1))
     fig.savefig(path, dpi=120)
 
 
