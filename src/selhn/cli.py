@@ -125,7 +125,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         metrics = retrieval_metrics(sims, cpi, fold5=args.fold5)
     else:
         metrics = embedding_metrics(img_embs, txt_embs, cpi, fold5=args.fold5)
-    protocol = "5-fold 1K" if args.fold5 else f"{split.num_images} images"
+    folds = f"5 folds of {split.num_images // 5} images"
+    protocol = folds if args.fold5 else f"{split.num_images} images"
     models = 1 + len(args.ensemble)
     print(f"{split.name} split, {protocol}, {models} model{'s' if models > 1 else ''}")
     print(format_table(metrics))
