@@ -8,6 +8,7 @@ from selhn.cli import main
 from selhn.config import load_config
 from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
+from selhn.evaluation import embedding_metrics
 from selhn.models import RVSEPP
 from selhn.trainer import evaluate, train
 
@@ -137,6 +138,11 @@ def test_command_line_end_to_end(tmp_path, capsys):
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert [h["caption_index"] for h in hits] == sims[2].argsort(descending=True).tolist()
     assert sum(h["match"] for h in hits) == 5
+    fold_report = tmp_path / "fold5.json"
+    assert main(["eval", *model_args, "--fold5", "--json", str(fold_report)]) == 0
+    assert "test split, 5 folds of 2 images" in capsys.readouterr().out
+    want = embedding_metrics(saved["images"], saved["captions"], 5, fold5=True)
+    assert json.loads(fold_report.read_text())["metrics"] == pytest.approx(want)
     assert main(["search", *model_args, "--image-index", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("image -> text: image 2 of test") and out.count("(ground truth)") <= 5
