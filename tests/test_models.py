@@ -98,6 +98,9 @@ def test_model_directory_round_trip(tmp_path):
         "config.json", "vocab.json", "weights.pt",
     ]  # fmt: skip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    save_model(tmp_path / "m", model, vocab, meta={"epoch": 4})  # replaces the directory
+    assert load_model(tmp_path / "m")[2]["epoch"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     gen = torch.Generator().manual_seed(3)
     features, feature_lengths, _, _ = batch(gen)
     ids = torch.randint(1, 7, (4, 7), generator=gen)

@@ -46,9 +46,14 @@ def save_model(
         vocab.save(tmp / VOCAB)
         for name, value in (extra or {}).items():
             torch.save(value, tmp / f"{name}.pt")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        if directory.exists():  # keep the old one until the new one is in place
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -246,9 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (RVSE++ by default)",
         epilog="Any configuration key can be set as --section.key=value, e.g. --train.lr=1e-4.",
     )
-    train.add_argument("--data", required=True, help="precomp data directory")
-    train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--config", help="YAML file of settings that differ from the defaults")
+    exp = commands.add_parser(
+        "experiment",
+        help="train the same model once per loss and seed, compare, plot",
+        epilog="Settings shared by every run can be given as --section.key=value.",
+    )
+    for sub, out in ((train, "run directory"), (exp, "experiment directory")):
+        sub.add_argument("--data", required=True, help="precomp data directory")
+        sub.add_argument("--out", required=True, help=out)
+        sub.add_argument("--config", help="YAML file of settings that differ from the defaults")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -260,20 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--architecture", choices=sorted(ARCHITECTURES))
     train.add_argument("--epsilon", type=float, help="SelHN gap threshold")
     train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    exp = commands.add_parser(
-        "experiment",
-        help="train the same model once per loss and seed, compare, plot",
-        epilog="Settings shared by every run can be given as --section.key=value.",
-    )
-    exp.add_argument("--data", required=True, help="precomp data directory")
-    exp.add_argument("--out", required=True, help="experiment directory")
     exp.add_argument("--losses", default="all,hardest,hardest+warmup,selhn,infonce")
     exp.add_argument("--seeds", type=int, default=3)
-    exp.add_argument("--config", help="YAML file shared by every run")
     exp.add_argument("--plot-epochs", type=int, default=2, help="epochs in grad_norms.png")
-    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = commands.add_parser("eval", help="evaluate checkpoints on a split")
     enc = commands.add_parser("encode", help="save the image and caption embeddings of a split")

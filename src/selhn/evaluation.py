@@ -20,8 +20,9 @@ METRIC_NAMES = (
     "rsum",
 )  # fmt: skip
 RECALL_KS = (1, 5, 10)
-# Scores compared at once: a block of a given matrix (2M elements measured fastest here), and a
-# tile computed from embeddings (4M: larger products run closer to the matmul's peak).
+# Scores compared at once: a block of a given matrix (2M elements, cache-friendly comparisons), and
+# a tile computed from embeddings (4M: larger products run closer to the matmul's peak);
+# benchmarks/eval_bench.py times both paths.
 _CHUNK_ELEMENTS = 1 << 21
 _TILE_ELEMENTS = 1 << 22
 
@@ -52,8 +53,9 @@ def _check_images(index: Tensor, num_images: int) -> None:
             f"caption_to_image must lie in [0, {num_images}); "
             f"found {int(index.min())}..{int(index.max())}"
         )
-    if torch.bincount(index, minlength=num_images).eq(0).any():
-        missing = int(torch.bincount(index, minlength=num_images).eq(0).nonzero()[0])
+    empty = torch.bincount(index, minlength=num_images).eq(0)
+    if empty.any():
+        missing = int(empty.nonzero()[0])
         raise ValueError(f"image {missing} has no caption; every image needs at least one")
 
 

@@ -49,12 +49,13 @@ def _finished(run: Path, epochs: int) -> bool:
     return (run / "last").exists() and read_meta(run / "last")["epoch"] == epochs - 1
 
 
-def _test_metrics(run: Path, data: Path, split: str, device: str) -> dict[str, float]:
+def _test_metrics(run: Path, data: Path, split: str, device_name: str) -> dict[str, float]:
     cached = run / f"{split}_metrics.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    model, vocab, _ = load_model(run / "best", resolve_device(device))
-    metrics = evaluate(model, open_split(data, split), vocab, 256, resolve_device(device))
+    device = resolve_device(device_name)
+    model, vocab, _ = load_model(run / "best", device)
+    metrics = evaluate(model, open_split(data, split), vocab, 256, device)
     cached.write_text(json.dumps(metrics, indent=2))
     return metrics
 

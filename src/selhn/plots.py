@@ -57,47 +57,64 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _per_step_figure(
+    plt,
+    logs: dict[str, list[Log]],
+    colors: dict[str, str],
+    keys: tuple[str, str],
+    title: str,
+    max_epoch: int | None,
+    ylabel: str,
+    **axis: Any,
+):
+    """Two panels (image, text), one curve per loss, x = iteration; ``ylabel`` has a {} for
+    the panel's name."""
+    fig, axes = _figure(plt, 2, title)
+    for ax, key, name in zip(axes, keys, ("image", "text"), strict=True):
+        for loss, runs in logs.items():
+            x, values = _series(runs, key, 0, max_epoch)
+            if len(x):
+                _band(ax, x, values, loss, colors[loss])
+        ax.set(xlabel="iteration", ylabel=ylabel.format(name), **axis)
+    return fig
+
+
 def plot_experiment(logs: dict[str, list[Log]], out: Path, plot_epochs: int = 2) -> list[Path]:
     """Write grad_norms.png, vanishing.png and rsum.png into ``out``; return their paths."""
     plt = _pyplot()
     colors = dict(zip(logs, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    paths = []
-
-    fig, axes = _figure(
-        plt,
-        2,
-        f"Encoder gradient norm per iteration, first {plot_epochs} epoch(s), mean over seeds",
-    )
-    for ax, key, name in zip(
-        axes, ("grad_norm_image", "grad_norm_text"), ("image", "text"), strict=True
-    ):
-        for loss, runs in logs.items():
-            x, values = _series(runs, key, 0, plot_epochs)
-            if len(x):
-                _band(ax, x, values, loss, colors[loss])
-        ax.set(yscale="log", xlabel="iteration", ylabel=f"{name} encoder gradient norm")
-    paths.append(out / "grad_norms.png")
-    _save(fig, paths[-1])
-
-    fig, axes = _figure(plt, 2, "Share of anchors in the vanishing regime (gap < epsilon)")
-    for ax, key, name in zip(
-        axes, ("vanishing_i2t", "vanishing_t2i"), ("image", "text"), strict=True
-    ):
-        for loss, runs in logs.items():
-            if "selhn" in loss or "hardest" in loss:
-                x, values = _series(runs, key, 0, None)
-                if len(x):
-                    _band(ax, x, values, loss, colors[loss])
-        ax.set(ylim=(-0.02, 1.02), xlabel="iteration", ylabel=f"share of {name} anchors")
-    paths.append(out / "vanishing.png")
-    _save(fig, paths[-1])
-
+    triplet = {loss: runs for loss, runs in logs.items() if "selhn" in loss or "hardest" in loss}
+    figures = {
+        "grad_norms.png": _per_step_figure(
+            plt,
+            logs,
+            colors,
+            ("grad_norm_image", "grad_norm_text"),
+            f"Encoder gradient norm per iteration, first {plot_epochs} epoch(s), mean over seeds",
+            plot_epochs,
+            "{} encoder gradient norm",
+            yscale="log",
+        ),
+        "vanishing.png": _per_step_figure(
+            plt,
+            triplet,
+            colors,
+            ("vanishing_i2t", "vanishing_t2i"),
+            "Share of anchors in the vanishing regime (gap < epsilon)",
+            None,
+            "share of {} anchors",
+            ylim=(-0.02, 1.02),
+        ),
+    }
     fig, axes = _figure(plt, 1, "Dev rSum per epoch, mean over seeds")
     for loss, runs in logs.items():
         x, values = _series(runs, "rsum", 1, None)
         _band(axes[0], x + 1, values, loss, colors[loss])
     axes[0].set(xlabel="epoch", ylabel="dev rSum")
-    paths.append(out / "rsum.png")
-    _save(fig, paths[-1])
+    figures["rsum.png"] = fig
+    paths = []
+    for name, figure in figures.items():
+        paths.append(out / name)
+        _save(figure, paths[-1])
     plt.close("all")
     return paths

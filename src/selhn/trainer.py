@@ -28,7 +28,13 @@ from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
 from selhn.data.precomp import PrecompSplit, open_split
 from selhn.data.vocab import Vocabulary
 from selhn.evaluation import embedding_metrics
-from selhn.losses import AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
+from selhn.losses import (
+    AllNegativesLoss,
+    HardestNegativeLoss,
+    InfoNCELoss,
+    SelHNLoss,
+    default_vanishing_threshold,
+)
 from selhn.models import DualEncoder, build_model
 from selhn.models.registry import model_sizes
 from selhn.retrieval import encode_split
@@ -47,7 +53,7 @@ def make_loss(
     name: str, margin: float = 0.2, epsilon: float = 0.01, temperature: float = 0.07
 ) -> nn.Module:
     """The loss named by ``loss.name``; the triplet losses measure vanishing at ``epsilon``."""
-    threshold = epsilon if 0 < epsilon < math.inf else 0.01
+    threshold = default_vanishing_threshold(epsilon)
     if name == "selhn":
         return SelHNLoss(margin, epsilon)
     if name == "hardest":
