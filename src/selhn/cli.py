@@ -61,10 +61,12 @@ TRAIN_SHORTCUTS = {
     "architecture": "model.architecture",
     "epsilon": "loss.epsilon",
     "warmup_epochs": "loss.warmup_epochs",
+    "global_negatives": "train.global_negatives",
 }
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
+    from selhn.distributed import from_environment
     from selhn.trainer import train
 
     overrides: dict[str, Any] = {
@@ -81,7 +83,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
         config_file = saved if saved.exists() else None
     config = load_config(config_file, overrides)
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")
+    if from_environment().is_main:
+        print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")
 
 
 def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) -> None:
@@ -267,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--architecture", choices=sorted(ARCHITECTURES))
     train.add_argument("--epsilon", type=float, help="SelHN gap threshold")
     train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
+    train.add_argument(
+        "--global-negatives",
+        action="store_true",
+        default=None,
+        help="under torchrun: mine negatives over the batches of all processes",
+    )
 
     exp.add_argument("--losses", default="all,hardest,hardest+warmup,selhn,infonce")
     exp.add_argument("--seeds", type=int, default=3)

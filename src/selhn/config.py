@@ -54,7 +54,7 @@ class TrainConfig:
     """Optimisation (the defaults are the release's, METHOD.md section 5)."""
 
     epochs: int = 30
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: under torchrun, split evenly over the processes
     lr: float = 5e-4
     lr_decay_epoch: int = 15  # the learning rate is multiplied by lr_decay from this epoch on
     lr_decay: float = 0.1
@@ -65,6 +65,9 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 (bfloat16 autocast, CUDA only)
     log_every: int = 10  # steps between log records (each one synchronises with the device)
     eval_batch_size: int = 256
+    global_negatives: bool = False  # torchrun: mine negatives over the batches of all ranks
+    sync_batchnorm: bool = False  # torchrun on CUDA: batch statistics over all ranks
+    compile: bool = False  # torch.compile the model (CUDA only)
 
 
 @dataclass

@@ -19,14 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from selhn.checkpoint import load_extra, load_model, point, save_model
 from selhn.config import Config, ModelConfig, save_config
 from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
 from selhn.data.precomp import PrecompSplit, open_split
 from selhn.data.vocab import Vocabulary
+from selhn.distributed import (
+    SINGLE_PROCESS,
+    Distributed,
+    average_gradients_,
+    device_for,
+    from_environment,
+    gather,
+    gather_with_grad,
+    init_process_group,
+)
 from selhn.evaluation import embedding_metrics
 from selhn.losses import (
     AllNegativesLoss,
@@ -89,27 +101,45 @@ def grad_norm(module: nn.Module) -> Tensor:
 
 @dataclass
 class StepContext:
-    """What a training step needs besides the batch."""
+    """What a training step needs besides the batch.
+
+    Under torchrun, ``network`` is the DistributedDataParallel wrapper of ``model`` (whose
+    backward pass averages the gradients over ranks) and ``job`` says which rank this is.
+    """
 
     model: DualEncoder
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
     grad_clip: float
     mask_same_image: bool
-    autocast: Callable[[], Any]
+    autocast: Callable[[], Any] = nullcontext
+    network: nn.Module | None = None
+    job: Distributed = SINGLE_PROCESS
+    global_negatives: bool = False  # mine over the batches of all ranks together
 
 
 def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-    """One optimisation step; returns detached 0-d tensors to log (no host synchronisation)."""
+    """One optimisation step; returns detached 0-d tensors to log (no host synchronisation).
+
+    With ``global_negatives`` every rank computes the loss of the global batch; the all-gather's
+    backward pass sums each rank's gradient into the rank that owns the embedding, and DDP's
+    average then gives every rank exactly the gradient of one process on the whole batch.
+    """
     model = ctx.model
+    network = ctx.network or model
     with ctx.autocast():
-        img_emb, txt_emb = model(
+        img_emb, txt_emb = network(
             batch.features, batch.feature_lengths, batch.tokens, batch.token_lengths
         )
     ids = batch.image_ids if ctx.mask_same_image else None
+    if ctx.global_negatives and ctx.job.enabled:
+        img_emb, txt_emb = gather_with_grad(img_emb), gather_with_grad(txt_emb)
+        ids = gather(ids) if ids is not None else None
     loss = ctx.loss_fn(img_emb, txt_emb, ids)
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if ctx.job.enabled:
+        average_gradients_(ctx.loss_fn)  # DDP averages the model's, not the loss's
     norm_img, norm_txt = grad_norm(model.image_encoder), grad_norm(model.text_encoder)
     if ctx.grad_clip > 0:  # one norm over all parameters, like clip_grad_norm_
         total = torch.sqrt(norm_img**2 + norm_txt**2)
@@ -199,14 +229,13 @@ class _Start:
     trainer_state: dict[str, Any] | None = None
 
 
-def _start(
-    config: Config, run: Path, train_split: PrecompSplit, device: torch.device, resume: bool
-) -> _Start:
+def _start(config: Config, run: Path, train_split: PrecompSplit, resume: bool) -> _Start:
+    """The starting state, on the CPU."""
     if resume:
         last = run / "last"
         if not last.exists():
             raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-        model, vocab, meta = load_model(last, device)
+        model, vocab, meta = load_model(last)
         state = load_extra(last, "trainer_state")
         return _Start(
             model, vocab, meta["epoch"] + 1, state["best_rsum"], state["best_epoch"], state
@@ -219,40 +248,126 @@ def _start(
         else Vocabulary.build(train_split.captions, config.data.min_word_count)
     )
     torch.manual_seed(config.train.seed)
-    model = make_model(config.model, len(vocab), train_split.feature_dim).to(device)
+    model = make_model(config.model, len(vocab), train_split.feature_dim)
     return _Start(model, vocab)
 
 
+def _shared_start(
+    config: Config, run: Path, train_split: PrecompSplit, resume: bool, job: Distributed
+) -> _Start:
+    """Rank 0 reads the starting state and sends it to every rank, so only rank 0 needs to see
+    the run directory (and a resume works with any number of processes)."""
+    return job.from_main(_start(config, run, train_split, resume) if job.is_main else None)
+
+
 def _epoch_loader(
-    dataset: PairDataset, batch_size: int, seed: int, epoch: int, workers: int
+    dataset: PairDataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    workers: int,
+    job: Distributed,
 ) -> DataLoader:
+    """This rank's batches of one epoch; ``batch_size`` is the global batch, split over ranks.
+
+    Under torchrun a DistributedSampler shuffles by (seed, epoch) and drops the last
+    ``len % world_size`` pairs, so no pair is repeated to even out the ranks.
+    """
     dataset.epoch = epoch
+    per_rank = batch_size // job.world_size
+    if job.enabled:
+        sampler = DistributedSampler(dataset, job.world_size, job.rank, True, seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        order: dict[str, Any] = {"sampler": sampler}
+        pairs = len(sampler)
+    else:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = {"shuffle": True, "generator": generator}
+        pairs = len(dataset)
     return DataLoader(
         dataset,
-        batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        per_rank,
         collate_fn=collate_pairs,
         num_workers=workers,
-        drop_last=len(dataset) % batch_size == 1,  # a lone pair has no negatives
+        drop_last=pairs % per_rank == 1,  # a lone pair has no negatives
+        **order,
     )
+
+
+def _check_parallel_settings(config: Config, device: torch.device, job: Distributed) -> None:
+    tc = config.train
+    if tc.amp == "bf16" and device.type != "cuda":
+        raise ValueError("train.amp=bf16 needs a CUDA device; use train.amp=none on the CPU")
+    if tc.compile and device.type != "cuda":
+        raise ValueError("train.compile=true needs a CUDA device")
+    if tc.sync_batchnorm and not (job.enabled and device.type == "cuda"):
+        raise ValueError("train.sync_batchnorm=true needs several processes on CUDA devices")
+    if tc.batch_size % job.world_size:
+        raise ValueError(
+            f"train.batch_size={tc.batch_size} (the global batch) must be a multiple of the "
+            f"{job.world_size} processes"
+        )
+
+
+def _wrap(model: DualEncoder, config: Config, device: torch.device, job: Distributed) -> nn.Module:
+    """The module the training step calls: DDP (and SyncBatchNorm) under torchrun, compiled if
+    asked; ``model`` itself stays the unwrapped module that is evaluated and saved."""
+    network: nn.Module = model
+    if job.enabled:
+        if config.train.sync_batchnorm:
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        network = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    if config.train.compile:
+        network = torch.compile(network)
+    return network
+
+
+def _mean_over_ranks(values: dict[str, Tensor], job: Distributed) -> dict[str, float]:
+    """Logged values averaged over ranks (one collective), as floats."""
+    stacked = torch.stack([v.detach().float() for v in values.values()])
+    if job.enabled:
+        dist.all_reduce(stacked)
+        stacked /= job.world_size
+    return dict(zip(values, stacked.tolist(), strict=True))
 
 
 def train(
     config: Config, data: str | Path, run: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train the configured model on a precomp data set; return the best dev rSum and epoch."""
-    data, run = Path(data), Path(run)
+    """Train the configured model on a precomp data set; return the best dev rSum and epoch.
+
+    Under ``torchrun`` this joins the job's process group (unless the caller already did) and
+    trains with DistributedDataParallel; rank 0 evaluates and writes the run directory.
+    """
     config.validate()
+    job = from_environment()
+    device = device_for(job, resolve_device(config.train.device))
+    created = init_process_group(job, device)
+    try:
+        return _train(config, Path(data), Path(run), resume, progress, job, device)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: Config,
+    data: Path,
+    run: Path,
+    resume: bool,
+    progress: bool,
+    job: Distributed,
+    device: torch.device,
+) -> dict[str, Any]:
     tc, lc = config.train, config.loss
-    device = resolve_device(tc.device)
-    if tc.amp == "bf16" and device.type != "cuda":
-        raise ValueError("train.amp=bf16 needs a CUDA device; use train.amp=none on the CPU")
+    _check_parallel_settings(config, device, job)
     train_split = open_split(data, "train")
     dev_split = open_split(data, config.data.dev_split)
-    start = _start(config, run, train_split, device, resume)
+    start = _shared_start(config, run, train_split, resume, job)
     model, vocab, best_rsum, best_epoch = (
-        start.model,
+        start.model.to(device),
         start.vocab,
         start.best_rsum,
         start.best_epoch,
@@ -262,8 +377,9 @@ def train(
             f"{train_split.features_path}: {train_split.feature_dim} channels per region, but "
             f"the model expects {model.sizes.img_dim}"
         )
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(config, run / "config.yaml")
+    if job.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(config, run / "config.yaml")
 
     loss_fn = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature).to(device)
     warmup_loss = make_loss("all", lc.margin, lc.epsilon)
@@ -274,14 +390,16 @@ def train(
     if start.trainer_state is not None:
         optimizer.load_state_dict(start.trainer_state["optimizer"])
         loss_fn.load_state_dict(start.trainer_state["loss"])
+    network = _wrap(model, config, device, job)
     augmentation = Augmentation(config.data.region_drop, config.data.token_prob)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
-    log = RunLog(run / "log.jsonl", keep_before_epoch=start.epoch)
+    log = RunLog(run / "log.jsonl", keep_before_epoch=start.epoch) if job.is_main else None
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp == "bf16" else nullcontext
     )
-    show_progress = progress and sys.stderr.isatty()
-    step = start.epoch * len(_epoch_loader(dataset, tc.batch_size, tc.seed, 0, 0))
+    show_progress = progress and job.is_main and sys.stderr.isatty()
+    workers = config.data.num_workers
+    step = start.epoch * len(_epoch_loader(dataset, tc.batch_size, tc.seed, 0, 0, job))
     try:
         for epoch in range(start.epoch, tc.epochs):
             lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
@@ -296,35 +414,62 @@ def train(
                 tc.grad_clip,
                 lc.mask_same_image,
                 autocast,
+                network,
+                job,
+                tc.global_negatives,
             )
-            loader = _epoch_loader(dataset, tc.batch_size, tc.seed, epoch, config.data.num_workers)
+            loader = _epoch_loader(dataset, tc.batch_size, tc.seed, epoch, workers, job)
             model.train()
             for batch in _progress(loader, epoch, show_progress):
                 values = train_step(batch.to(device), ctx)
                 if step % tc.log_every == 0:  # .item() synchronises with the device
                     record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
                     record["objective"] = objective
-                    record |= {k: v.item() for k, v in values.items()}
-                    log.write(record)
+                    record |= _mean_over_ranks(values, job)
+                    if log is not None:
+                        log.write(record)
                 step += 1
-            metrics = evaluate(model, dev_split, vocab, tc.eval_batch_size, device)
-            log.write({"type": "eval", "epoch": epoch, "split": dev_split.name, **metrics})
-            is_best = metrics["rsum"] > best_rsum
-            if is_best:
-                best_rsum, best_epoch = metrics["rsum"], epoch
-            meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
-            trainer_state = {
-                "optimizer": optimizer.state_dict(),
-                "loss": loss_fn.state_dict(),
-                "best_rsum": best_rsum,
-                "best_epoch": best_epoch,
-            }
-            _save_epoch(run, model, vocab, meta, trainer_state, is_best)
-            print(
-                f"epoch {epoch + 1}/{tc.epochs}  dev rSum {metrics['rsum']:.1f}  "
-                f"(best {best_rsum:.1f} at epoch {best_epoch + 1})",
-                flush=True,
-            )
+            if log is not None:
+                best = _finish_epoch(run, model, vocab, dev_split, config, epoch, optimizer,
+                                     loss_fn, log, (best_rsum, best_epoch))  # fmt: skip
+            else:
+                best = None
+            best_rsum, best_epoch = job.from_main(best)  # the other ranks wait for rank 0 here
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return {"best_epoch": best_epoch, "best_rsum": best_rsum}
+
+
+def _finish_epoch(
+    run: Path,
+    model: DualEncoder,
+    vocab: Vocabulary,
+    dev_split: PrecompSplit,
+    config: Config,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    log: RunLog,
+    best: tuple[float, int],
+) -> tuple[float, int]:
+    """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum, epoch."""
+    device = next(model.parameters()).device
+    metrics = evaluate(model, dev_split, vocab, config.train.eval_batch_size, device)
+    log.write({"type": "eval", "epoch": epoch, "split": dev_split.name, **metrics})
+    is_best = metrics["rsum"] > best[0]
+    best_rsum, best_epoch = (metrics["rsum"], epoch) if is_best else best
+    meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
+    trainer_state = {
+        "optimizer": optimizer.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "best_rsum": best_rsum,
+        "best_epoch": best_epoch,
+    }
+    _save_epoch(run, model, vocab, meta, trainer_state, is_best)
+    print(
+        f"epoch {epoch + 1}/{config.train.epochs}  dev rSum {metrics['rsum']:.1f}  "
+        f"(best {best_rsum:.1f} at epoch {best_epoch + 1})",
+        flush=True,
+    )
+    return best_rsum, best_epoch

@@ -1,0 +1,101 @@
+"""torch.distributed plumbing for training under ``torchrun``: process group, sampling, gathers.
+
+Nothing here is home-made transport: the process group, the sampler, DistributedDataParallel and
+the differentiable all-gather are PyTorch's own. One process runs per device; ``torchrun`` sets
+``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. Without them (a plain ``selhn train``) everything
+here degrades to the single-process path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """The one process that writes logs and checkpoints and evaluates."""
+        return self.rank == 0
+
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (what rank 0 passed, when not distributed)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+SINGLE_PROCESS = Distributed()
+
+
+def from_environment() -> Distributed:
+    """Read torchrun's variables; a job of one process is not distributed."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return SINGLE_PROCESS
+    return Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_process_group(job: Distributed, device: torch.device) -> bool:
+    """Join the job's process group (NCCL on CUDA, gloo on the CPU) unless already joined.
+
+    Returns True when this call created the group (and so should destroy it).
+    """
+    if not job.enabled or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def device_for(job: Distributed, device: torch.device) -> torch.device:
+    """Each process of a CUDA job takes the GPU of its local rank."""
+    if job.enabled and device.type == "cuda":
+        return torch.device("cuda", job.local_rank)
+    return device
+
+
+def gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's (B, ...) tensor in rank order; gradients flow back to the rank
+    that produced each part (the backward pass sums every rank's gradient for it)."""
+    return torch.cat(dist_fn.all_gather(tensor))
+
+
+def gather(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's (B, ...) tensor in rank order, without gradients."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def average_gradients_(module: nn.Module) -> None:
+    """Average the gradients of a module that DDP does not wrap (the loss's temperature)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads]) / dist.get_world_size()
+    dist.all_reduce(flat)
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(part.view_as(grad))

@@ -1,0 +1,162 @@
+"""DistributedDataParallel training on the CPU: 2 processes, gloo backend.
+
+The reference is a single process on the concatenated batch. BatchNorm runs in eval mode in both
+(per-rank batch statistics differ from the global batch's by nature; SyncBatchNorm is the CUDA
+answer), so the comparison is exact up to float rounding.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from selhn.checkpoint import load_model
+from selhn.config import load_config
+from selhn.data.collate import Batch
+from selhn.data.synth import SynthConfig, generate
+from selhn.distributed import Distributed
+from selhn.models import RVSEPP
+from selhn.trainer import StepContext, make_loss, train, train_step
+
+WORLD = 2
+PER_RANK = 5
+SCENARIOS = [  # (loss, mask captions of the same image, global negatives)
+    ("selhn", True, True),
+    ("selhn", False, False),
+    ("infonce", False, True),
+    ("infonce", False, False),
+]
+
+
+def global_batch() -> Batch:
+    """10 pairs over 7 images; images 0 and 2 have a caption on each rank."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.tensor([0, 1, 2, 3, 4, 0, 5, 2, 6, 1])
+    image_features = torch.randn(7, 6, 8, generator=gen)
+    lengths = torch.tensor([6, 4, 5, 3, 6, 2, 4])
+    tokens = torch.randint(1, 30, (10, 7), generator=gen)
+    token_lengths = torch.tensor([7, 5, 3, 6, 4, 7, 2, 5, 6, 3])
+    tokens[torch.arange(7)[None, :] >= token_lengths[:, None]] = 0
+    return Batch(image_features[ids], lengths[ids], tokens, token_lengths, ids)
+
+
+def shard(batch: Batch, rank: int) -> Batch:
+    rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    return Batch(*(t[rows] for t in vars(batch).values()))
+
+
+def one_step(
+    batch: Batch, loss_name: str, mask: bool, global_negatives: bool, job: Distributed
+) -> dict:
+    """Loss and gradients of one step from the seeded model, BatchNorm in eval mode."""
+    torch.manual_seed(0)
+    model = RVSEPP(vocab_size=30, img_dim=8, embed_size=16, word_dim=8, mlp_hidden=8)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.eval()
+    loss_fn = make_loss(loss_name, margin=0.2, epsilon=0.05)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    network = nn.parallel.DistributedDataParallel(model) if job.enabled else None
+    ctx = StepContext(
+        model, optimizer, loss_fn, 0.0, mask, network=network, job=job,
+        global_negatives=global_negatives,
+    )  # fmt: skip
+    loss = train_step(batch, ctx)["loss"]
+    named = [*model.named_parameters(), *loss_fn.named_parameters()]
+    return {"loss": loss.item(), "grads": {n: p.grad.clone() for n, p in named}}
+
+
+def worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    job = Distributed(rank, WORLD, rank)
+    mine = shard(global_batch(), rank)
+    results = [one_step(mine, *scenario, job) for scenario in SCENARIOS]
+    torch.save(results, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(str(tmp / "store"), str(tmp)), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def assert_grads_close(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("index", range(len(SCENARIOS)), ids=[str(s) for s in SCENARIOS])
+def test_two_processes_match_one(ranks, index):
+    loss_name, mask, global_negatives = SCENARIOS[index]
+    single = Distributed()
+    if global_negatives:  # every rank: the loss and gradients of one process on the whole batch
+        whole = one_step(global_batch(), loss_name, mask, False, single)
+        for rank in range(WORLD):
+            assert ranks[rank][index]["loss"] == pytest.approx(whole["loss"], abs=1e-5)
+            assert_grads_close(ranks[rank][index]["grads"], whole["grads"])
+    else:  # each rank: its own shard's loss; gradients: the mean over the shards
+        batch = global_batch()
+        shards = [one_step(shard(batch, r), loss_name, mask, False, single) for r in range(WORLD)]
+        for rank in range(WORLD):
+            assert ranks[rank][index]["loss"] == pytest.approx(shards[rank]["loss"], abs=1e-5)
+            mean = {n: (g + shards[1]["grads"][n]) / 2 for n, g in shards[0]["grads"].items()}
+            assert_grads_close(ranks[rank][index]["grads"], mean)
+
+
+TINY = [
+    "--model.embed_size=16",
+    "--model.word_dim=8",
+    "--model.mlp_hidden=8",
+    "--train.batch_size=16",
+    "--train.lr=2e-3",
+    "--train.log_every=1",
+    "--no-progress",
+]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={WORLD}", "-m", "selhn", "train", *args, *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def log_records(run, kind):
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def test_torchrun_trains_and_resumes_with_another_process_count(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    generate(data, SynthConfig(train=48, dev=16, test=16, regions=8, feature_dim=8, seed=2))
+    first = torchrun("--data", str(data), "--out", str(run), "--epochs", "1", "--global-negatives")
+    assert first.stdout.count("best dev rSum") == 1  # rank 0 alone reports
+    # 240 captions over 2 ranks of 8 pairs: 15 steps, logged once each (by rank 0 only)
+    assert [r["step"] for r in log_records(run, "step")] == list(range(15))
+    assert [r["epoch"] for r in log_records(run, "eval")] == [0]
+
+    config = load_config(run / "config.yaml", {"train.epochs": 2})
+    assert config.train.global_negatives
+    train(config, data, run, resume=True, progress=False)  # one process: 240 / 16 = 15 steps
+    assert [r["step"] for r in log_records(run, "step")] == list(range(30))
+
+    torchrun("--data", str(data), "--out", str(run), "--resume", "--epochs", "3")
+    evals = log_records(run, "eval")
+    assert [r["epoch"] for r in evals] == [0, 1, 2]
+    assert (run / "last").resolve().name == "epoch-002"
+    model, _, meta = load_model(run / "last")
+    assert meta["epoch"] == 2 and isinstance(model, RVSEPP)
+    assert max(r["rsum"] for r in evals) > evals[0]["rsum"]
