@@ -9,6 +9,7 @@ here degrades to the single-process path.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -80,7 +81,9 @@ def device_for(job: Distributed, device: torch.device) -> torch.device:
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """Concatenate every rank's (B, ...) tensor in rank order; gradients flow back to the rank
     that produced each part (the backward pass sums every rank's gradient for it)."""
-    return torch.cat(dist_fn.all_gather(tensor))
+    with warnings.catch_warnings():  # deprecated in favour of a private module; still public API
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(tensor))
 
 
 def gather(tensor: Tensor) -> Tensor:
