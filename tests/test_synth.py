@@ -27,7 +27,7 @@ def test_splits_load_with_the_precomp_loader(tmp_path):
     for name, n in (("train", 60), ("dev", 20), ("test", 20)):
         split = open_split(tmp_path, name)
         assert split.features.shape == (n, SMALL.regions, SMALL.feature_dim)
-        assert split.captions_per_image == 5
+        assert split.caption_to_image().tolist() == [j // 5 for j in range(len(split.captions))]
         assert (np.asarray(split.features) >= 0).all()
 
 

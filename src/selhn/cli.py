@@ -121,13 +121,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         img, txt = encode_split(model, split, vocab, args.batch_size, device)
         img_embs.append(img)
         txt_embs.append(txt)
-    cpi = split.captions_per_image
+    owners = split.caption_to_image()
     if args.save_sims:
         sims = sum(i @ t.T for i, t in zip(img_embs, txt_embs, strict=True)) / len(img_embs)
         torch.save(sims, args.save_sims)
-        metrics = retrieval_metrics(sims, cpi, fold5=args.fold5)
+        metrics = retrieval_metrics(sims, fold5=args.fold5, caption_to_image=owners)
     else:
-        metrics = embedding_metrics(img_embs, txt_embs, cpi, fold5=args.fold5)
+        metrics = embedding_metrics(img_embs, txt_embs, fold5=args.fold5, caption_to_image=owners)
     folds = f"5 folds of {split.num_images // 5} images"
     protocol = folds if args.fold5 else f"{split.num_images} images"
     models = 1 + len(args.ensemble)

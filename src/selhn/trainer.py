@@ -164,7 +164,7 @@ def evaluate(
     device: torch.device,
 ) -> dict[str, float]:
     img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device)
-    return embedding_metrics(img_emb, txt_emb, split.captions_per_image)
+    return embedding_metrics(img_emb, txt_emb, caption_to_image=split.caption_to_image())
 
 
 class RunLog:

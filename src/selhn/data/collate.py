@@ -76,7 +76,7 @@ class PairDataset(Dataset):
         return len(self.split.captions)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, list[int], int]:
-        image = index // self.split.captions_per_image
+        image = int(self.split.caption_images[index])
         regions = self.split.image(image)
         tokens = self.vocab.encode(self.split.captions[index])
         if self.augmentation is not None:

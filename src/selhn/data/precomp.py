@@ -1,6 +1,9 @@
 """The SCAN "precomp" layout: ``{split}_ims.npy`` (N, K, F) float32 and ``{split}_caps.txt``.
 
-Features are memory-mapped: opening a split reads only the .npy header, never the array.
+Caption j describes image ``j // (captions / images)`` (SCAN's five per image), unless the optional
+``{split}_caps_img.txt`` gives the image of every caption (one index per line; images may then
+have any number of captions, as written by ``selhn features``). Features are memory-mapped:
+opening a split reads only the .npy header, never the array.
 """
 
 from __future__ import annotations
@@ -15,31 +18,25 @@ SPLIT_ALIASES = {"val": "dev"}
 
 @dataclass
 class PrecompSplit:
-    """One split: a memory-mapped feature array and its captions.
-
-    Caption j describes image ``j // captions_per_image``.
-    """
+    """One split: a memory-mapped feature array, its captions and the image of each caption."""
 
     name: str
     features_path: Path
     captions_path: Path
     features: np.ndarray  # (N, K, F) float32 memmap
     captions: list[str]
+    caption_images: np.ndarray  # (N_captions,) int64 image index of each caption
 
     @property
     def num_images(self) -> int:
         return self.features.shape[0]
 
     @property
-    def captions_per_image(self) -> int:
-        return len(self.captions) // self.num_images
-
-    @property
     def feature_dim(self) -> int:
         return self.features.shape[2]
 
     def caption_to_image(self) -> np.ndarray:
-        return np.arange(len(self.captions)) // self.captions_per_image
+        return self.caption_images
 
     def image(self, index: int) -> np.ndarray:
         """(K, F) float32 regions of one image, checked to be finite."""
@@ -90,17 +87,55 @@ def open_split(root: str | Path, split: str) -> PrecompSplit:
     features_path, captions_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt"
     features = _open_features(features_path)
     captions = _read_captions(captions_path)
-    if len(captions) % features.shape[0]:
+    owners_path = root / f"{split}_caps_img.txt"
+    if owners_path.exists():
+        owners = _read_caption_images(owners_path, len(captions), features.shape[0])
+    elif len(captions) % features.shape[0]:
         raise ValueError(
             f"{captions_path}: {len(captions)} caption lines are not a multiple of the "
-            f"{features.shape[0]} images in {features_path.name}"
+            f"{features.shape[0]} images in {features_path.name} (and there is no "
+            f"{owners_path.name} saying which image each caption describes)"
         )
-    return PrecompSplit(split, features_path, captions_path, features, captions)
+    else:
+        owners = np.arange(len(captions)) // (len(captions) // features.shape[0])
+    return PrecompSplit(split, features_path, captions_path, features, captions, owners)
 
 
-def write_split(root: str | Path, split: str, features: np.ndarray, captions: list[str]) -> None:
-    """Write a split in the precomp layout (used by the synthetic generator and the tests)."""
+def _read_caption_images(path: Path, num_captions: int, num_images: int) -> np.ndarray:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != num_captions:
+        raise ValueError(f"{path}: {len(lines)} lines, expected one per caption ({num_captions})")
+    owners = np.empty(num_captions, dtype=np.int64)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip().isdigit() or int(line) >= num_images:
+            raise ValueError(f"{path}:{number}: expected an image index in [0, {num_images})")
+        owners[number - 1] = int(line)
+    counts = np.bincount(owners, minlength=num_images)
+    if (counts == 0).any():
+        raise ValueError(f"{path}: image {int(np.argmin(counts))} has no caption")
+    return owners
+
+
+def write_split(
+    root: str | Path,
+    split: str,
+    features: np.ndarray,
+    captions: list[str],
+    caption_images: list[int] | None = None,
+) -> None:
+    """Write a split in the precomp layout (``caption_images``: the image of each caption, when
+    images have different numbers of captions)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / f"{split}_ims.npy", np.ascontiguousarray(features, dtype=np.float32))
+    write_captions(root, split, captions, caption_images)
+
+
+def write_captions(
+    root: Path, split: str, captions: list[str], caption_images: list[int] | None = None
+) -> None:
+    """``{split}_caps.txt`` and, if given, ``{split}_caps_img.txt``."""
     (root / f"{split}_caps.txt").write_text("".join(c + "\n" for c in captions), encoding="utf-8")
+    if caption_images is not None:
+        text = "".join(f"{i}\n" for i in caption_images)
+        (root / f"{split}_caps_img.txt").write_text(text, encoding="utf-8")
