@@ -1,4 +1,6 @@
-"""A trained model as a directory: ``config.json`` + ``weights.pt`` + ``vocab.json``.
+"""A trained model as a directory: ``config.json`` + ``weights.pt`` + ``vocab.json``, or, for a
+transformer text encoder, ``text_model/`` (its configuration and tokenizer files, no weights: those
+are in weights.pt), so a checkpoint needs nothing outside itself.
 
 Directories are written under a temporary name and renamed into place, so a crash never leaves a
 half-written checkpoint behind; ``point(link, target)`` swaps a symlink such as ``RUN/best``
@@ -16,17 +18,17 @@ from typing import Any
 
 import torch
 
-from selhn.data.vocab import Vocabulary
+from selhn.data.vocab import TextVocabulary, Vocabulary
 from selhn.models import DualEncoder, build_model
 
 FORMAT = 1
-CONFIG, WEIGHTS, VOCAB = "config.json", "weights.pt", "vocab.json"
+CONFIG, WEIGHTS, VOCAB, TEXT_MODEL = "config.json", "weights.pt", "vocab.json", "text_model"
 
 
 def save_model(
     directory: str | Path,
     model: DualEncoder,
-    vocab: Vocabulary,
+    vocab: TextVocabulary,
     meta: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -40,10 +42,15 @@ def save_model(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        config = {"format": FORMAT, "architecture": model.architecture, "model": model.config()}
+        sizes = model.config()
+        if sizes.get("text_model"):
+            vocab.save(tmp / TEXT_MODEL)
+            sizes["text_model"] = TEXT_MODEL  # relative to the checkpoint
+        else:
+            vocab.save(tmp / VOCAB)
+        config = {"format": FORMAT, "architecture": model.architecture, "model": sizes}
         (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
         torch.save(model.state_dict(), tmp / WEIGHTS)
-        vocab.save(tmp / VOCAB)
         for name, value in (extra or {}).items():
             torch.save(value, tmp / f"{name}.pt")
         if directory.exists():  # keep the old one until the new one is in place
@@ -75,17 +82,26 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 def load_model(
     directory: str | Path, device: torch.device | str = "cpu"
-) -> tuple[DualEncoder, Vocabulary, dict[str, Any]]:
-    """(model in eval mode, vocabulary, config.json contents) of a model directory."""
+) -> tuple[DualEncoder, TextVocabulary, dict[str, Any]]:
+    """(model in eval mode, vocabulary or tokenizer, config.json contents) of a model directory."""
     directory = Path(directory)
     meta = read_meta(directory)
+    sizes = dict(meta["model"])
+    if sizes.get("text_model"):
+        sizes["text_model"] = str(directory / sizes["text_model"])
     try:
-        model = build_model(meta["architecture"], **meta["model"])
+        model = build_model(meta["architecture"], **sizes)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG}: {err}") from err
     state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    vocab = Vocabulary.load(directory / VOCAB)
+    vocab: TextVocabulary
+    if sizes.get("text_model"):
+        from selhn.models.transformer import WordPieceTokenizer
+
+        vocab = WordPieceTokenizer(sizes["text_model"])
+    else:
+        vocab = Vocabulary.load(directory / VOCAB)
     if len(vocab) != model.sizes.vocab_size:
         raise ValueError(
             f"{directory / VOCAB}: {len(vocab)} words, but the model was built for "

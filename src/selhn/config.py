@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 LOSSES = ("selhn", "hardest", "all", "infonce")
+TEXT_ENCODERS = ("bigru", "transformer")
 
 
 @dataclass
@@ -23,6 +24,10 @@ class ModelConfig:
     embed_size: int = 1024  # joint embedding dimension
     word_dim: int = 300  # word embedding dimension
     mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP (rvsepp)
+    text_encoder: str = "bigru"  # rvsepp: bigru | transformer (a pretrained text transformer)
+    text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
+    # packaged all-MiniLM-L6-v2 (text extra)
+    word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
 
 
 @dataclass
@@ -65,6 +70,7 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 (bfloat16 autocast, CUDA only)
     log_every: int = 10  # steps between log records (each one synchronises with the device)
     eval_batch_size: int = 256
+    pretrained_lr_scale: float = 0.1  # learning-rate factor of a pretrained text transformer
     global_negatives: bool = False  # torchrun: mine negatives over the batches of all ranks
     sync_batchnorm: bool = False  # torchrun on CUDA: batch statistics over all ranks
     compile: bool = False  # torch.compile the model (CUDA only)
@@ -136,7 +142,19 @@ class Config:
             (self.model.embed_size >= 1, "model.embed_size", ">= 1"),
             (self.model.word_dim >= 1, "model.word_dim", ">= 1"),
             (self.model.mlp_hidden >= 1, "model.mlp_hidden", ">= 1"),
+            (self.model.text_encoder in TEXT_ENCODERS, "model.text_encoder", str(TEXT_ENCODERS)),
+            (self.model.word_vectors in (None, "glove"), "model.word_vectors", "None or glove"),
+            (self.train.pretrained_lr_scale > 0, "train.pretrained_lr_scale", "> 0"),
         ]
+        transformer = self.model.text_encoder == "transformer"
+        checks += [
+            (transformer or self.model.text_model is None, "model.text_model",
+             "None unless model.text_encoder=transformer"),
+            (not transformer or self.model.word_vectors is None, "model.word_vectors",
+             "None with model.text_encoder=transformer"),
+            (not transformer or self.data.vocab is None, "data.vocab",
+             "None with model.text_encoder=transformer (it has its own tokenizer)"),
+        ]  # fmt: skip
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"{key} must be {expected}; got {_lookup(self, key)!r}")

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from selhn.data.collate import CaptionDataset, ImageDataset, pad_regions, pad_tokens
 from selhn.data.precomp import PrecompSplit
-from selhn.data.vocab import Vocabulary
+from selhn.data.vocab import TextVocabulary
 from selhn.models import DualEncoder
 
 
@@ -16,7 +16,7 @@ from selhn.models import DualEncoder
 def encode_split(
     model: DualEncoder,
     split: PrecompSplit,
-    vocab: Vocabulary,
+    vocab: TextVocabulary,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,

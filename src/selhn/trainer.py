@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from selhn.checkpoint import load_extra, load_model, point, save_model
 from selhn.config import Config, ModelConfig, save_config
 from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
+from selhn.data.glove import init_from_glove
 from selhn.data.precomp import PrecompSplit, open_split
-from selhn.data.vocab import Vocabulary
+from selhn.data.vocab import TextVocabulary, Vocabulary
 from selhn.distributed import (
     SINGLE_PROCESS,
     Distributed,
@@ -49,6 +50,7 @@ from selhn.losses import (
 )
 from selhn.models import DualEncoder, build_model
 from selhn.models.registry import model_sizes
+from selhn.models.transformer import default_text_model
 from selhn.retrieval import encode_split
 
 
@@ -82,7 +84,7 @@ def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> DualEncode
     takes = model_sizes(config.architecture)
     sizes = {}
     for key, value in vars(config).items():
-        if key == "architecture":
+        if key in ("architecture", "word_vectors"):  # not sizes
             continue
         if key in takes:
             sizes[key] = value
@@ -90,7 +92,43 @@ def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> DualEncode
             raise ValueError(
                 f"model.{key} does not apply to model.architecture={config.architecture}"
             )
+    if sizes.get("text_encoder") == "transformer" and not sizes.get("text_model"):
+        sizes["text_model"] = default_text_model()
     return build_model(config.architecture, vocab_size=vocab_size, img_dim=img_dim, **sizes)
+
+
+def make_text_vocabulary(config: Config, captions: list[str]) -> TextVocabulary:
+    """The transformer's tokenizer, ``data.vocab``, or a vocabulary built from ``captions``."""
+    if config.model.text_encoder == "transformer":
+        from selhn.models.transformer import WordPieceTokenizer
+
+        return WordPieceTokenizer(config.model.text_model or default_text_model())
+    if config.data.vocab:
+        return Vocabulary.load(config.data.vocab)
+    return Vocabulary.build(captions, config.data.min_word_count)
+
+
+def init_pretrained(model: DualEncoder, config: ModelConfig, vocab: TextVocabulary) -> None:
+    """Load the text transformer's pretrained weights, or GloVe word vectors, into a new model."""
+    if config.text_encoder == "transformer":
+        model.text_encoder.load_pretrained()
+    if config.word_vectors == "glove":
+        found = init_from_glove(model.text_encoder.embed, vocab)
+        print(f"initialised {found} of {len(vocab)} words from GloVe 6B 50-d", flush=True)
+
+
+def param_groups(model: DualEncoder, loss_fn: nn.Module, pretrained_lr_scale: float) -> list:
+    """AdamW groups: the model; a pretrained text transformer at ``lr_scale`` times the learning
+    rate (VSE-infinity's 0.1); a learned loss temperature without weight decay."""
+    transformer = getattr(model.text_encoder, "transformer", None)
+    pretrained = list(transformer.parameters()) if transformer is not None else []
+    taken = {id(p) for p in pretrained}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in taken], "lr_scale": 1.0}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr_scale": pretrained_lr_scale})
+    if list(loss_fn.parameters()):
+        groups.append({"params": list(loss_fn.parameters()), "lr_scale": 1.0, "weight_decay": 0.0})
+    return groups
 
 
 def grad_norm(module: nn.Module) -> Tensor:
@@ -159,7 +197,7 @@ def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
 def evaluate(
     model: DualEncoder,
     split: PrecompSplit,
-    vocab: Vocabulary,
+    vocab: TextVocabulary,
     batch_size: int,
     device: torch.device,
 ) -> dict[str, float]:
@@ -200,7 +238,7 @@ def _progress(loader: DataLoader, epoch: int, enabled: bool):
 def _save_epoch(
     run: Path,
     model: DualEncoder,
-    vocab: Vocabulary,
+    vocab: TextVocabulary,
     meta: dict[str, Any],
     trainer_state: dict[str, Any],
     is_best: bool,
@@ -222,7 +260,7 @@ class _Start:
     """Where a run starts: a fresh model, or the state of ``RUN/last``."""
 
     model: DualEncoder
-    vocab: Vocabulary
+    vocab: TextVocabulary
     epoch: int = 0
     best_rsum: float = -math.inf
     best_epoch: int = -1
@@ -242,13 +280,10 @@ def _start(config: Config, run: Path, train_split: PrecompSplit, resume: bool) -
         )
     if (run / "last").exists():
         raise FileExistsError(f"{run} already holds a run; pass --resume or another --out")
-    vocab = (
-        Vocabulary.load(config.data.vocab)
-        if config.data.vocab
-        else Vocabulary.build(train_split.captions, config.data.min_word_count)
-    )
+    vocab = make_text_vocabulary(config, train_split.captions)
     torch.manual_seed(config.train.seed)
     model = make_model(config.model, len(vocab), train_split.feature_dim)
+    init_pretrained(model, config.model, vocab)
     return _Start(model, vocab)
 
 
@@ -383,10 +418,8 @@ def _train(
 
     loss_fn = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature).to(device)
     warmup_loss = make_loss("all", lc.margin, lc.epsilon)
-    param_groups = [{"params": list(model.parameters())}]
-    if list(loss_fn.parameters()):  # InfoNCE's temperature: learned, without weight decay
-        param_groups.append({"params": list(loss_fn.parameters()), "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    groups = param_groups(model, loss_fn, tc.pretrained_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     if start.trainer_state is not None:
         optimizer.load_state_dict(start.trainer_state["optimizer"])
         loss_fn.load_state_dict(start.trainer_state["loss"])
@@ -404,7 +437,7 @@ def _train(
         for epoch in range(start.epoch, tc.epochs):
             lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             warmup = epoch < lc.warmup_epochs
             objective = "all" if warmup else lc.name
             ctx = StepContext(
@@ -444,7 +477,7 @@ def _train(
 def _finish_epoch(
     run: Path,
     model: DualEncoder,
-    vocab: Vocabulary,
+    vocab: TextVocabulary,
     dev_split: PrecompSplit,
     config: Config,
     epoch: int,

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from selhn.data.precomp import PrecompSplit
-from selhn.data.vocab import MASK, Vocabulary
+from selhn.data.vocab import TextVocabulary
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Augmentation:
             keep[rng.integers(len(regions))] = True
         return regions[keep]
 
-    def tokens(self, ids: list[int], vocab: Vocabulary, rng: np.random.Generator) -> list[int]:
+    def tokens(self, ids: list[int], vocab: TextVocabulary, rng: np.random.Generator) -> list[int]:
         out = []
         for token in ids:
             draw = rng.random()
@@ -37,7 +37,7 @@ class Augmentation:
                 continue
             draw /= self.token_prob
             if draw < self.token_mask:
-                out.append(vocab.word2idx[MASK])
+                out.append(vocab.mask_id)
             elif draw < self.token_mask + self.token_random:
                 out.append(int(rng.integers(len(vocab))))
         return out or ids[:1]
@@ -65,7 +65,7 @@ class PairDataset(Dataset):
     def __init__(
         self,
         split: PrecompSplit,
-        vocab: Vocabulary,
+        vocab: TextVocabulary,
         augmentation: Augmentation | None = None,
         seed: int = 0,
     ) -> None:
@@ -102,7 +102,7 @@ class ImageDataset(Dataset):
 class CaptionDataset(Dataset):
     """Each caption of a split once, for encoding."""
 
-    def __init__(self, captions: list[str], vocab: Vocabulary) -> None:
+    def __init__(self, captions: list[str], vocab: TextVocabulary) -> None:
         self.captions, self.vocab = captions, vocab
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 PAD, START, END, UNK, MASK = "<pad>", "<start>", "<end>", "<unk>", "<mask>"
 SPECIALS = (PAD, START, END, UNK, MASK)
@@ -17,6 +18,18 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 def tokenize(text: str) -> list[str]:
     """Lower-cased words, with punctuation as separate tokens: "A dog's toy." -> a dog's toy ."""
     return _TOKEN.findall(text.lower())
+
+
+class TextVocabulary(Protocol):
+    """What turns captions into token ids: ``Vocabulary`` (words) or a transformer's
+    ``WordPieceTokenizer`` (pieces)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def mask_id(self) -> int: ...
+
+    def encode(self, caption: str) -> list[int]: ...
 
 
 class Vocabulary:
@@ -41,6 +54,10 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.idx2word)
+
+    @property
+    def mask_id(self) -> int:
+        return self.word2idx[MASK]
 
     def __call__(self, word: str) -> int:
         return self.word2idx.get(word, self.word2idx[UNK])

