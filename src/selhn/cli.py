@@ -50,6 +50,42 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_samples(args: argparse.Namespace) -> None:
+    from selhn.data.samples import write_samples
+
+    manifest = write_samples(args.out, args.train, args.dev, args.test, args.seed)
+    print(f"wrote {manifest} and its images")
+
+
+def _cmd_features(args: argparse.Namespace) -> None:
+    from selhn.data.manifest import read_karpathy, read_manifest
+    from selhn.features import FeatureJob, extract_features
+    from selhn.trainer import resolve_device
+
+    if args.karpathy and not args.images:
+        raise SystemExit("selhn features: --karpathy needs --images DIR (the image folder)")
+    records = (
+        read_karpathy(args.karpathy, args.images)
+        if args.karpathy
+        else read_manifest(args.manifest, args.images)
+    )
+    report = extract_features(
+        records,
+        args.out,
+        FeatureJob(args.backbone, args.image_size),
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        weights=args.backbone_weights,
+    )
+    counts = ", ".join(f"{split} {n}" for split, n in report["images"].items())
+    print(
+        f"wrote {args.out}: {counts} images ({report['computed']} computed now) "
+        f"in {report['seconds']:.1f} s"
+    )
+
+
 TRAIN_SHORTCUTS = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
@@ -62,6 +98,8 @@ TRAIN_SHORTCUTS = {
     "epsilon": "loss.epsilon",
     "warmup_epochs": "loss.warmup_epochs",
     "global_negatives": "train.global_negatives",
+    "text_encoder": "model.text_encoder",
+    "text_model": "model.text_model",
 }
 
 
@@ -243,6 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--regions", type=int, default=12, help="regions per image")
     synth.add_argument("--feature-dim", type=int, default=256, help="channels per region")
     synth.add_argument("--seed", type=int, default=0)
+    samples = data.add_parser("samples", help="write real sample images (skimage, sklearn digits)")
+    samples.add_argument("--out", required=True, help="output folder (PNG files, manifest.jsonl)")
+    samples.add_argument("--train", type=int, default=600, help="training digit pairs")
+    samples.add_argument("--dev", type=int, default=100, help="dev digit pairs")
+    samples.add_argument("--test", type=int, default=150, help="test digit pairs")
+    samples.add_argument("--seed", type=int, default=0)
+
+    feats = commands.add_parser("features", help="grid features of raw images (precomp layout)")
+    source = feats.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSON-lines manifest: image, captions, split")
+    source.add_argument("--karpathy", help="Karpathy split file (dataset_coco.json, ...)")
+    feats.add_argument("--images", help="image folder (default for --manifest: its folder)")
+    feats.add_argument("--out", required=True, help="output directory (precomp layout)")
+    feats.add_argument("--backbone", default="efficientnet-lite0", help="or timm:NAME")
+    feats.add_argument("--backbone-weights", help="timm: local weights file")
+    feats.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
+    feats.add_argument("--batch-size", type=int, default=32)
+    feats.add_argument("--device", default="auto")
+    feats.add_argument("--workers", type=int, default=0, help="image-decoding processes")
+    feats.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = commands.add_parser(
         "train",
@@ -270,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--architecture", choices=sorted(ARCHITECTURES))
     train.add_argument("--epsilon", type=float, help="SelHN gap threshold")
     train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
+    train.add_argument("--text-encoder", choices=("bigru", "transformer"))
+    train.add_argument("--text-model", help="transformer: a local Hugging Face model directory")
     train.add_argument(
         "--global-negatives",
         action="store_true",
@@ -313,7 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         if args.command == "data":
-            _cmd_synth(args)
+            _cmd_synth(args) if args.data == "synth" else _cmd_samples(args)
+        elif args.command == "features":
+            _cmd_features(args)
         elif args.command == "train":
             _cmd_train(args, extra)
         elif args.command == "experiment":
@@ -324,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_encode(args)
         else:
             _cmd_search(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"selhn {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -5,7 +5,8 @@ JSON-lines manifest, for trying the raw-image path offline (``selhn data samples
   all in the train split.
 - Pairs of real handwritten digits from scikit-learn's digits set (1,797 scans, 8 x 8), drawn side
   by side in one of six ink colours: "a red three next to a red seven". Each digit scan is used
-  once, so no two images share pixels; they make the train, dev and test splits.
+  once, so no two images share pixels; they make the train, dev and test splits. Every third
+  pair has one caption, the others two.
 
 Needs the ``samples`` extra (scikit-image, scikit-learn, Pillow).
 """
@@ -99,6 +100,7 @@ def write_samples(
         path = f"images/digits-{number:04d}.png"
         Image.fromarray(image).save(out / path)
         captions = digit_captions(int(digits.target[i]), int(digits.target[j]), colour)
+        captions = captions[:1] if number % 3 == 0 else captions  # one caption is common too
         lines.append({"image": path, "captions": captions, "split": split})
     manifest = out / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")

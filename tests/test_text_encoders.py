@@ -1,0 +1,61 @@
+"""The pretrained text transformer (packaged all-MiniLM-L6-v2) and GloVe initialisation."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from selhn.data.collate import pad_tokens
+from selhn.data.glove import glove_table, init_from_glove
+from selhn.data.vocab import Vocabulary
+from selhn.models.text import BiGRUTextEncoder
+from selhn.models.transformer import TransformerTextEncoder, WordPieceTokenizer, default_text_model
+
+CAPTIONS = ["a red seven next to a blue two", "a cat", "the handwritten digits 4 and 9 in cyan ink"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    model = TransformerTextEncoder(default_text_model(), embed_size=16)
+    model.load_pretrained()
+    return model.eval()
+
+
+def test_the_encoder_is_the_pretrained_transformer_then_linear_gpo_and_norm(encoder):
+    tokenizer = WordPieceTokenizer(default_text_model())
+    reference = AutoModel.from_pretrained(default_text_model()).eval()
+    hf = AutoTokenizer.from_pretrained(default_text_model())
+    ids = [tokenizer.encode(c) for c in CAPTIONS]
+    tokens, lengths = pad_tokens(ids)
+    with torch.no_grad():
+        batch = encoder(tokens, lengths)
+        for row, caption in enumerate(CAPTIONS):
+            full = hf(caption, return_tensors="pt")["input_ids"]  # [CLS] pieces [SEP]
+            assert full[0, 1:-1].tolist() == ids[row]
+            hidden = reference(input_ids=full).last_hidden_state
+            pooled = encoder.pool(encoder.fc(hidden), torch.tensor([full.shape[1]]))
+            expected = torch.nn.functional.normalize(pooled, dim=-1)[0]
+            torch.testing.assert_close(batch[row], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tokenizer_mask_id_and_length(encoder):
+    tokenizer = WordPieceTokenizer(default_text_model())
+    assert tokenizer.mask_id == tokenizer.tokenizer.convert_tokens_to_ids("[MASK]")
+    assert len(tokenizer) == encoder.transformer.config.vocab_size
+    with pytest.raises(FileNotFoundError, match=r"config\.json: not found"):
+        WordPieceTokenizer("/nonexistent")
+
+
+def test_glove_vectors_initialise_the_known_words():
+    vocab = Vocabulary.build(["a cat and a zzqxv"])
+    encoder = BiGRUTextEncoder(len(vocab), word_dim=50, embed_size=8)
+    before = encoder.embed.weight.detach().clone()
+    assert init_from_glove(encoder.embed, vocab) == 3  # a, cat, and
+    rows, vectors = glove_table()
+    for word in ("a", "cat", "and"):
+        expected = torch.from_numpy(np.array(vectors[rows[word]]))
+        assert torch.equal(encoder.embed.weight[vocab(word)], expected)
+    assert torch.equal(encoder.embed.weight[vocab("zzqxv")], before[vocab("zzqxv")])
+    with pytest.raises(ValueError, match=r"set model\.word_dim=50"):
+        init_from_glove(BiGRUTextEncoder(len(vocab), word_dim=300, embed_size=8).embed, vocab)
