@@ -219,6 +219,11 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     assert main(["eval", "--checkpoint", str(run / "best"), "--data", str(out), "--json",
                  str(tmp_path / "m.json")]) == 0  # fmt: skip
     assert "test split, 12 images" in capsys.readouterr().out
+    query = ["search", "--checkpoint", str(run / "best"), "--data", str(out), "--k", "1"]
+    assert main([*query, "--query", "a red seven", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    tests = [r for r in read_manifest(samples) if r.split == "test"]
+    assert hit["file"] == str(tests[hit["image"]].image)
     model, vocab, meta = load_model(run / "best")
     assert model.sizes.text_encoder == encoder[1]
     if encoder[1] == "transformer":  # self-contained: config and tokenizer, no second weights

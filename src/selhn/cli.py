@@ -1,4 +1,4 @@
-"""The ``selhn`` command: data, train, experiment, eval, encode, search. The only argv reader."""
+"""The ``selhn`` command: data, features, train, experiment, eval, encode, search (argv reader)."""
 
 from __future__ import annotations
 
@@ -231,8 +231,10 @@ def _cmd_search(args: argparse.Namespace) -> None:
         with torch.no_grad():
             query = model.encode_texts(tokens.to(device), lengths.to(device)).cpu()
         scores, indices = top_k(query, img_emb, args.k, args.backend)
+        files = split.image_files()
         hits = [
             {"image": i, "score": s, "caption": split.captions[int((owner == i).argmax())]}
+            | ({"file": files[i]} if files else {})
             for i, s in zip(indices[0].tolist(), scores[0].tolist(), strict=True)
         ]
         header = f"text -> image: {args.query!r}"
@@ -264,6 +266,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     print(header)
     for rank, hit in enumerate(hits, start=1):
         where = f"image {hit['image']}" if "image" in hit else f"caption {hit['caption_index']}"
+        where += f" ({hit['file']})" if "file" in hit else ""
         mark = " (ground truth)" if hit.get("match") else ""
         print(f"{rank:3d}. {hit['score']:.3f}  {where}: {hit['caption']}{mark}")
 

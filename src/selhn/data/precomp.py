@@ -38,6 +38,11 @@ class PrecompSplit:
     def caption_to_image(self) -> np.ndarray:
         return self.caption_images
 
+    def image_files(self) -> list[str] | None:
+        """The image file of each image, where ``selhn features`` listed them."""
+        path = self.features_path.with_name(f"{self.name}_images.txt")
+        return path.read_text(encoding="utf-8").splitlines() if path.exists() else None
+
     def image(self, index: int) -> np.ndarray:
         """(K, F) float32 regions of one image, checked to be finite."""
         regions = np.array(self.features[index], dtype=np.float32)  # copy out of the memmap
