@@ -1,6 +1,7 @@
 """The raw-image path on packaged real images: manifest or Karpathy -> features -> train -> eval."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -233,3 +234,38 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     dev = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     best = max(r["rsum"] for r in dev if r["type"] == "eval")
     assert meta["dev_metrics"]["rsum"] == best
+
+
+class FakeTimmNet(torch.nn.Module):
+    """Stands in for a timm CNN: the interface build_backbone relies on."""
+
+    num_features = 4
+
+    def __init__(self):
+        super().__init__()
+        self.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+        self.conv = torch.nn.Conv2d(3, 4, kernel_size=8, stride=8)
+
+    def forward_features(self, x):
+        return self.conv(x)
+
+
+def test_timm_backbones_load_local_weights_and_normalise(monkeypatch, tmp_path):
+    fake = type(sys)("timm")
+    fake.create_model = lambda name, pretrained, num_classes: FakeTimmNet()
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    torch.manual_seed(0)
+    net = FakeTimmNet()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    backbone = build_backbone("timm:fake", tmp_path / "w.pt")
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = net.forward_features((images.float() / 255 - 0.5) / 0.25)
+    torch.testing.assert_close(backbone(images), expected)
+    assert backbone.channels == 4
+    with pytest.raises(ValueError, match="needs --backbone-weights FILE"):
+        build_backbone("timm:fake")
+    torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: not weights for timm model fake"):
+        build_backbone("timm:fake", tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
+        build_backbone("resnet")

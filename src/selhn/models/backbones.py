@@ -35,13 +35,15 @@ class GridBackbone(nn.Module):
         return self.trunk((images.float() - self.mean) / self.std)
 
 
-class _EfficientNetTrunk(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+class _FeatureMaps(nn.Module):
+    """A classification network cut at its last feature map: ``net.<method>(x)``."""
+
+    def __init__(self, net: nn.Module, method: str) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.method = net, method
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net.extract_features(x)
+        return getattr(self.net, self.method)(x)
 
 
 def efficientnet_lite0() -> GridBackbone:
@@ -58,16 +60,7 @@ def efficientnet_lite0() -> GridBackbone:
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net._fc = nn.Identity()  # the classifier is not used
     # EfficientNet-Lite's own preprocessing: (x - 127) / 128
-    return GridBackbone(_EfficientNetTrunk(net), 1280, [127.0] * 3, [128.0] * 3)
-
-
-class _TimmTrunk(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net.forward_features(x)
+    return GridBackbone(_FeatureMaps(net, "extract_features"), 1280, [127.0] * 3, [128.0] * 3)
 
 
 def timm_backbone(name: str, weights: str | Path | None) -> GridBackbone:
@@ -89,7 +82,7 @@ def timm_backbone(name: str, weights: str | Path | None) -> GridBackbone:
     config = net.pretrained_cfg
     mean = [255.0 * m for m in config.get("mean", (0.485, 0.456, 0.406))]
     std = [255.0 * s for s in config.get("std", (0.229, 0.224, 0.225))]
-    return GridBackbone(_TimmTrunk(net), net.num_features, mean, std)
+    return GridBackbone(_FeatureMaps(net, "forward_features"), net.num_features, mean, std)
 
 
 def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> GridBackbone:
