@@ -160,3 +160,18 @@ def test_torchrun_trains_and_resumes_with_another_process_count(tmp_path):
     model, _, meta = load_model(run / "last")
     assert meta["epoch"] == 2 and isinstance(model, RVSEPP)
     assert max(r["rsum"] for r in evals) > evals[0]["rsum"]
+
+
+def test_settings_that_need_cuda_or_several_processes_are_refused(tmp_path):
+    data = tmp_path / "data"
+    generate(data, SynthConfig(train=8, dev=4, test=4, regions=8, feature_dim=8, seed=2))
+    cases = [
+        ({"train.compile": True}, r"train.compile=true needs a CUDA device"),
+        ({"train.sync_batchnorm": True}, r"train.sync_batchnorm=true needs several processes"),
+        ({"train.amp": "bf16"}, r"train.amp=bf16 needs a CUDA device"),
+    ]
+    for overrides, message in cases:
+        config = load_config(None, {"train.device": "cpu", **overrides})
+        with pytest.raises(ValueError, match=message):
+            train(config, data, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -5,11 +5,13 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from selhn.config import load_config
 from selhn.data.collate import pad_tokens
 from selhn.data.glove import glove_table, init_from_glove
 from selhn.data.vocab import Vocabulary
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import TransformerTextEncoder, WordPieceTokenizer, default_text_model
+from selhn.trainer import init_pretrained, make_loss, make_model, make_text_vocabulary, param_groups
 
 CAPTIONS = ["a red seven next to a blue two", "a cat", "the handwritten digits 4 and 9 in cyan ink"]
 
@@ -59,3 +61,28 @@ def test_glove_vectors_initialise_the_known_words():
     assert torch.equal(encoder.embed.weight[vocab("zzqxv")], before[vocab("zzqxv")])
     with pytest.raises(ValueError, match=r"set model\.word_dim=50"):
         init_from_glove(BiGRUTextEncoder(len(vocab), word_dim=300, embed_size=8).embed, vocab)
+
+
+def test_a_new_run_starts_from_glove(capsys):
+    config = load_config(
+        None, {"model.word_vectors": "glove", "model.word_dim": 50, "model.embed_size": 8}
+    )
+    vocab = make_text_vocabulary(config, ["a cat", "a zzqxv"])
+    model = make_model(config.model, len(vocab), img_dim=16)
+    init_pretrained(model, config.model, vocab)
+    rows, vectors = glove_table()
+    expected = torch.from_numpy(np.array(vectors[rows["cat"]]))
+    assert torch.equal(model.text_encoder.embed.weight[vocab("cat")], expected)
+    assert f"initialised 2 of {len(vocab)} words" in capsys.readouterr().out  # a, cat
+
+
+def test_the_transformer_trains_at_a_tenth_of_the_learning_rate():
+    config = load_config(None, {"model.text_encoder": "transformer", "model.embed_size": 8})
+    vocab = make_text_vocabulary(config, [])
+    model = make_model(config.model, len(vocab), img_dim=16)
+    groups = param_groups(model, make_loss("infonce"), config.train.pretrained_lr_scale)
+    transformer = {id(p) for p in model.text_encoder.transformer.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == transformer and groups[1]["lr_scale"] == 0.1
+    assert not transformer & {id(p) for p in groups[0]["params"]}
+    assert len(groups[0]["params"]) + len(transformer) == len(list(model.parameters()))
+    assert groups[2]["weight_decay"] == 0.0  # the InfoNCE temperature
