@@ -375,8 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command not in ("train", "experiment"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
-        if args.command == "data":
-            _cmd_synth(args) if args.data == "synth" else _cmd_samples(args)
+        if args.command == "data" and args.data == "synth":
+            _cmd_synth(args)
+        elif args.command == "data":
+            _cmd_samples(args)
         elif args.command == "features":
             _cmd_features(args)
         elif args.command == "train":
