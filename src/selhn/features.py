@@ -129,7 +129,7 @@ def _extract_split(
     if progress:
         from tqdm import tqdm
 
-        loader = tqdm(loader, desc=split, initial=start // batch_size, leave=False)
+        loader = tqdm(loader, desc=f"{split} from image {start}", leave=False)
     row = start
     for images in loader:
         grid = backbone(images.to(device))  # (B, C, h, w)
