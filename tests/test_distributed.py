@@ -5,7 +5,6 @@ The reference is a single process on the concatenated batch. BatchNorm runs in e
 answer), so the comparison is exact up to float rounding.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from selhn.data.collate import Batch
 from selhn.data.synth import SynthConfig, generate
 from selhn.distributed import Distributed
 from selhn.models import RVSEPP
-from selhn.trainer import StepContext, make_loss, train, train_step
+from selhn.trainer import StepContext, make_loss, read_log, train, train_step
 
 WORLD = 2
 PER_RANK = 5
@@ -134,27 +133,22 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def log_records(run, kind):
-    lines = (run / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["type"] == kind]
-
-
 def test_torchrun_trains_and_resumes_with_another_process_count(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, SynthConfig(train=48, dev=16, test=16, regions=8, feature_dim=8, seed=2))
     first = torchrun("--data", str(data), "--out", str(run), "--epochs", "1", "--global-negatives")
     assert first.stdout.count("best dev rSum") == 1  # rank 0 alone reports
     # 240 captions over 2 ranks of 8 pairs: 15 steps, logged once each (by rank 0 only)
-    assert [r["step"] for r in log_records(run, "step")] == list(range(15))
-    assert [r["epoch"] for r in log_records(run, "eval")] == [0]
+    assert [r["step"] for r in read_log(run)[0]] == list(range(15))
+    assert [r["epoch"] for r in read_log(run)[1]] == [0]
 
     config = load_config(run / "config.yaml", {"train.epochs": 2})
     assert config.train.global_negatives
     train(config, data, run, resume=True, progress=False)  # one process: 240 / 16 = 15 steps
-    assert [r["step"] for r in log_records(run, "step")] == list(range(30))
+    assert [r["step"] for r in read_log(run)[0]] == list(range(30))
 
     torchrun("--data", str(data), "--out", str(run), "--resume", "--epochs", "3")
-    evals = log_records(run, "eval")
+    evals = read_log(run)[1]
     assert [r["epoch"] for r in evals] == [0, 1, 2]
     assert (run / "last").resolve().name == "epoch-002"
     model, _, meta = load_model(run / "last")

@@ -18,6 +18,7 @@ from selhn.data.precomp import open_split
 from selhn.data.samples import write_samples
 from selhn.features import FeatureJob, extract_features
 from selhn.models.backbones import build_backbone
+from selhn.trainer import read_log
 
 SIZE = 64  # 2 x 2 grid cells: fast on the CPU
 
@@ -228,8 +229,7 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     assert hit["file"] == str(tests[hit["image"]].image)
     model, vocab, meta = load_model(run / "best")
     assert model.sizes.text_encoder == encoder[1]
-    dev = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    best = max(r["rsum"] for r in dev if r["type"] == "eval")
+    best = max(r["rsum"] for r in read_log(run)[1])
     assert meta["dev_metrics"]["rsum"] == best
     if encoder[1] == "transformer":  # self-contained: config and tokenizer, no second weights
         assert (run / "best" / "text_model" / "tokenizer.json").exists()

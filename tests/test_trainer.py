@@ -10,7 +10,7 @@ from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
 from selhn.evaluation import embedding_metrics
 from selhn.models import RVSEPP
-from selhn.trainer import evaluate, train
+from selhn.trainer import evaluate, read_log, train
 
 TINY = {
     "model.embed_size": 32,
@@ -29,11 +29,6 @@ def data(tmp_path_factory):
     return root
 
 
-def records(run, kind):
-    lines = (run / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["type"] == kind]
-
-
 def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     config = load_config(None, {**TINY, "train.epochs": 4})
     result = train(config, data, tmp_path / "run", progress=False)
@@ -46,11 +41,11 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     before = evaluate(untrained, dev, vocab, 64, torch.device("cpu"))["rsum"]
     assert result["best_rsum"] > before + 50
 
-    steps = records(tmp_path / "run", "step")
+    steps = read_log(tmp_path / "run")[0]
     assert len(steps) == 4 * 20  # 320 captions / 16 per batch, every step logged
     for key in ("loss", "grad_norm_image", "grad_norm_text", "lr", "vanishing_i2t", "gap_t2i"):
         assert all(isinstance(r[key], float) for r in steps), key
-    evals = records(tmp_path / "run", "eval")
+    evals = read_log(tmp_path / "run")[1]
     assert [r["epoch"] for r in evals] == [0, 1, 2, 3]
     assert max(r["rsum"] for r in evals) == result["best_rsum"]
     assert (tmp_path / "run" / "last").resolve().name == "epoch-003"
@@ -73,8 +68,8 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
         log.write(json.dumps({"type": "step", "epoch": 1, "step": 99}) + "\n")
     train(whole, data, tmp_path / "part", resume=True, progress=False)
 
-    assert records(tmp_path / "part", "eval") == records(tmp_path / "whole", "eval")
-    assert records(tmp_path / "part", "step") == records(tmp_path / "whole", "step")
+    assert read_log(tmp_path / "part")[1] == read_log(tmp_path / "whole")[1]
+    assert read_log(tmp_path / "part")[0] == read_log(tmp_path / "whole")[0]
     a, _, _ = load_model(tmp_path / "whole" / "last")
     b, _, _ = load_model(tmp_path / "part" / "last")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
@@ -85,7 +80,7 @@ def test_warmup_uses_all_negatives_first(data, tmp_path):
     config = load_config(None, {**TINY, "train.epochs": 2, "loss.name": "hardest"})
     config.loss.warmup_epochs = 1
     train(config, data, tmp_path / "run", progress=False)
-    objectives = {r["epoch"]: r["objective"] for r in records(tmp_path / "run", "step")}
+    objectives = {r["epoch"]: r["objective"] for r in read_log(tmp_path / "run")[0]}
     assert objectives == {0: "all", 1: "hardest"}
 
 

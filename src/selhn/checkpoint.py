@@ -43,7 +43,7 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         sizes = model.config()
-        if sizes.get("text_model"):
+        if sizes.get("text_encoder") == "transformer":
             vocab.save(tmp / TEXT_MODEL)
             sizes["text_model"] = TEXT_MODEL  # relative to the checkpoint
         else:
@@ -87,8 +87,9 @@ def load_model(
     directory = Path(directory)
     meta = read_meta(directory)
     sizes = dict(meta["model"])
-    if sizes.get("text_model"):
-        sizes["text_model"] = str(directory / sizes["text_model"])
+    transformer = sizes.get("text_encoder") == "transformer"
+    if transformer:
+        sizes["text_model"] = str(directory / TEXT_MODEL)
     try:
         model = build_model(meta["architecture"], **sizes)
     except (TypeError, ValueError) as err:
@@ -96,7 +97,7 @@ def load_model(
     state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     vocab: TextVocabulary
-    if sizes.get("text_model"):
+    if transformer:
         from selhn.models.transformer import WordPieceTokenizer
 
         vocab = WordPieceTokenizer(sizes["text_model"])

@@ -72,12 +72,11 @@ def _cmd_features(args: argparse.Namespace) -> None:
     report = extract_features(
         records,
         args.out,
-        FeatureJob(args.backbone, args.image_size),
+        FeatureJob(args.backbone, args.image_size, args.backbone_weights),
         batch_size=args.batch_size,
         device=resolve_device(args.device),
         num_workers=args.workers,
         progress=not args.no_progress,
-        weights=args.backbone_weights,
     )
     counts = ", ".join(f"{split} {n}" for split, n in report["images"].items())
     print(

@@ -78,19 +78,13 @@ def device_for(job: Distributed, device: torch.device) -> torch.device:
     return device
 
 
-def gather_with_grad(tensor: Tensor) -> Tensor:
-    """Concatenate every rank's (B, ...) tensor in rank order; gradients flow back to the rank
-    that produced each part (the backward pass sums every rank's gradient for it)."""
+def gather(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's (B, ...) tensor in rank order. Where ``tensor`` needs gradients,
+    they flow back to the rank that produced each part (the backward pass sums every rank's
+    gradient for it)."""
     with warnings.catch_warnings():  # deprecated in favour of a private module; still public API
         warnings.simplefilter("ignore", FutureWarning)
         return torch.cat(dist_fn.all_gather(tensor))
-
-
-def gather(tensor: Tensor) -> Tensor:
-    """Concatenate every rank's (B, ...) tensor in rank order, without gradients."""
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
 
 
 def average_gradients_(module: nn.Module) -> None:

@@ -19,7 +19,7 @@ from selhn.checkpoint import load_model, read_meta
 from selhn.config import load_config
 from selhn.data.precomp import open_split
 from selhn.evaluation import METRIC_NAMES
-from selhn.trainer import evaluate, resolve_device, train
+from selhn.trainer import evaluate, read_log, resolve_device, train
 
 # What each compared loss changes in the configuration; nothing else differs between runs.
 LOSS_SETUPS: dict[str, dict[str, Any]] = {
@@ -37,12 +37,6 @@ def parse_losses(text: str) -> list[str]:
     if unknown or not losses:
         raise ValueError(f"--losses: unknown {unknown}; choose from {', '.join(LOSS_SETUPS)}")
     return losses
-
-
-def read_log(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(step records, eval records) of a run."""
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return [r for r in records if r["type"] == "step"], [r for r in records if r["type"] == "eval"]
 
 
 def _finished(run: Path, epochs: int) -> bool:

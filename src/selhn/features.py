@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from selhn.data.manifest import ImageRecord, by_split
-from selhn.data.precomp import write_captions
+from selhn.data.precomp import features_path, write_captions
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone
 
 JOB_FILE = "features.json"
@@ -34,10 +34,12 @@ JOB_FILE = "features.json"
 
 @dataclass(frozen=True)
 class FeatureJob:
-    """What to compute: the backbone and the square size every image is resized to."""
+    """What to compute: the backbone (``weights``: a local file, for timm backbones) and the
+    square size every image is resized to."""
 
     backbone: str = DEFAULT_BACKBONE
     image_size: int = 224
+    weights: str | None = None
 
 
 def load_image(path: Path, size: int, source: str = "") -> Tensor:
@@ -106,19 +108,21 @@ def _extract_split(
     split: str,
     records: list[ImageRecord],
     backbone: nn.Module,
+    grid: tuple[int, int],
     job: FeatureJob,
     device: torch.device,
     batch_size: int,
     num_workers: int,
     progress: bool,
 ) -> int:
-    """Compute the split's missing images; return how many were computed in this call."""
-    final, partial = out / f"{split}_ims.npy", out / f".{split}_ims.npy.partial"
+    """Compute the split's missing images; return how many were computed in this call.
+
+    ``grid``: the backbone's (cells, channels) at this image size.
+    """
+    final = features_path(out, split)
+    partial = final.with_name(f".{final.name}.partial")
     done_file = out / f".{split}.done"
-    if final.exists():
-        return 0
-    cells, channels = _grid_shape(backbone, job.image_size, device)
-    shape = (len(records), cells, channels)
+    shape = (len(records), *grid)
     resuming = partial.exists() and done_file.exists()
     start = int(done_file.read_text()) if resuming else 0
     mode = "r+" if resuming else "w+"
@@ -140,8 +144,7 @@ def _extract_split(
     del array
     captions = [c for r in records for c in r.captions]
     owners = [i for i, r in enumerate(records) for _ in r.captions]
-    write_captions(out, split, captions, owners)
-    _write_atomic(out / f"{split}_images.txt", "".join(f"{r.image}\n" for r in records))
+    write_captions(out, split, captions, owners, [str(r.image) for r in records])
     os.replace(partial, final)
     done_file.unlink()
     return row - start
@@ -156,28 +159,29 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     backbone: nn.Module | None = None,
-    weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the precomp layout of ``records`` under ``out``; resume an interrupted job.
 
     Args:
-        backbone: an already built backbone (default: ``build_backbone(job.backbone, weights)``).
+        backbone: an already built backbone (default: the one ``job`` names).
     Returns:
         images per split, images computed by this call, seconds.
     """
     out, device, job = Path(out), torch.device(device), job or FeatureJob()
     _check_job(out, _fingerprint(records, job))
     started = time.perf_counter()
-    model = backbone if backbone is not None else build_backbone(job.backbone, weights)
-    model = model.to(device).eval()
     splits = by_split(records)
-    computed = sum(
-        _extract_split(
-            out, split, part, model, job, device, batch_size, num_workers,
-            progress and sys.stderr.isatty(),
-        )
-        for split, part in splits.items()
-    )  # fmt: skip
+    todo = {s: part for s, part in splits.items() if not features_path(out, s).exists()}
+    computed = 0
+    if todo:
+        model = backbone if backbone is not None else build_backbone(job.backbone, job.weights)
+        model = model.to(device).eval()
+        grid = _grid_shape(model, job.image_size, device)
+        show = progress and sys.stderr.isatty()
+        for split, part in todo.items():
+            computed += _extract_split(
+                out, split, part, model, grid, job, device, batch_size, num_workers, show
+            )
     return {
         "images": {split: len(part) for split, part in splits.items()},
         "computed": computed,

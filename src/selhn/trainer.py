@@ -37,7 +37,6 @@ from selhn.distributed import (
     device_for,
     from_environment,
     gather,
-    gather_with_grad,
     init_process_group,
 )
 from selhn.evaluation import embedding_metrics
@@ -50,7 +49,6 @@ from selhn.losses import (
 )
 from selhn.models import DualEncoder, build_model
 from selhn.models.registry import model_sizes
-from selhn.models.transformer import default_text_model
 from selhn.retrieval import encode_split
 
 
@@ -92,8 +90,6 @@ def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> DualEncode
             raise ValueError(
                 f"model.{key} does not apply to model.architecture={config.architecture}"
             )
-    if sizes.get("text_encoder") == "transformer" and not sizes.get("text_model"):
-        sizes["text_model"] = default_text_model()
     return build_model(config.architecture, vocab_size=vocab_size, img_dim=img_dim, **sizes)
 
 
@@ -102,7 +98,7 @@ def make_text_vocabulary(config: Config, captions: list[str]) -> TextVocabulary:
     if config.model.text_encoder == "transformer":
         from selhn.models.transformer import WordPieceTokenizer
 
-        return WordPieceTokenizer(config.model.text_model or default_text_model())
+        return WordPieceTokenizer(config.model.text_model)
     if config.data.vocab:
         return Vocabulary.load(config.data.vocab)
     return Vocabulary.build(captions, config.data.min_word_count)
@@ -171,7 +167,7 @@ def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         )
     ids = batch.image_ids if ctx.mask_same_image else None
     if ctx.global_negatives and ctx.job.enabled:
-        img_emb, txt_emb = gather_with_grad(img_emb), gather_with_grad(txt_emb)
+        img_emb, txt_emb = gather(img_emb), gather(txt_emb)
         ids = gather(ids) if ids is not None else None
     loss = ctx.loss_fn(img_emb, txt_emb, ids)
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -225,6 +221,12 @@ class RunLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def read_log(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(step records, eval records) of a run's ``log.jsonl``."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == "step"], [r for r in records if r["type"] == "eval"]
 
 
 def _progress(loader: DataLoader, epoch: int, enabled: bool):

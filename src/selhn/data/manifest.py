@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selhn.data.precomp import SPLIT_ALIASES
+
 SPLITS = ("train", "dev", "test")
-SPLIT_NAMES = {"train": "train", "restval": "train", "dev": "dev", "val": "dev", "test": "test"}
+SPLIT_NAMES = {**{s: s for s in SPLITS}, **SPLIT_ALIASES, "restval": "train"}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class PrecompSplit:
 
     def image_files(self) -> list[str] | None:
         """The image file of each image, where ``selhn features`` listed them."""
-        path = self.features_path.with_name(f"{self.name}_images.txt")
+        path = self.features_path.with_name(f"{self.name}_images.txt")  # see write_captions
         return path.read_text(encoding="utf-8").splitlines() if path.exists() else None
 
     def image(self, index: int) -> np.ndarray:
@@ -83,14 +83,18 @@ def _open_features(path: Path) -> np.ndarray:
     return features
 
 
+def features_path(root: Path, split: str) -> Path:
+    return root / f"{split}_ims.npy"
+
+
 def open_split(root: str | Path, split: str) -> PrecompSplit:
     """Open ``root/{split}_ims.npy`` (memory-mapped) and ``root/{split}_caps.txt``."""
     root = Path(root)
     split = SPLIT_ALIASES.get(split, split)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data directory not found")
-    features_path, captions_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt"
-    features = _open_features(features_path)
+    features_file, captions_path = features_path(root, split), root / f"{split}_caps.txt"
+    features = _open_features(features_file)
     captions = _read_captions(captions_path)
     owners_path = root / f"{split}_caps_img.txt"
     if owners_path.exists():
@@ -98,12 +102,12 @@ def open_split(root: str | Path, split: str) -> PrecompSplit:
     elif len(captions) % features.shape[0]:
         raise ValueError(
             f"{captions_path}: {len(captions)} caption lines are not a multiple of the "
-            f"{features.shape[0]} images in {features_path.name} (and there is no "
+            f"{features.shape[0]} images in {features_file.name} (and there is no "
             f"{owners_path.name} saying which image each caption describes)"
         )
     else:
         owners = np.arange(len(captions)) // (len(captions) // features.shape[0])
-    return PrecompSplit(split, features_path, captions_path, features, captions, owners)
+    return PrecompSplit(split, features_file, captions_path, features, captions, owners)
 
 
 def _read_caption_images(path: Path, num_captions: int, num_images: int) -> np.ndarray:
@@ -121,26 +125,29 @@ def _read_caption_images(path: Path, num_captions: int, num_images: int) -> np.n
     return owners
 
 
-def write_split(
-    root: str | Path,
-    split: str,
-    features: np.ndarray,
-    captions: list[str],
-    caption_images: list[int] | None = None,
-) -> None:
-    """Write a split in the precomp layout (``caption_images``: the image of each caption, when
-    images have different numbers of captions)."""
+def write_split(root: str | Path, split: str, features: np.ndarray, captions: list[str]) -> None:
+    """Write a split in the precomp layout (used by the synthetic generator and the tests)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    np.save(root / f"{split}_ims.npy", np.ascontiguousarray(features, dtype=np.float32))
-    write_captions(root, split, captions, caption_images)
+    np.save(features_path(root, split), np.ascontiguousarray(features, dtype=np.float32))
+    write_captions(root, split, captions)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def write_captions(
-    root: Path, split: str, captions: list[str], caption_images: list[int] | None = None
+    root: Path,
+    split: str,
+    captions: list[str],
+    caption_images: list[int] | None = None,
+    image_files: list[str] | None = None,
 ) -> None:
-    """``{split}_caps.txt`` and, if given, ``{split}_caps_img.txt``."""
-    (root / f"{split}_caps.txt").write_text("".join(c + "\n" for c in captions), encoding="utf-8")
+    """``{split}_caps.txt`` and, if given, ``{split}_caps_img.txt`` (the image of each caption)
+    and ``{split}_images.txt`` (the file of each image)."""
+    _write_lines(root / f"{split}_caps.txt", captions)
     if caption_images is not None:
-        text = "".join(f"{i}\n" for i in caption_images)
-        (root / f"{split}_caps_img.txt").write_text(text, encoding="utf-8")
+        _write_lines(root / f"{split}_caps_img.txt", [str(i) for i in caption_images])
+    if image_files is not None:
+        _write_lines(root / f"{split}_images.txt", image_files)

@@ -88,6 +88,8 @@ def timm_backbone(name: str, weights: str | Path | None) -> GridBackbone:
 def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> GridBackbone:
     """``efficientnet-lite0`` or ``timm:NAME``, in eval mode."""
     if name == DEFAULT_BACKBONE:
+        if weights is not None:
+            raise ValueError(f"backbone {name} ships its weights; --backbone-weights is for timm")
         backbone = efficientnet_lite0()
     elif name.startswith("timm:"):
         backbone = timm_backbone(name.removeprefix("timm:"), weights)

@@ -21,7 +21,8 @@ class RVSEPPSizes:
     word_dim: int = 300
     mlp_hidden: int = 512
     text_encoder: str = "bigru"
-    text_model: str | None = None  # transformer: a local Hugging Face model directory
+    text_model: str | None = None  # transformer: a local Hugging Face model directory (None:
+    # the packaged all-MiniLM-L6-v2)
 
 
 class RVSEPP(DualEncoder):
@@ -46,10 +47,7 @@ class RVSEPP(DualEncoder):
         self.image_encoder = ResidualRegionEncoder(img_dim, embed_size, mlp_hidden)
         if text_encoder == "bigru":
             self.text_encoder = BiGRUTextEncoder(vocab_size, word_dim, embed_size)
-        elif text_encoder == "transformer" and text_model:
+        elif text_encoder == "transformer":
             self.text_encoder = TransformerTextEncoder(text_model, embed_size)
         else:
-            raise ValueError(
-                "text_encoder must be bigru, or transformer with a text_model directory; "
-                f"got {text_encoder!r}, text_model={text_model!r}"
-            )
+            raise ValueError(f"text_encoder must be bigru or transformer; got {text_encoder!r}")

