@@ -15,12 +15,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from selhn import trainer
 from selhn.checkpoint import load_model
 from selhn.config import load_config
 from selhn.data.collate import Batch
+from selhn.data.images import write_image_splits
+from selhn.data.manifest import read_manifest
 from selhn.data.synth import SynthConfig, generate
 from selhn.distributed import Distributed
 from selhn.models import RVSEPP
+from selhn.models.backbones import build_backbone
 from selhn.trainer import StepContext, make_loss, read_log, train, train_step
 
 WORLD = 2
@@ -169,3 +173,40 @@ def test_settings_that_need_cuda_or_several_processes_are_refused(tmp_path):
         with pytest.raises(ValueError, match=message):
             train(config, data, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def images_worker(rank: int, store: str, data: str, out: str) -> None:
+    """Train from images in a 2-process job; save this rank's backbone weights."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    models = []
+    original = trainer._set_backbone_phase
+
+    def capture(model, epoch, frozen_epochs):  # the model this rank trains
+        models.append(model)
+        return original(model, epoch, frozen_epochs)
+
+    trainer._set_backbone_phase = capture
+    config = load_config(None, {
+        "model.backbone": "efficientnet-lite0", "model.image_size": 64, "model.embed_size": 16,
+        "model.word_dim": 8, "model.mlp_hidden": 8, "train.batch_size": 16, "train.epochs": 2,
+        "train.lr": 1e-3, "train.device": "cpu",
+    })  # fmt: skip
+    train(config, data, f"{out}/run", progress=False)
+    torch.save(models[-1].image_encoder.backbone.state_dict(), f"{out}/backbone{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_every_rank_trains_the_same_backbone_once_it_learns(samples, tmp_path):
+    """The backbone learns from epoch 2; DDP must then average its gradients too."""
+    write_image_splits(read_manifest(samples), tmp_path / "data")
+    args = (str(tmp_path / "store"), str(tmp_path / "data"), str(tmp_path))
+    mp.spawn(images_worker, args=args, nprocs=WORLD, join=True)
+    states = [torch.load(tmp_path / f"backbone{r}.pt", weights_only=True) for r in range(WORLD)]
+    pretrained = build_backbone().state_dict()
+    assert any(not torch.equal(states[0][k], pretrained[k]) for k in pretrained)
+    for name in pretrained:
+        torch.testing.assert_close(states[1][name], states[0][name], atol=1e-6, rtol=0, msg=name)
+    saved = load_model(tmp_path / "run" / "last")[0].image_encoder.backbone.state_dict()
+    assert all(torch.equal(saved[k], states[0][k]) for k in pretrained)

@@ -13,19 +13,15 @@ from PIL import Image
 
 from selhn.checkpoint import load_model, save_model
 from selhn.cli import main
+from selhn.config import load_config
 from selhn.data.manifest import read_karpathy, read_manifest
 from selhn.data.precomp import open_split
-from selhn.data.samples import write_samples
+from selhn.data.vocab import Vocabulary
 from selhn.features import FeatureJob, extract_features
 from selhn.models.backbones import build_backbone
-from selhn.trainer import read_log
+from selhn.trainer import init_pretrained, make_model, read_log
 
 SIZE = 64  # 2 x 2 grid cells: fast on the CPU
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    return write_samples(tmp_path_factory.mktemp("samples"), train=40, dev=12, test=12)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +128,7 @@ def test_features_are_the_backbones_grid_in_the_precomp_layout(samples, features
     owners = [i for i, r in enumerate(tests) for _ in r.captions]
     assert test.caption_to_image().tolist() == owners
     listed = (features / "test_images.txt").read_text().splitlines()
-    assert listed == [str(r.image) for r in tests]
+    assert listed == [str(r.image.resolve()) for r in tests]
     assert not list(features.glob(".*"))  # nothing partial left behind
 
 
@@ -226,7 +222,7 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     assert main([*query, "--query", "a red seven", "--json"]) == 0
     hit = json.loads(capsys.readouterr().out)["hits"][0]
     tests = [r for r in read_manifest(samples) if r.split == "test"]
-    assert hit["file"] == str(tests[hit["image"]].image)
+    assert hit["file"] == str(tests[hit["image"]].image.resolve())
     model, vocab, meta = load_model(run / "best")
     assert model.sizes.text_encoder == encoder[1]
     best = max(r["rsum"] for r in read_log(run)[1])
@@ -272,7 +268,14 @@ def test_timm_backbones_load_local_weights_and_normalise(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="needs --backbone-weights FILE"):
         build_backbone("timm:fake")
     torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"bad\.pt: not weights for timm model fake"):
+    with pytest.raises(ValueError, match=r"bad\.pt: not weights for backbone timm:fake"):
         build_backbone("timm:fake", tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
         build_backbone("resnet")
+    # end to end: the model's backbone starts from the weights file
+    config = load_config(None, {"model.backbone": "timm:fake", "model.image_size": 32,
+                                "model.backbone_weights": str(tmp_path / "w.pt")})  # fmt: skip
+    model = make_model(config.model, 10, None)
+    assert model.sizes.img_dim == 4 and model.image_encoder.grid_cells(32) == 16
+    init_pretrained(model, config.model, Vocabulary.build([]))
+    assert torch.equal(model.image_encoder.backbone.trunk.net.conv.weight, net.conv.weight)

@@ -57,20 +57,31 @@ def _cmd_samples(args: argparse.Namespace) -> None:
     print(f"wrote {manifest} and its images")
 
 
-def _cmd_features(args: argparse.Namespace) -> None:
+def _image_records(args: argparse.Namespace, command: str) -> list:
+    """The records of ``--manifest`` or ``--karpathy`` (with ``--images``)."""
     from selhn.data.manifest import read_karpathy, read_manifest
+
+    if args.karpathy and not args.images:
+        raise SystemExit(f"selhn {command}: --karpathy needs --images DIR (the image folder)")
+    if args.karpathy:
+        return read_karpathy(args.karpathy, args.images)
+    return read_manifest(args.manifest, args.images)
+
+
+def _cmd_images(args: argparse.Namespace) -> None:
+    from selhn.data.images import write_image_splits
+
+    counts = write_image_splits(_image_records(args, "data images"), args.out)
+    listed = ", ".join(f"{split} {n}" for split, n in counts.items())
+    print(f"wrote {args.out}: captions and image lists of {listed} images")
+
+
+def _cmd_features(args: argparse.Namespace) -> None:
     from selhn.features import FeatureJob, extract_features
     from selhn.trainer import resolve_device
 
-    if args.karpathy and not args.images:
-        raise SystemExit("selhn features: --karpathy needs --images DIR (the image folder)")
-    records = (
-        read_karpathy(args.karpathy, args.images)
-        if args.karpathy
-        else read_manifest(args.manifest, args.images)
-    )
     report = extract_features(
-        records,
+        _image_records(args, "features"),
         args.out,
         FeatureJob(args.backbone, args.image_size, args.backbone_weights),
         batch_size=args.batch_size,
@@ -99,6 +110,9 @@ TRAIN_SHORTCUTS = {
     "global_negatives": "train.global_negatives",
     "text_encoder": "model.text_encoder",
     "text_model": "model.text_model",
+    "backbone": "model.backbone",
+    "backbone_weights": "model.backbone_weights",
+    "image_size": "model.image_size",
 }
 
 
@@ -145,16 +159,15 @@ def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) ->
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from selhn.checkpoint import load_model
-    from selhn.data.precomp import open_split
     from selhn.evaluation import embedding_metrics, format_table, retrieval_metrics
-    from selhn.retrieval import encode_split
+    from selhn.retrieval import encode_split, split_for
     from selhn.trainer import resolve_device
 
     device = resolve_device(args.device)
-    split = open_split(args.data, args.split)
     img_embs, txt_embs = [], []
     for checkpoint in [args.checkpoint, *args.ensemble]:
         model, vocab, _ = load_model(checkpoint, device)
+        split = split_for(model, args.data, args.split)  # images or features, as the model reads
         img, txt = encode_split(model, split, vocab, args.batch_size, device)
         img_embs.append(img)
         txt_embs.append(txt)
@@ -183,13 +196,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _encoded_split(args: argparse.Namespace):
     """(model, vocab, split, image embeddings, caption embeddings) of ``--checkpoint``."""
     from selhn.checkpoint import load_model
-    from selhn.data.precomp import open_split
-    from selhn.retrieval import encode_split
+    from selhn.retrieval import encode_split, split_for
     from selhn.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, vocab, _ = load_model(args.checkpoint, device)
-    split = open_split(args.data, args.split)
+    split = split_for(model, args.data, args.split)
     if getattr(args, "embeddings", None):
         saved = torch.load(args.embeddings, weights_only=True)
         img_emb, txt_emb = saved["images"], saved["captions"]
@@ -289,13 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--dev", type=int, default=100, help="dev digit pairs")
     samples.add_argument("--test", type=int, default=150, help="test digit pairs")
     samples.add_argument("--seed", type=int, default=0)
-
+    images = data.add_parser(
+        "images", help="captions and image lists of a manifest, to train from images (no features)"
+    )
     feats = commands.add_parser("features", help="grid features of raw images (precomp layout)")
-    source = feats.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", help="JSON-lines manifest: image, captions, split")
-    source.add_argument("--karpathy", help="Karpathy split file (dataset_coco.json, ...)")
-    feats.add_argument("--images", help="image folder (default for --manifest: its folder)")
-    feats.add_argument("--out", required=True, help="output directory (precomp layout)")
+    for sub in (images, feats):
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument("--manifest", help="JSON-lines manifest: image, captions, split")
+        source.add_argument("--karpathy", help="Karpathy split file (dataset_coco.json, ...)")
+        sub.add_argument("--images", help="image folder (default for --manifest: its folder)")
+        sub.add_argument("--out", required=True, help="output directory (precomp layout)")
     feats.add_argument("--backbone", default="efficientnet-lite0", help="or timm:NAME")
     feats.add_argument("--backbone-weights", help="timm: local weights file")
     feats.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
@@ -332,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
     train.add_argument("--text-encoder", choices=("bigru", "transformer"))
     train.add_argument("--text-model", help="transformer: a local Hugging Face model directory")
+    train.add_argument(
+        "--backbone",
+        help="train end to end from the listed image files: efficientnet-lite0 or timm:NAME",
+    )
+    train.add_argument("--backbone-weights", help="timm backbone: local weights file")
+    train.add_argument("--image-size", type=int, help="backbone: square input size in pixels")
     train.add_argument(
         "--global-negatives",
         action="store_true",
@@ -376,8 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "data" and args.data == "synth":
             _cmd_synth(args)
-        elif args.command == "data":
+        elif args.command == "data" and args.data == "samples":
             _cmd_samples(args)
+        elif args.command == "data":
+            _cmd_images(args)
         elif args.command == "features":
             _cmd_features(args)
         elif args.command == "train":

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from selhn.models.backbones import DEFAULT_BACKBONE
+
 LOSSES = ("selhn", "hardest", "all", "infonce")
 TEXT_ENCODERS = ("bigru", "transformer")
 
@@ -28,6 +30,10 @@ class ModelConfig:
     text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
     # packaged all-MiniLM-L6-v2 (text extra)
     word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
+    backbone: str | None = None  # rvsepp end to end from image files: efficientnet-lite0 or
+    # timm:NAME (the data directory lists the images: {split}_images.txt); None: features
+    backbone_weights: str | None = None  # timm backbone: its local pretrained weights file
+    image_size: int = 224  # backbone: square input size in pixels
 
 
 @dataclass
@@ -40,6 +46,7 @@ class DataConfig:
     token_prob: float = 0.2  # training: probability of perturbing each caption token
     dev_split: str = "dev"  # split evaluated after every epoch
     num_workers: int = 0  # DataLoader worker processes
+    crop_scale: float = 0.8  # training from images: crop sides are random shares in [this, 1]
 
 
 @dataclass
@@ -71,6 +78,8 @@ class TrainConfig:
     log_every: int = 10  # steps between log records (each one synchronises with the device)
     eval_batch_size: int = 256
     pretrained_lr_scale: float = 0.1  # learning-rate factor of a pretrained text transformer
+    backbone_frozen_epochs: int = 1  # training from images: epochs before the backbone learns
+    backbone_lr_scale: float = 0.01  # learning-rate factor of the backbone (VSE-infinity's)
     global_negatives: bool = False  # torchrun: mine negatives over the batches of all ranks
     sync_batchnorm: bool = False  # torchrun on CUDA: batch statistics over all ranks
     compile: bool = False  # torch.compile the model (CUDA only)
@@ -145,9 +154,17 @@ class Config:
             (self.model.text_encoder in TEXT_ENCODERS, "model.text_encoder", str(TEXT_ENCODERS)),
             (self.model.word_vectors in (None, "glove"), "model.word_vectors", "None or glove"),
             (self.train.pretrained_lr_scale > 0, "train.pretrained_lr_scale", "> 0"),
+            (self.train.backbone_lr_scale > 0, "train.backbone_lr_scale", "> 0"),
+            (self.train.backbone_frozen_epochs >= 0, "train.backbone_frozen_epochs", ">= 0"),
+            (0 < self.data.crop_scale <= 1, "data.crop_scale", "in (0, 1]"),
+            (self.model.image_size >= 32, "model.image_size", ">= 32 (the backbone's stride)"),
         ]
-        transformer = self.model.text_encoder == "transformer"
+        transformer, backbone = self.model.text_encoder == "transformer", self.model.backbone
         checks += [
+            (backbone in (None, DEFAULT_BACKBONE) or backbone.startswith("timm:"),
+             "model.backbone", f"None, {DEFAULT_BACKBONE} or timm:NAME"),
+            (backbone is not None or self.model.backbone_weights is None,
+             "model.backbone_weights", "None without model.backbone"),
             (transformer or self.model.text_model is None, "model.text_model",
              "None unless model.text_encoder=transformer"),
             (not transformer or self.model.word_vectors is None, "model.word_vectors",

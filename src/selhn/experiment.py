@@ -17,8 +17,8 @@ import yaml
 
 from selhn.checkpoint import load_model, read_meta
 from selhn.config import load_config
-from selhn.data.precomp import open_split
 from selhn.evaluation import METRIC_NAMES
+from selhn.retrieval import split_for
 from selhn.trainer import evaluate, read_log, resolve_device, train
 
 # What each compared loss changes in the configuration; nothing else differs between runs.
@@ -49,7 +49,7 @@ def _test_metrics(run: Path, data: Path, split: str, device_name: str) -> dict[s
         return json.loads(cached.read_text())
     device = resolve_device(device_name)
     model, vocab, _ = load_model(run / "best", device)
-    metrics = evaluate(model, open_split(data, split), vocab, 256, device)
+    metrics = evaluate(model, split_for(model, data, split), vocab, 256, device)
     cached.write_text(json.dumps(metrics, indent=2))
     return metrics
 

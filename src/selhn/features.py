@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from selhn.data.images import load_image, write_image_index
 from selhn.data.manifest import ImageRecord, by_split
-from selhn.data.precomp import features_path, write_captions
+from selhn.data.precomp import features_path
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone
 
 JOB_FILE = "features.json"
@@ -40,18 +41,6 @@ class FeatureJob:
     backbone: str = DEFAULT_BACKBONE
     image_size: int = 224
     weights: str | None = None
-
-
-def load_image(path: Path, size: int, source: str = "") -> Tensor:
-    """(3, size, size) uint8 RGB tensor, resized (bicubic) without cropping."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{source or path}: cannot read image {path} ({err})") from err
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
 class ImageFiles(Dataset):
@@ -142,9 +131,7 @@ def _extract_split(
         row += len(images)
         _write_atomic(done_file, str(row))
     del array
-    captions = [c for r in records for c in r.captions]
-    owners = [i for i, r in enumerate(records) for _ in r.captions]
-    write_captions(out, split, captions, owners, [str(r.image) for r in records])
+    write_image_index(out, split, records)
     os.replace(partial, final)
     done_file.unlink()
     return row - start

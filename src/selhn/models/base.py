@@ -22,8 +22,13 @@ class DualEncoder(nn.Module):
         """Keyword arguments that rebuild this architecture."""
         return asdict(self.sizes)
 
-    def encode_images(self, features: Tensor, lengths: Tensor) -> Tensor:
-        """(B, K, img_dim) region features, (B,) region counts -> (B, embed_size) unit vectors."""
+    def encode_images(self, features: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, K, img_dim) region features, (B,) region counts -> (B, embed_size) unit vectors.
+
+        An end-to-end model takes (B, 3, S, S) uint8 images instead, and optionally a (B, cells)
+        bool mask of the grid cells to keep (default: all)."""
+        if lengths is None:
+            return self.image_encoder(features)
         return self.image_encoder(features, lengths)
 
     def encode_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:

@@ -1,12 +1,15 @@
-"""Image encoder of RVSE++: region features -> joint space -> residual MLP -> GPO -> L2 norm."""
+"""Image encoders of RVSE++: region features -> joint space -> residual MLP -> GPO -> L2 norm, and
+the same over the grid cells of a pretrained backbone, for end-to-end training from images."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selhn.models.backbones import GridBackbone
 from selhn.models.pooling import GPO, length_mask
 
 
@@ -39,3 +42,58 @@ class ResidualRegionEncoder(nn.Module):
         valid = valid + self.mlp(valid)
         feats = valid.new_zeros(batch * slots, valid.shape[1]).index_copy(0, where, valid)
         return F.normalize(self.pool(feats.view(batch, slots, -1), lengths), dim=-1)
+
+
+class GridImageEncoder(nn.Module):
+    """Images -> pretrained backbone's grid of cells -> ``ResidualRegionEncoder`` over the cells.
+
+    End-to-end training (VSE-infinity's grid path): the cells play the regions. The backbone's
+    BatchNorm statistics stay frozen (it is always in eval mode); its weights learn only while
+    ``backbone_trainable`` is set, and otherwise it runs without autograd.
+    """
+
+    def __init__(self, backbone: GridBackbone, embed_size: int = 1024, mlp_hidden: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.cell_encoder = ResidualRegionEncoder(backbone.channels, embed_size, mlp_hidden)
+        self.set_backbone_trainable(False)
+
+    @property
+    def backbone_trainable(self) -> bool:
+        return next(self.backbone.parameters()).requires_grad
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        self.backbone.requires_grad_(trainable)
+
+    def train(self, mode: bool = True) -> GridImageEncoder:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @torch.no_grad()
+    def grid_cells(self, image_size: int) -> int:
+        """Cells of the backbone's grid at this square input size."""
+        device = next(self.backbone.parameters()).device
+        grid = self.backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+        return grid.shape[2] * grid.shape[3]
+
+    def forward(self, images: Tensor, cell_mask: Tensor | None = None) -> Tensor:
+        """(B, 3, S, S) 0..255 images -> (B, embed_size) unit vectors.
+
+        ``cell_mask``: (B, cells) bool, the grid cells each image keeps (training augmentation);
+        None keeps them all.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trainable):
+            grid = self.backbone(images).flatten(2).transpose(1, 2)  # (B, cells, C)
+        batch, cells, _ = grid.shape
+        if cell_mask is None:
+            return self.cell_encoder(grid, grid.new_full((batch,), cells, dtype=torch.long))
+        if cell_mask.shape != (batch, cells):
+            raise ValueError(
+                f"cell_mask must be (images, cells) = ({batch}, {cells}) for this backbone at "
+                f"{images.shape[-1]} px; got {tuple(cell_mask.shape)}"
+            )
+        # kept cells first (GPO pools a set, so their order does not matter)
+        order = torch.argsort((~cell_mask).to(torch.uint8), dim=1, stable=True)
+        kept = grid.gather(1, order.unsqueeze(2).expand_as(grid))
+        return self.cell_encoder(kept, cell_mask.sum(1))

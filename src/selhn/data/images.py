@@ -1,0 +1,193 @@
+"""Splits read as image files, for end-to-end training and evaluation (no precomputed features).
+
+The layout is the precomp one without ``{split}_ims.npy``: ``{split}_caps.txt``, the optional
+``{split}_caps_img.txt`` (the image of each caption) and ``{split}_images.txt``, one image file per
+line, absolute or relative to the data directory. ``selhn data images`` writes it from a manifest
+or a Karpathy split file; ``selhn features`` writes it beside the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from selhn.data.collate import Augmentation, Batch, pad_tokens
+from selhn.data.manifest import ImageRecord, by_split
+from selhn.data.precomp import (
+    SPLIT_ALIASES,
+    PrecompSplit,
+    caption_images,
+    images_path,
+    open_split,
+    read_captions,
+    write_captions,
+)
+from selhn.data.vocab import TextVocabulary
+
+Crop = tuple[float, float, float, float]  # (left, top, right, bottom) as shares of the image
+
+
+def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None) -> Tensor:
+    """(3, size, size) uint8 RGB tensor: the image (or its ``crop``) resized, bicubic."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            box = None
+            if crop is not None:
+                width, height = image.size
+                box = (crop[0] * width, crop[1] * height, crop[2] * width, crop[3] * height)
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box)
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{source or path}: cannot read image {path} ({err})") from err
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+def random_crop(min_share: float, rng: np.random.Generator) -> Crop:
+    """A crop whose sides are random shares in [min_share, 1] of the image's, placed at random."""
+    width, height = rng.uniform(min_share, 1.0, size=2)
+    left, top = rng.uniform(0.0, 1.0 - width), rng.uniform(0.0, 1.0 - height)
+    return (left, top, left + width, top + height)
+
+
+@dataclass
+class ImageSplit:
+    """One split as image files, read at ``image_size`` x ``image_size`` pixels."""
+
+    name: str
+    images_path: Path
+    captions_path: Path
+    files: list[Path]
+    captions: list[str]
+    caption_images: np.ndarray  # (N_captions,) int64 image index of each caption
+    image_size: int
+
+    @property
+    def num_images(self) -> int:
+        return len(self.files)
+
+    def caption_to_image(self) -> np.ndarray:
+        return self.caption_images
+
+    def image_files(self) -> list[str]:
+        return [str(f) for f in self.files]
+
+    def image(self, index: int, crop: Crop | None = None) -> Tensor:
+        """(3, S, S) uint8 pixels of one image (of its ``crop``, if given)."""
+        source = f"{self.images_path}:{index + 1}"
+        return load_image(self.files[index], self.image_size, source, crop)
+
+
+def open_image_split(root: str | Path, split: str, image_size: int) -> ImageSplit:
+    """Open ``root/{split}_images.txt`` and the captions; every listed file must exist."""
+    root = Path(root)
+    split = SPLIT_ALIASES.get(split, split)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data directory not found")
+    listing = images_path(root, split)
+    if not listing.is_file():
+        raise FileNotFoundError(
+            f"{listing}: not found; training from images reads the image files listed there "
+            "(written by selhn data images or selhn features)"
+        )
+    files = []
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        path = root / line.strip()  # an absolute line replaces root
+        if not line.strip() or not path.is_file():
+            raise FileNotFoundError(f"{listing}:{number}: image file {line.strip()!r} not found")
+        files.append(path)
+    if not files:
+        raise ValueError(f"{listing}: no images")
+    captions_path = root / f"{split}_caps.txt"
+    captions = read_captions(captions_path)
+    owners = caption_images(root, split, len(captions), len(files), listing.name)
+    return ImageSplit(split, listing, captions_path, files, captions, owners, image_size)
+
+
+def open_data_split(
+    root: str | Path, split: str, image_size: int | None = None
+) -> PrecompSplit | ImageSplit:
+    """The split as images at ``image_size`` (an end-to-end model), or as precomp features."""
+    if image_size is None:
+        return open_split(root, split)
+    return open_image_split(root, split, image_size)
+
+
+def write_image_index(out: Path, split: str, records: list[ImageRecord]) -> None:
+    """The captions, the image of each caption and the (absolute) image files of a split."""
+    captions = [c for r in records for c in r.captions]
+    owners = [i for i, r in enumerate(records) for _ in r.captions]
+    write_captions(out, split, captions, owners, [str(r.image.resolve()) for r in records])
+
+
+def write_image_splits(records: list[ImageRecord], out: str | Path) -> dict[str, int]:
+    """``selhn data images``: the layout above for every split of ``records``, without features;
+    returns the images per split. An ``out`` that already holds a split is refused."""
+    out = Path(out)
+    splits = by_split(records)
+    for split in splits:
+        if (out / f"{split}_caps.txt").exists():
+            raise FileExistsError(
+                f"{out / f'{split}_caps.txt'}: {out} holds data; use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    for split, part in splits.items():
+        write_image_index(out, split, part)
+    return {split: len(part) for split, part in splits.items()}
+
+
+class ImagePairDataset(Dataset):
+    """One training pair per caption: (its image's pixels, token ids, image index, kept cells).
+
+    Augmentation, drawn like ``PairDataset``'s from a generator keyed by (seed, epoch, caption):
+    a random crop of the image, the caption's token perturbation, and the grid cells the image
+    encoder keeps (each dropped with probability ``region_drop``, one always kept).
+    """
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        vocab: TextVocabulary,
+        augmentation: Augmentation | None,
+        seed: int,
+        cells: int,
+    ) -> None:
+        self.split, self.vocab, self.augmentation, self.seed = split, vocab, augmentation, seed
+        self.cells = cells
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split.captions)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, list[int], int, Tensor]:
+        image = int(self.split.caption_images[index])
+        tokens = self.vocab.encode(self.split.captions[index])
+        keep = np.ones(self.cells, dtype=bool)
+        crop = None
+        if self.augmentation is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            keep[:] = False
+            keep[self.augmentation.regions(np.arange(self.cells), rng)] = True
+            tokens = self.augmentation.tokens(tokens, self.vocab, rng)
+            crop = random_crop(self.augmentation.crop_scale, rng)
+        return self.split.image(image, crop), tokens, image, torch.from_numpy(keep)
+
+
+def collate_image_pairs(items: list[tuple[Tensor, list[int], int, Tensor]]) -> Batch:
+    """Batch of images: ``features`` (B, 3, S, S) uint8, ``feature_lengths`` (B, cells) kept
+    cells."""
+    images, tokens, owners, keep = zip(*items, strict=True)
+    token_ids, token_lengths = pad_tokens(list(tokens))
+    return Batch(
+        torch.stack(images), torch.stack(keep), token_ids, token_lengths, torch.tensor(owners)
+    )
+
+
+def stack_images(images: list[Tensor]) -> tuple[Tensor]:
+    """Collate for encoding: (B, 3, S, S) uint8, every cell kept."""
+    return (torch.stack(images),)
