@@ -330,7 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings shared by every run can be given as --section.key=value.",
     )
     for sub, out in ((train, "run directory"), (exp, "experiment directory")):
-        sub.add_argument("--data", required=True, help="precomp data directory")
+        sub.add_argument(
+            "--data",
+            required=True,
+            help="data directory: precomp features (image lists with --backbone)",
+        )
         sub.add_argument("--out", required=True, help=out)
         sub.add_argument("--config", help="YAML file of settings that differ from the defaults")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -369,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="top-k text->image or image->text search")
     for sub in (ev, enc, search):
         sub.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
-        sub.add_argument("--data", required=True, help="precomp data directory")
+        sub.add_argument(
+            "--data",
+            required=True,
+            help="data directory (read as images for a model with a backbone)",
+        )
         sub.add_argument("--split", default="test")
         sub.add_argument("--batch-size", type=int, default=256)
         sub.add_argument("--device", default="auto")

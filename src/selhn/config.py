@@ -42,11 +42,12 @@ class DataConfig:
 
     vocab: str | None = None  # an existing SCAN vocabulary JSON; None builds one from train
     min_word_count: int = 1  # words seen fewer times in train map to <unk>
-    region_drop: float = 0.2  # training: probability of dropping each region
+    region_drop: float = 0.2  # training: probability of dropping each region (or grid cell)
     token_prob: float = 0.2  # training: probability of perturbing each caption token
     dev_split: str = "dev"  # split evaluated after every epoch
     num_workers: int = 0  # DataLoader worker processes
-    crop_scale: float = 0.8  # training from images: crop sides are random shares in [this, 1]
+    crop_scale: float = 1.0  # training from images: crop sides are random shares in [this, 1]
+    # of the image's (1: no crop)
 
 
 @dataclass

@@ -25,7 +25,7 @@ class Augmentation:
     token_prob: float = 0.2  # each token is perturbed with this probability: of those,
     token_mask: float = 0.5  # this share becomes <mask>,
     token_random: float = 0.1  # this share a random word, and the rest is deleted
-    crop_scale: float = 0.8  # images (end to end): crop sides are random shares in [this, 1]
+    crop_scale: float = 1.0  # images (end to end): crop sides are random shares in [this, 1]
 
     def regions(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         keep = rng.random(len(regions)) >= self.region_drop

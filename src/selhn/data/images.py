@@ -97,9 +97,10 @@ def open_image_split(root: str | Path, split: str, image_size: int) -> ImageSpli
         )
     files = []
     for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
-        path = root / line.strip()  # an absolute line replaces root
-        if not line.strip() or not path.is_file():
-            raise FileNotFoundError(f"{listing}:{number}: image file {line.strip()!r} not found")
+        name = line.strip()
+        path = root / name  # an absolute name replaces root
+        if not name or not path.is_file():
+            raise FileNotFoundError(f"{listing}:{number}: image file {name!r} not found")
         files.append(path)
     if not files:
         raise ValueError(f"{listing}: no images")
@@ -122,7 +123,7 @@ def write_image_index(out: Path, split: str, records: list[ImageRecord]) -> None
     """The captions, the image of each caption and the (absolute) image files of a split."""
     captions = [c for r in records for c in r.captions]
     owners = [i for i, r in enumerate(records) for _ in r.captions]
-    write_captions(out, split, captions, owners, [str(r.image.resolve()) for r in records])
+    write_captions(out, split, captions, owners, [str(r.image.absolute()) for r in records])
 
 
 def write_image_splits(records: list[ImageRecord], out: str | Path) -> dict[str, int]:
@@ -145,8 +146,8 @@ class ImagePairDataset(Dataset):
     """One training pair per caption: (its image's pixels, token ids, image index, kept cells).
 
     Augmentation, drawn like ``PairDataset``'s from a generator keyed by (seed, epoch, caption):
-    a random crop of the image, the caption's token perturbation, and the grid cells the image
-    encoder keeps (each dropped with probability ``region_drop``, one always kept).
+    the grid cells the image encoder keeps (each dropped with probability ``region_drop``, one
+    always kept), the caption's token perturbation and, if ``crop_scale`` < 1, a random crop.
     """
 
     def __init__(
@@ -174,7 +175,8 @@ class ImagePairDataset(Dataset):
             keep[:] = False
             keep[self.augmentation.regions(np.arange(self.cells), rng)] = True
             tokens = self.augmentation.tokens(tokens, self.vocab, rng)
-            crop = random_crop(self.augmentation.crop_scale, rng)
+            if self.augmentation.crop_scale < 1:
+                crop = random_crop(self.augmentation.crop_scale, rng)
         return self.split.image(image, crop), tokens, image, torch.from_numpy(keep)
 
 
