@@ -24,6 +24,7 @@ from train_step import make_batch
 from selhn import SelHNLoss
 from selhn.data.collate import Batch
 from selhn.models import RVSEPP
+from selhn.models.backbones import grid_shape
 from selhn.trainer import StepContext, param_groups, train_step
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = RVSEPP(args.vocab, None, backbone="efficientnet-lite0", image_size=args.image_size)
-    cells = model.image_encoder.grid_cells(args.image_size)
+    cells, _ = grid_shape(model.image_encoder.backbone, args.image_size)
     text = make_batch(args.batch, 1, 1, args.vocab)
     images = torch.randint(0, 256, (args.batch, 3, args.image_size, args.image_size),
                            dtype=torch.uint8)  # fmt: skip

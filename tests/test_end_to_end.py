@@ -180,19 +180,19 @@ def test_training_pairs_are_augmented_reproducibly(image_data):
     pairs = ImagePairDataset(split, vocab, augmentation, seed=3, cells=4)
     first = [pairs[i] for i in range(20)]
     again = [pairs[i] for i in range(20)]
-    assert [owner for _, _, owner, _ in first] == split.caption_images[:20].tolist()
-    for (image, tokens, _, keep), (image2, tokens2, _, keep2) in zip(first, again, strict=True):
+    assert [owner for _, _, owner in first] == split.caption_images[:20].tolist()
+    for ((image, keep), tokens, _), ((image2, keep2), tokens2, _) in zip(first, again, strict=True):
         assert torch.equal(image, image2) and tokens == tokens2 and torch.equal(keep, keep2)
         assert keep.any()
-    assert any(not k.all() for *_, k in first)
+    assert any(not k.all() for (_, k), _, _ in first)
     pairs.epoch = 1
-    assert any(not torch.equal(pairs[i][0], first[i][0]) for i in range(20))
+    assert any(not torch.equal(pairs[i][0][0], first[i][0][0]) for i in range(20))
     plain = ImagePairDataset(split, vocab, None, seed=3, cells=4)
-    image, tokens, owner, keep = plain[5]
+    (image, keep), tokens, owner = plain[5]
     assert torch.equal(image, split.image(owner)) and keep.all()
     assert tokens == vocab.encode(split.captions[5]) and owner == split.caption_images[5]
     uncropped = ImagePairDataset(split, vocab, Augmentation(), seed=3, cells=4)  # the default
-    assert all(torch.equal(uncropped[i][0], split.image(uncropped[i][2])) for i in range(5))
+    assert all(torch.equal(uncropped[i][0][0], split.image(uncropped[i][2])) for i in range(5))
 
 
 def test_training_from_images_freezes_then_trains_the_backbone_and_resumes_exactly(

@@ -18,7 +18,7 @@ from selhn.data.manifest import read_karpathy, read_manifest
 from selhn.data.precomp import open_split
 from selhn.data.vocab import Vocabulary
 from selhn.features import FeatureJob, extract_features
-from selhn.models.backbones import build_backbone
+from selhn.models.backbones import build_backbone, grid_shape
 from selhn.trainer import init_pretrained, make_model, read_log
 
 SIZE = 64  # 2 x 2 grid cells: fast on the CPU
@@ -276,6 +276,6 @@ def test_timm_backbones_load_local_weights_and_normalise(monkeypatch, tmp_path):
     config = load_config(None, {"model.backbone": "timm:fake", "model.image_size": 32,
                                 "model.backbone_weights": str(tmp_path / "w.pt")})  # fmt: skip
     model = make_model(config.model, 10, None)
-    assert model.sizes.img_dim == 4 and model.image_encoder.grid_cells(32) == 16
+    assert model.sizes.img_dim == 4 and grid_shape(model.image_encoder.backbone, 32) == (16, 4)
     init_pretrained(model, config.model, Vocabulary.build([]))
     assert torch.equal(model.image_encoder.backbone.trunk.net.conv.weight, net.conv.weight)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from selhn.data.images import load_image, write_image_index
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.data.precomp import features_path
-from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone
+from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
 
 JOB_FILE = "features.json"
 
@@ -82,13 +82,6 @@ def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
     else:
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps(fingerprint, indent=2))
-
-
-@torch.no_grad()
-def _grid_shape(backbone: nn.Module, size: int, device: torch.device) -> tuple[int, int]:
-    """(cells, channels) of the backbone's output at this input size."""
-    grid = backbone(torch.zeros(1, 3, size, size, device=device))
-    return grid.shape[2] * grid.shape[3], grid.shape[1]
 
 
 @torch.no_grad()
@@ -163,7 +156,7 @@ def extract_features(
     if todo:
         model = backbone if backbone is not None else build_backbone(job.backbone, job.weights)
         model = model.to(device).eval()
-        grid = _grid_shape(model, job.image_size, device)
+        grid = grid_shape(model, job.image_size)
         show = progress and sys.stderr.isatty()
         for split, part in todo.items():
             computed += _extract_split(

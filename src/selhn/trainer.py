@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from selhn.checkpoint import load_extra, load_model, point, save_model
 from selhn.config import Config, ModelConfig, save_config
-from selhn.data.collate import Augmentation, Batch, PairDataset, collate_pairs
+from selhn.data.collate import Augmentation, Batch, PairDataset
 from selhn.data.glove import init_from_glove
-from selhn.data.images import ImagePairDataset, ImageSplit, collate_image_pairs, open_data_split
+from selhn.data.images import ImagePairDataset, ImageSplit, open_data_split
 from selhn.data.precomp import PrecompSplit
 from selhn.data.vocab import TextVocabulary, Vocabulary
 from selhn.distributed import (
@@ -49,6 +49,7 @@ from selhn.losses import (
     default_vanishing_threshold,
 )
 from selhn.models import DualEncoder, build_model
+from selhn.models.backbones import grid_shape
 from selhn.models.image import GridImageEncoder
 from selhn.models.registry import model_sizes
 from selhn.retrieval import encode_split
@@ -324,7 +325,7 @@ def _shared_start(
 
 
 def _epoch_loader(
-    dataset: PairDataset | ImagePairDataset,
+    dataset: PairDataset,
     batch_size: int,
     seed: int,
     epoch: int,
@@ -350,7 +351,7 @@ def _epoch_loader(
     return DataLoader(
         dataset,
         per_rank,
-        collate_fn=collate_pairs if isinstance(dataset, PairDataset) else collate_image_pairs,
+        collate_fn=dataset.collate,
         num_workers=workers,
         drop_last=pairs % per_rank == 1,  # a lone pair has no negatives
         **order,
@@ -509,14 +510,14 @@ def _train(
 
 def _training_pairs(
     split: PrecompSplit | ImageSplit, model: DualEncoder, vocab: TextVocabulary, config: Config
-) -> PairDataset | ImagePairDataset:
+) -> PairDataset:
     """The training pairs of the split, with the configured augmentation: regions, or images
     and the grid cells of the model's backbone."""
     dc = config.data
     augmentation = Augmentation(dc.region_drop, dc.token_prob, crop_scale=dc.crop_scale)
     if isinstance(split, PrecompSplit):
         return PairDataset(split, vocab, augmentation, config.train.seed)
-    cells = model.image_encoder.grid_cells(split.image_size)
+    cells, _ = grid_shape(model.image_encoder.backbone, split.image_size)
     return ImagePairDataset(split, vocab, augmentation, config.train.seed, cells)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,7 +64,8 @@ class PairDataset(Dataset):
     """One training pair per caption: (its image's regions, its token ids, image index).
 
     Augmentation draws from a generator keyed by (seed, epoch, caption), so a run is reproducible
-    whatever the number of loader workers and across a resume.
+    whatever the number of loader workers and across a resume: first the image's (``image_input``,
+    which subclasses reading other inputs override), then the caption's.
     """
 
     def __init__(
@@ -80,15 +81,26 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.captions)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, list[int], int]:
-        image = int(self.split.caption_images[index])
+    def image_input(self, image: int, rng: np.random.Generator | None) -> Any:
+        """The image's regions, some dropped when augmenting (``rng`` given)."""
         regions = self.split.image(image)
-        tokens = self.vocab.encode(self.split.captions[index])
+        return regions if rng is None else self.augmentation.regions(regions, rng)
+
+    def __getitem__(self, index: int) -> tuple[Any, list[int], int]:
+        image = int(self.split.caption_images[index])
+        rng = None
         if self.augmentation is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            regions = self.augmentation.regions(regions, rng)
+        visual = self.image_input(image, rng)
+        tokens = self.vocab.encode(self.split.captions[index])
+        if rng is not None:
             tokens = self.augmentation.tokens(tokens, self.vocab, rng)
-        return regions, tokens, image
+        return visual, tokens, image
+
+    @staticmethod
+    def collate(items: list[tuple[Any, list[int], int]]) -> Batch:
+        """The DataLoader's collate function for these pairs."""
+        return collate_pairs(items)
 
 
 class ImageDataset(Dataset):

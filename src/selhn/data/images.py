@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from selhn.data.collate import Augmentation, Batch, pad_tokens
+from selhn.data.collate import Augmentation, Batch, PairDataset, pad_tokens
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.data.precomp import (
     SPLIT_ALIASES,
@@ -142,13 +141,16 @@ def write_image_splits(records: list[ImageRecord], out: str | Path) -> dict[str,
     return {split: len(part) for split, part in splits.items()}
 
 
-class ImagePairDataset(Dataset):
-    """One training pair per caption: (its image's pixels, token ids, image index, kept cells).
+class ImagePairDataset(PairDataset):
+    """One training pair per caption: ((its image's pixels, kept grid cells), token ids, image
+    index).
 
-    Augmentation, drawn like ``PairDataset``'s from a generator keyed by (seed, epoch, caption):
-    the grid cells the image encoder keeps (each dropped with probability ``region_drop``, one
-    always kept), the caption's token perturbation and, if ``crop_scale`` < 1, a random crop.
+    Augmentation, drawn like ``PairDataset``'s: the grid cells the image encoder keeps (each
+    dropped with probability ``region_drop``, one always kept) and, if ``crop_scale`` < 1, a
+    random crop; then the caption's token perturbation.
     """
+
+    split: ImageSplit
 
     def __init__(
         self,
@@ -158,32 +160,29 @@ class ImagePairDataset(Dataset):
         seed: int,
         cells: int,
     ) -> None:
-        self.split, self.vocab, self.augmentation, self.seed = split, vocab, augmentation, seed
+        super().__init__(split, vocab, augmentation, seed)
         self.cells = cells
-        self.epoch = 0
 
-    def __len__(self) -> int:
-        return len(self.split.captions)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, list[int], int, Tensor]:
-        image = int(self.split.caption_images[index])
-        tokens = self.vocab.encode(self.split.captions[index])
-        keep = np.ones(self.cells, dtype=bool)
+    def image_input(self, image: int, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
+        keep = torch.ones(self.cells, dtype=torch.bool)
         crop = None
-        if self.augmentation is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+        if rng is not None:
             keep[:] = False
             keep[self.augmentation.regions(np.arange(self.cells), rng)] = True
-            tokens = self.augmentation.tokens(tokens, self.vocab, rng)
             if self.augmentation.crop_scale < 1:
                 crop = random_crop(self.augmentation.crop_scale, rng)
-        return self.split.image(image, crop), tokens, image, torch.from_numpy(keep)
+        return self.split.image(image, crop), keep
+
+    @staticmethod
+    def collate(items: list[tuple[tuple[Tensor, Tensor], list[int], int]]) -> Batch:
+        return collate_image_pairs(items)
 
 
-def collate_image_pairs(items: list[tuple[Tensor, list[int], int, Tensor]]) -> Batch:
+def collate_image_pairs(items: list[tuple[tuple[Tensor, Tensor], list[int], int]]) -> Batch:
     """Batch of images: ``features`` (B, 3, S, S) uint8, ``feature_lengths`` (B, cells) kept
     cells."""
-    images, tokens, owners, keep = zip(*items, strict=True)
+    visuals, tokens, owners = zip(*items, strict=True)
+    images, keep = zip(*visuals, strict=True)
     token_ids, token_lengths = pad_tokens(list(tokens))
     return Batch(
         torch.stack(images), torch.stack(keep), token_ids, token_lengths, torch.tensor(owners)

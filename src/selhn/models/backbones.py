@@ -29,6 +29,14 @@ class _FeatureMaps(nn.Module):
         return getattr(self.net, self.method)(x)
 
 
+@torch.no_grad()
+def grid_shape(backbone: nn.Module, image_size: int) -> tuple[int, int]:
+    """(cells, channels) of a backbone's grid at this square input size (one probe image)."""
+    device = next(backbone.parameters()).device
+    grid = backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+    return grid.shape[2] * grid.shape[3], grid.shape[1]
+
+
 class GridBackbone(nn.Module):
     """Normalise 0..255 images by ``mean``/``std`` per channel, run ``trunk``, return its grid.
 

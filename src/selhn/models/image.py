@@ -70,13 +70,6 @@ class GridImageEncoder(nn.Module):
         self.backbone.eval()
         return self
 
-    @torch.no_grad()
-    def grid_cells(self, image_size: int) -> int:
-        """Cells of the backbone's grid at this square input size."""
-        device = next(self.backbone.parameters()).device
-        grid = self.backbone(torch.zeros(1, 3, image_size, image_size, device=device))
-        return grid.shape[2] * grid.shape[3]
-
     def forward(self, images: Tensor, cell_mask: Tensor | None = None) -> Tensor:
         """(B, 3, S, S) 0..255 images -> (B, embed_size) unit vectors.
 
