@@ -5,10 +5,15 @@ Each measurement runs in a fresh process: inputs are built, the peak resident se
 after a warm-up. Two input regimes are measured, since they take different branches:
 
   trained: positives clearly above negatives, almost every anchor on the hardest branch;
-  init:    every embedding points nearly the same way (mean cosine ~0.96, METHOD.md section 2),
+  init:    every embedding points nearly the same way (mean cosine ~0.96, as at initialisation),
            so most anchors fall back to the mean of their hinges.
 
-Usage: python benchmarks/loss_bench.py [--batch 4096 8192] [--dim 1024] [--repeats 3]
+Two shapes: B pairs (one image per caption), and N images with 5 captions each (M = 5N), where
+selhn scores the N x M matrix (``caption_to_image``) and the baseline repeats each image per
+caption and masks the captions of one image (``ids``), as one would without that argument.
+
+Usage: python benchmarks/loss_bench.py [--batch 4096 8192] [--images 1024] [--dim 1024]
+       [--repeats 3]
 """
 
 from __future__ import annotations
@@ -29,17 +34,24 @@ from baseline_loss import baseline_selhn_loss
 
 from selhn import SelHNLoss
 
+CAPTIONS_PER_IMAGE = 5
 
-def make_inputs(regime: str, batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+
+def make_inputs(
+    regime: str, images: int, captions_per_image: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, dim) and (images x captions_per_image, dim) unit vectors, caption -> image."""
     gen = torch.Generator().manual_seed(0)
+    owner = torch.arange(images).repeat_interleave(captions_per_image)
+    captions = len(owner)
     if regime == "trained":
-        img = torch.randn(batch, dim, generator=gen)
-        txt = img + torch.randn(batch, dim, generator=gen)
+        img = torch.randn(images, dim, generator=gen)
+        txt = img[owner] + torch.randn(captions, dim, generator=gen)
     else:
         common = torch.randn(dim, generator=gen) * 5
-        img = common + torch.randn(batch, dim, generator=gen)
-        txt = common + torch.randn(batch, dim, generator=gen)
-    return F.normalize(img, dim=1), F.normalize(txt, dim=1)
+        img = common + torch.randn(images, dim, generator=gen)
+        txt = common + torch.randn(captions, dim, generator=gen)
+    return F.normalize(img, dim=1), F.normalize(txt, dim=1), owner
 
 
 def rss_bytes(field: str) -> int:
@@ -49,12 +61,19 @@ def rss_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(impl: str, regime: str, batch: int, dim: int, repeats: int) -> dict:
-    img, txt = make_inputs(regime, batch, dim)
+def measure(impl: str, regime: str, images: int, per_image: int, dim: int, repeats: int) -> dict:
+    img, txt, owner = make_inputs(regime, images, per_image, dim)
     img.requires_grad_()
     txt.requires_grad_()
     selhn_loss = SelHNLoss()
-    loss_fn = selhn_loss if impl == "selhn" else baseline_selhn_loss
+    multi = {"caption_to_image": owner} if per_image > 1 else {}
+
+    def loss_fn(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        if impl == "selhn":
+            return selhn_loss(img, txt, **multi)
+        if per_image > 1:
+            return baseline_selhn_loss(img[owner], txt, ids=owner)
+        return baseline_selhn_loss(img, txt)
 
     def step() -> None:
         loss_fn(img, txt).backward()
@@ -72,7 +91,7 @@ def measure(impl: str, regime: str, batch: int, dim: int, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times), "peak_extra_bytes": peak}
     if impl == "selhn":
-        selhn_loss(img, txt)
+        selhn_loss(img, txt, **multi)
         result["mean_branch_share"] = selhn_loss.stats["vanishing_i2t"].item()
     return result
 
@@ -80,30 +99,36 @@ def measure(impl: str, regime: str, batch: int, dim: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument("--images", type=int, nargs="*", default=[1024])
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", nargs=2, metavar=("IMPL", "REGIME"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # impl regime images per
     args = parser.parse_args()
     if args.child:
-        result = measure(*args.child, args.batch[0], args.dim, args.repeats)
+        impl, regime, images, per_image = args.child
+        result = measure(impl, regime, int(images), int(per_image), args.dim, args.repeats)
         print(json.dumps(result))
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D = {args.dim}, float32")
-    header = "regime   B      baseline s  selhn s  time ratio  baseline MB  selhn MB  memory ratio"
+    header = (
+        "regime   shape        baseline s  selhn s  time ratio  baseline MB  selhn MB  memory ratio"
+    )
     print(header)
+    shapes = [(b, 1) for b in args.batch] + [(n, CAPTIONS_PER_IMAGE) for n in args.images]
     for regime in ("trained", "init"):
-        for batch in args.batch:
+        for images, per_image in shapes:
             runs = {}
             for impl in ("baseline", "selhn"):
-                cmd = [sys.executable, __file__, "--child", impl, regime, "--batch", str(batch)]
-                cmd += ["--dim", str(args.dim), "--repeats", str(args.repeats)]
+                cmd = [sys.executable, __file__, "--child", impl, regime, str(images)]
+                cmd += [str(per_image), "--dim", str(args.dim), "--repeats", str(args.repeats)]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 runs[impl] = json.loads(out.strip().splitlines()[-1])
             base, ours = runs["baseline"], runs["selhn"]
             mb = 1 << 20
+            shape = f"B={images}" if per_image == 1 else f"{images}x{images * per_image}"
             print(
-                f"{regime:8s} {batch:<6d} {base['seconds']:10.3f}  {ours['seconds']:7.3f}  "
+                f"{regime:8s} {shape:12s} {base['seconds']:10.3f}  {ours['seconds']:7.3f}  "
                 f"{ours['seconds'] / base['seconds']:10.2f}  {base['peak_extra_bytes'] / mb:11.0f}"
                 f"  {ours['peak_extra_bytes'] / mb:8.0f}  "
                 f"{ours['peak_extra_bytes'] / base['peak_extra_bytes']:12.2f}"

@@ -192,3 +192,16 @@ def test_pair_dataset_augmentation_is_keyed_by_seed_epoch_and_index(tmp_path):
     dataset.epoch = 1
     assert first != [dataset[i][0].shape[0] for i in range(8)]
     assert torch.equal(collate_pairs([dataset[3]]).tokens, collate_pairs([dataset[3]]).tokens)
+
+
+def test_one_row_per_image_keeps_each_image_once(tmp_path):
+    features, captions = make_split(tmp_path, images=4, cpi=2)
+    dataset = PairDataset(open_split(tmp_path, "train"), Vocabulary.build(captions))
+    batch = collate_pairs([dataset[i] for i in (5, 0, 4, 1, 3)])  # images 2, 0, 2, 0, 1
+    once = batch.one_row_per_image()
+    assert once.caption_to_image.tolist() == [2, 0, 2, 0, 1]  # rows in order of image id
+    assert np.array_equal(once.features.numpy(), features[[0, 1, 2]])
+    assert torch.equal(once.features[once.caption_to_image], batch.features)
+    assert torch.equal(once.feature_lengths[once.caption_to_image], batch.feature_lengths)
+    for name in ("tokens", "token_lengths", "image_ids"):
+        assert torch.equal(getattr(once, name), getattr(batch, name))

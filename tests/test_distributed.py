@@ -51,7 +51,7 @@ def global_batch() -> Batch:
 
 def shard(batch: Batch, rank: int) -> Batch:
     rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-    return Batch(*(t[rows] for t in vars(batch).values()))
+    return Batch(*(t[rows] for t in vars(batch).values() if t is not None))
 
 
 def one_step(
@@ -63,14 +63,13 @@ def one_step(
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d):
             module.eval()
-    loss_fn = make_loss(loss_name, margin=0.2, epsilon=0.05)
+    if mask:  # the trainer encodes each image of a batch once
+        batch = batch.one_row_per_image()
+    loss_fn = make_loss(loss_name, margin=0.2, epsilon=0.05, gather=global_negatives)
     params = list(model.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.SGD(params, lr=0.0)
     network = nn.parallel.DistributedDataParallel(model) if job.enabled else None
-    ctx = StepContext(
-        model, optimizer, loss_fn, 0.0, mask, network=network, job=job,
-        global_negatives=global_negatives,
-    )  # fmt: skip
+    ctx = StepContext(model, optimizer, loss_fn, 0.0, mask, network=network, job=job)
     loss = train_step(batch, ctx)["loss"]
     named = [*model.named_parameters(), *loss_fn.named_parameters()]
     return {"loss": loss.item(), "grads": {n: p.grad.clone() for n, p in named}}

@@ -76,6 +76,23 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
         assert torch.equal(x, y), name
 
 
+def test_captions_of_one_image_share_its_encoding(data, tmp_path, monkeypatch):
+    """With loss.mask_same_image a batch encodes each of its images once."""
+    seen = []
+    original = RVSEPP.encode_images
+
+    def encode_images(self, features, lengths=None):
+        seen.append(len(features))
+        return original(self, features, lengths)
+
+    monkeypatch.setattr(RVSEPP, "encode_images", encode_images)
+    config = load_config(None, {**TINY, "train.epochs": 1, "loss.mask_same_image": True})
+    result = train(config, data, tmp_path / "run", progress=False)
+    training = seen[:20]  # 20 steps of 16 captions of 64 images (5 each), then the dev encoding
+    assert all(n <= 16 for n in training) and any(n < 16 for n in training)
+    assert result["best_rsum"] > 0
+
+
 def test_warmup_uses_all_negatives_first(data, tmp_path):
     config = load_config(None, {**TINY, "train.epochs": 2, "loss.name": "hardest"})
     config.loss.warmup_epochs = 1

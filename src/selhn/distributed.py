@@ -1,22 +1,20 @@
-"""torch.distributed plumbing for training under ``torchrun``: process group, sampling, gathers.
+"""torch.distributed plumbing for training under ``torchrun``: process group, device, gradients.
 
-Nothing here is home-made transport: the process group, the sampler, DistributedDataParallel and
-the differentiable all-gather are PyTorch's own. One process runs per device; ``torchrun`` sets
-``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. Without them (a plain ``selhn train``) everything
-here degrades to the single-process path.
+Nothing here is home-made transport: the process group, the sampler and DistributedDataParallel
+are PyTorch's own (the losses gather their own batches: ``selhn.losses.gather``). One process
+runs per device; ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. Without them (a
+plain ``selhn train``) everything here degrades to the single-process path.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
-from torch import Tensor, nn
+from torch import nn
 
 T = TypeVar("T")
 
@@ -76,15 +74,6 @@ def device_for(job: Distributed, device: torch.device) -> torch.device:
     if job.enabled and device.type == "cuda":
         return torch.device("cuda", job.local_rank)
     return device
-
-
-def gather(tensor: Tensor) -> Tensor:
-    """Concatenate every rank's (B, ...) tensor in rank order. Where ``tensor`` needs gradients,
-    they flow back to the rank that produced each part (the backward pass sums every rank's
-    gradient for it)."""
-    with warnings.catch_warnings():  # deprecated in favour of a private module; still public API
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(dist_fn.all_gather(tensor))
 
 
 def average_gradients_(module: nn.Module) -> None:

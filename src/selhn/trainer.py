@@ -37,7 +37,6 @@ from selhn.distributed import (
     average_gradients_,
     device_for,
     from_environment,
-    gather,
     init_process_group,
 )
 from selhn.evaluation import embedding_metrics
@@ -65,18 +64,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_loss(
-    name: str, margin: float = 0.2, epsilon: float = 0.01, temperature: float = 0.07
+    name: str,
+    margin: float = 0.2,
+    epsilon: float = 0.01,
+    temperature: float = 0.07,
+    gather: bool = False,
 ) -> nn.Module:
-    """The loss named by ``loss.name``; the triplet losses measure vanishing at ``epsilon``."""
+    """The loss named by ``loss.name``; the triplet losses measure vanishing at ``epsilon``.
+    With ``gather`` the loss mines over the batches of every rank of the process group."""
     threshold = default_vanishing_threshold(epsilon)
     if name == "selhn":
-        return SelHNLoss(margin, epsilon)
+        return SelHNLoss(margin, epsilon, gather_distributed=gather)
     if name == "hardest":
-        return HardestNegativeLoss(margin, vanishing_threshold=threshold)
+        return HardestNegativeLoss(margin, threshold, gather_distributed=gather)
     if name == "all":
-        return AllNegativesLoss(margin, vanishing_threshold=threshold)
+        return AllNegativesLoss(margin, threshold, gather_distributed=gather)
     if name == "infonce":
-        return InfoNCELoss(temperature)
+        return InfoNCELoss(temperature, gather_distributed=gather)
     raise ValueError(f"loss.name must be selhn, hardest, all or infonce; got {name!r}")
 
 
@@ -157,7 +161,8 @@ class StepContext:
     """What a training step needs besides the batch.
 
     Under torchrun, ``network`` is the DistributedDataParallel wrapper of ``model`` (whose
-    backward pass averages the gradients over ranks) and ``job`` says which rank this is.
+    backward pass averages the gradients over ranks) and ``job`` says which rank this is. A loss
+    made with ``gather`` mines over the batches of all ranks together.
     """
 
     model: DualEncoder
@@ -168,13 +173,13 @@ class StepContext:
     autocast: Callable[[], Any] = nullcontext
     network: nn.Module | None = None
     job: Distributed = SINGLE_PROCESS
-    global_negatives: bool = False  # mine over the batches of all ranks together
 
 
 def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-    """One optimisation step; returns detached 0-d tensors to log (no host synchronisation).
+    """One optimisation step; returns detached 0-d tensors to log.
 
-    With ``global_negatives`` every rank computes the loss of the global batch; the all-gather's
+    A batch whose captions share image rows (``batch.caption_to_image``) encodes each image once.
+    With a gathering loss every rank computes the loss of the global batch; the all-gather's
     backward pass sums each rank's gradient into the rank that owns the embedding, and DDP's
     average then gives every rank exactly the gradient of one process on the whole batch.
     """
@@ -185,10 +190,7 @@ def train_step(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
             batch.features, batch.feature_lengths, batch.tokens, batch.token_lengths
         )
     ids = batch.image_ids if ctx.mask_same_image else None
-    if ctx.global_negatives and ctx.job.enabled:
-        img_emb, txt_emb = gather(img_emb), gather(txt_emb)
-        ids = gather(ids) if ids is not None else None
-    loss = ctx.loss_fn(img_emb, txt_emb, ids)
+    loss = ctx.loss_fn(img_emb, txt_emb, ids, batch.caption_to_image)
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if ctx.job.enabled:
@@ -445,8 +447,9 @@ def _train(
         run.mkdir(parents=True, exist_ok=True)
         save_config(config, run / "config.yaml")
 
-    loss_fn = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature).to(device)
-    warmup_loss = make_loss("all", lc.margin, lc.epsilon)
+    gather = tc.global_negatives
+    loss_fn = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature, gather).to(device)
+    warmup_loss = make_loss("all", lc.margin, lc.epsilon, gather=gather)
     groups = param_groups(model, loss_fn, tc.pretrained_lr_scale, tc.backbone_lr_scale)
     optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     if start.trainer_state is not None:
@@ -481,12 +484,13 @@ def _train(
                 autocast,
                 network,
                 job,
-                tc.global_negatives,
             )
             loader = _epoch_loader(dataset, tc.batch_size, tc.seed, epoch, workers, job)
             model.train()
             phase = _backbone_phase(model)
             for batch in _progress(loader, epoch, show_progress):
+                if lc.mask_same_image:  # captions of one image: encode the image once
+                    batch = batch.one_row_per_image()
                 values = train_step(batch.to(device), ctx)
                 if step % tc.log_every == 0:  # .item() synchronises with the device
                     record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}

@@ -50,14 +50,35 @@ class Augmentation:
 
 @dataclass
 class Batch:
+    """B captions and their images: one image row per caption, or with ``caption_to_image`` N
+    image rows that the captions index."""
+
     features: Tensor  # (B, K, F) regions, zero-padded; or (B, 3, S, S) uint8 images
     feature_lengths: Tensor  # (B,) region counts; or (B, cells) bool: grid cells kept
     tokens: Tensor  # (B, T) token ids, <pad>-padded
     token_lengths: Tensor  # (B,)
     image_ids: Tensor  # (B,) index of each caption's image in its split
+    caption_to_image: Tensor | None = None  # (B,) image row of each caption
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+        return Batch(
+            *(None if t is None else t.to(device, non_blocking=True) for t in vars(self).values())
+        )
+
+    def one_row_per_image(self) -> Batch:
+        """The same captions with each distinct image once (the input drawn for its first
+        caption), rows in order of image id."""
+        images, caption_to_image = torch.unique(self.image_ids, return_inverse=True)
+        first = torch.full((len(images),), len(self.image_ids), dtype=torch.long)
+        first.scatter_reduce_(0, caption_to_image, torch.arange(len(self.image_ids)), "amin")
+        return Batch(
+            self.features[first],
+            self.feature_lengths[first],
+            self.tokens,
+            self.token_lengths,
+            self.image_ids,
+            caption_to_image,
+        )
 
 
 class PairDataset(Dataset):

@@ -1,0 +1,199 @@
+"""What every loss does to its inputs before scoring them: shape and value checks, float32 scores
+whatever the autocast state, the pair index, and (optionally) gathering over the process group.
+
+A batch holds P pairs. Caption p is paired with image row ``rows[p]`` of the image embeddings
+(``caption_to_image``; by default row p), and pairs that share a group (``ids``; by default their
+image row) are not negatives of each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.amp.autocast_mode import is_autocast_available
+
+from selhn.losses.gather import gather_batch, process_group_size
+
+REDUCTIONS = ("mean", "none")
+
+
+@dataclass(frozen=True)
+class PairIndex:
+    """Which score-matrix row each pair uses and which pairs are not negatives of each other.
+
+    ``rows``: (P,) image row of each pair; None when pair p is row p (a square score matrix).
+    ``groups``: (P,) pairs with equal values are not negatives of each other; None when only a
+    pair itself is excluded. Where ``rows`` is given, ``groups`` is too.
+    """
+
+    rows: Tensor | None = None
+    groups: Tensor | None = None
+
+    @classmethod
+    def of(cls, rows: Tensor | None, ids: Tensor | None) -> PairIndex:
+        """Pairs grouped by ``ids``, or by their image row when no ids are given."""
+        return cls(rows, rows if ids is None else ids)
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    return reduction
+
+
+def checks_by_default(device: torch.device) -> bool:
+    """Input checks read values back to the host: free on the CPU, a synchronisation elsewhere."""
+    return device.type == "cpu"
+
+
+@contextlib.contextmanager
+def scoring_precision(device: torch.device) -> Iterator[None]:
+    """Autocast off for the loss's own arithmetic, so scores and gaps stay in float32."""
+    if is_autocast_available(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def as_scoring_dtype(value: Tensor) -> Tensor:
+    """float16/bfloat16 become float32 (gradients go back in the input's own dtype); float32 and
+    float64 stay."""
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{name} must be finite; found {value[tuple(bad)].item()} at index {bad}")
+
+
+def _integer_vector(name: str, value: Tensor | list[int], length: int, device: torch.device):
+    value = torch.as_tensor(value, device=device)
+    if value.shape != (length,) or value.dtype.is_floating_point or value.dtype.is_complex:
+        raise ValueError(
+            f"{name} must be a length-{length} integer tensor (one entry per pair); "
+            f"got shape {tuple(value.shape)}, dtype {value.dtype}"
+        )
+    return value
+
+
+def _check_caption_rows(rows: Tensor, ids: Tensor | None, n_images: int) -> None:
+    """Every caption names an existing image row, every image row has a caption, and captions
+    of one image share their id."""
+    if rows.numel() and not bool((rows >= 0).all() and (rows < n_images).all()):
+        bad = rows[(rows < 0) | (rows >= n_images)][0].item()
+        raise ValueError(
+            f"caption_to_image must index the {n_images} image rows (0 to {n_images - 1}); "
+            f"found {bad}"
+        )
+    used = torch.zeros(n_images, dtype=torch.bool, device=rows.device)
+    used[rows] = True
+    if not bool(used.all()):
+        unused = (~used).nonzero().squeeze(1)[:5].tolist()
+        raise ValueError(
+            f"every image row needs a caption in caption_to_image; rows {unused} have none "
+            "(pass only the images of this batch's captions)"
+        )
+    if ids is not None:
+        low = torch.zeros(n_images, dtype=ids.dtype, device=ids.device)
+        high = torch.zeros_like(low)
+        low.scatter_reduce_(0, rows, ids, "amin", include_self=False)
+        high.scatter_reduce_(0, rows, ids, "amax", include_self=False)
+        if bool((low != high).any()):
+            image = int((low != high).nonzero()[0])
+            raise ValueError(
+                f"ids must agree for the captions of one image; image row {image} has captions "
+                f"with ids {int(low[image])} and {int(high[image])}"
+            )
+
+
+def pair_index(
+    ids: Tensor | list[int] | None,
+    caption_to_image: Tensor | list[int] | None,
+    n_images: int,
+    n_pairs: int,
+    device: torch.device,
+    check: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Checked (image row of each pair, id of each pair) of ``n_pairs`` pairs over ``n_images``
+    image rows; None where not given."""
+    if ids is not None:
+        ids = _integer_vector("ids", ids, n_pairs, device)
+    if caption_to_image is None:
+        return None, ids
+    rows = _integer_vector("caption_to_image", caption_to_image, n_pairs, device).long()
+    if check:
+        _check_caption_rows(rows, ids, n_images)
+    return rows, ids
+
+
+def prepare_embeddings(
+    img_emb: Tensor,
+    txt_emb: Tensor,
+    ids: Tensor | list[int] | None,
+    caption_to_image: Tensor | list[int] | None,
+    check: bool | None,
+    gather: bool,
+) -> tuple[Tensor, Tensor, PairIndex]:
+    """Checked embeddings in their scoring dtype, gathered over the process group if asked, and
+    the pair index of the (possibly gathered) batch."""
+    two_dim = img_emb.dim() == 2 and txt_emb.dim() == 2
+    if caption_to_image is None and not (two_dim and img_emb.shape == txt_emb.shape):
+        raise ValueError(
+            "img_emb and txt_emb must both be (B, D) with the same shape; "
+            f"got {tuple(img_emb.shape)} and {tuple(txt_emb.shape)}"
+        )
+    if not (two_dim and img_emb.shape[1] == txt_emb.shape[1]):
+        raise ValueError(
+            "with caption_to_image, img_emb and txt_emb must be (N, D) and (P, D) with the same "
+            f"D; got {tuple(img_emb.shape)} and {tuple(txt_emb.shape)}"
+        )
+    device = img_emb.device
+    check = checks_by_default(device) if check is None else check
+    if check:
+        check_finite("img_emb", img_emb)
+        check_finite("txt_emb", txt_emb)
+    rows, ids = pair_index(ids, caption_to_image, img_emb.shape[0], txt_emb.shape[0], device, check)
+    img_emb, txt_emb = as_scoring_dtype(img_emb), as_scoring_dtype(txt_emb)
+    txt_emb = txt_emb.to(img_emb.dtype)
+    if gather and process_group_size() > 1:
+        img_emb, txt_emb, rows, ids = gather_batch(img_emb, txt_emb, rows, ids)
+    if txt_emb.shape[0] < 2:
+        raise ValueError(f"img_emb and txt_emb need B >= 2 pairs; got B = {txt_emb.shape[0]}")
+    return img_emb, txt_emb, PairIndex.of(rows, ids)
+
+
+def prepare_scores(
+    scores: Tensor,
+    ids: Tensor | list[int] | None,
+    caption_to_image: Tensor | list[int] | None,
+    check: bool | None,
+) -> tuple[Tensor, PairIndex]:
+    """Checked (N, P) scores in their scoring dtype and their pair index."""
+    if scores.dim() != 2 or (caption_to_image is None and scores.shape[0] != scores.shape[1]):
+        raise ValueError(
+            f"scores must be a square (B, B) matrix; got {tuple(scores.shape)} (for N images "
+            "and P captions, pass an (N, P) matrix with caption_to_image)"
+        )
+    check = checks_by_default(scores.device) if check is None else check
+    if check:
+        check_finite("scores", scores)
+    rows, ids = pair_index(ids, caption_to_image, *scores.shape, scores.device, check)
+    if scores.shape[1] < 2:
+        raise ValueError(f"scores needs B >= 2 pairs; got {tuple(scores.shape)}")
+    return as_scoring_dtype(scores), PairIndex.of(rows, ids)
+
+
+def refuse_gathered_scores(gather: bool) -> None:
+    """A score matrix is the caller's to gather: the loss cannot know how it was made."""
+    if gather and process_group_size() > 1:
+        raise ValueError(
+            "gather_distributed gathers embeddings; from_scores takes the scores as given "
+            "(compute them from gathered embeddings, or call the loss on the embeddings)"
+        )
