@@ -22,18 +22,20 @@ from gpu_bench import median_seconds
 from train_step import make_batch
 
 from selhn import SelHNLoss
-from selhn.data.collate import Batch
+from selhn.data.batch import Batch
 from selhn.models import RVSEPP
 from selhn.models.backbones import grid_shape
-from selhn.trainer import StepContext, param_groups, train_step
+from selhn.objective import TrainingObjective
+from selhn.trainer import train_step
 
 
 def step_seconds(model: RVSEPP, batch: Batch, device: torch.device, steps: int) -> float:
-    loss = SelHNLoss()
-    optimizer = torch.optim.AdamW(param_groups(model, loss, 0.1, 0.01), lr=5e-4)
-    ctx = StepContext(model.to(device).train(), optimizer, loss, 2.0, False)
+    objective = TrainingObjective(model.to(device).train(), {"selhn": SelHNLoss()})
+    optimizer = torch.optim.AdamW(objective.param_groups(model, 0.1, 0.01), lr=5e-4)
     batch = batch.to(device)
-    return median_seconds(lambda: train_step(batch, ctx), device, steps, warmup=2)
+    return median_seconds(
+        lambda: train_step(objective, objective, model, optimizer, batch, 2.0), device, steps, 2
+    )
 
 
 def main() -> None:
@@ -46,14 +48,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = RVSEPP(args.vocab, None, backbone="efficientnet-lite0", image_size=args.image_size)
+    model = RVSEPP(
+        vocab_size=args.vocab, img_dim=None, backbone="efficientnet-lite0",
+        image_size=args.image_size,
+    )  # fmt: skip
     cells, _ = grid_shape(model.image_encoder.backbone, args.image_size)
     text = make_batch(args.batch, 1, 1, args.vocab)
     images = torch.randint(0, 256, (args.batch, 3, args.image_size, args.image_size),
                            dtype=torch.uint8)  # fmt: skip
     keep = torch.rand(args.batch, cells) >= 0.2
     keep[:, 0] = True
-    pixels = Batch(images, keep, text.tokens, text.token_lengths, text.image_ids)
+    pixels = Batch((images, keep), text.tokens, text.token_lengths, text.image_ids)
     times = {}
     for trainable in (False, True):
         model.image_encoder.set_backbone_trainable(trainable)
@@ -61,7 +66,7 @@ def main() -> None:
             model, pixels, device, args.steps
         )
     torch.manual_seed(0)
-    features_model = RVSEPP(args.vocab, 1280)
+    features_model = RVSEPP(vocab_size=args.vocab, img_dim=1280)
     features = make_batch(args.batch, cells, 1280, args.vocab)
     times["features"] = step_seconds(features_model, features, device, args.steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -41,7 +41,8 @@ class ReleaseStyleRVSEPP(nn.Module):
         self.model = model
         self.image_encoder, self.text_encoder = model.image_encoder, model.text_encoder
 
-    def forward(self, features, feature_lengths, tokens, token_lengths) -> tuple[Tensor, Tensor]:
+    def forward(self, image_input, tokens, token_lengths) -> tuple[Tensor, Tensor]:
+        features, feature_lengths = image_input
         img = self.image_encoder
         x = img.fc(features)
         batch, slots, dim = x.shape
@@ -53,10 +54,10 @@ class ReleaseStyleRVSEPP(nn.Module):
         return img_emb, txt_emb
 
 
-class ReleaseStyleLoss:
+class ReleaseStyleLoss(nn.Module):
     """The release-style SelHN loss behind the interface ``train_step`` expects."""
 
     stats: dict[str, Tensor] = {}  # noqa: RUF012 - the release computes no diagnostics
 
-    def __call__(self, img_emb: Tensor, txt_emb: Tensor, ids: Tensor | None = None) -> Tensor:
+    def forward(self, img_emb: Tensor, txt_emb: Tensor, ids=None, caption_to_image=None) -> Tensor:
         return baseline_selhn_loss(img_emb, txt_emb)

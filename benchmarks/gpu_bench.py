@@ -16,7 +16,6 @@ import argparse
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,7 +27,8 @@ from train_step import make_batch
 from selhn import SelHNLoss
 from selhn.evaluation import embedding_metrics
 from selhn.models import RVSEPP
-from selhn.trainer import StepContext, train_step
+from selhn.objective import TrainingObjective
+from selhn.trainer import train_step
 
 
 def synchronize(device: torch.device) -> None:
@@ -51,16 +51,15 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> f
 
 def step_seconds(args: argparse.Namespace, device: torch.device, amp: str) -> float:
     torch.manual_seed(0)
-    model = RVSEPP(args.vocab, img_dim=args.img_dim).to(device)
-    network = torch.compile(model) if args.compile else None
+    model = RVSEPP(vocab_size=args.vocab, img_dim=args.img_dim).to(device)
+    network = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
-
-    ctx = StepContext(model, optimizer, SelHNLoss(), 2.0, False, autocast, network)
+    dtype = torch.bfloat16 if amp == "bf16" else None
+    objective = TrainingObjective(network, {"selhn": SelHNLoss()}, amp=dtype)
     batch = make_batch(args.batch, args.regions, args.img_dim, args.vocab).to(device)
-    return median_seconds(lambda: train_step(batch, ctx), device, args.steps)
+    return median_seconds(
+        lambda: train_step(objective, objective, model, optimizer, batch, 2.0), device, args.steps
+    )
 
 
 def eval_seconds(args: argparse.Namespace, device: torch.device) -> tuple[float, float]:

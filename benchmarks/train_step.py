@@ -19,7 +19,6 @@ import argparse
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_rvsepp import ReleaseStyleLoss, ReleaseStyleRVSEPP
 
 from selhn import SelHNLoss
-from selhn.data.collate import Batch
+from selhn.data.batch import Batch
 from selhn.models import RVSEPP
-from selhn.trainer import StepContext, train_step
+from selhn.objective import TrainingObjective
+from selhn.trainer import train_step
 
 
 def make_batch(batch: int, regions: int, img_dim: int, vocab: int, seed: int = 0) -> Batch:
@@ -40,13 +40,13 @@ def make_batch(batch: int, regions: int, img_dim: int, vocab: int, seed: int = 0
     features = torch.rand(batch, int(feature_lengths.max()), img_dim, generator=gen)
     token_lengths = torch.randint(8, 20, (batch,), generator=gen)
     tokens = torch.randint(4, vocab, (batch, int(token_lengths.max())), generator=gen)
-    return Batch(features, feature_lengths, tokens, token_lengths, torch.arange(batch))
+    return Batch((features, feature_lengths), tokens, token_lengths, torch.arange(batch))
 
 
 def step_flops(model: RVSEPP, batch: Batch) -> float:
     """Multiply-add FLOPs of the step's matrix products (forward x 3)."""
-    s = model.sizes
-    regions = int(batch.feature_lengths.sum())
+    s = model.settings
+    regions = int(batch.image_input[1].sum())
     tokens = int(batch.token_lengths.sum())
     image = regions * (s.img_dim * s.embed_size + 2 * s.embed_size * s.mlp_hidden)
     text = tokens * 2 * 3 * (s.word_dim + s.embed_size) * s.embed_size  # two GRU directions
@@ -73,15 +73,13 @@ def _seconds(fn, repeats: int = 3) -> float:
 
 def breakdown(model: RVSEPP, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Seconds of each part of the step, timed alone."""
-    dim = model.sizes.embed_size
+    dim = model.settings.embed_size
     gen = torch.Generator().manual_seed(1)
     img = torch.randn(len(batch.token_lengths), dim, generator=gen).requires_grad_()
     txt = torch.randn(len(batch.token_lengths), dim, generator=gen).requires_grad_()
     loss = SelHNLoss()
     return {
-        "image encoder": _seconds(
-            lambda: model.encode_images(batch.features, batch.feature_lengths).sum().backward()
-        ),
+        "image encoder": _seconds(lambda: model.encode_images(*batch.image_input).sum().backward()),
         "text encoder": _seconds(
             lambda: model.encode_texts(batch.tokens, batch.token_lengths).sum().backward()
         ),
@@ -101,31 +99,31 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = RVSEPP(args.vocab, img_dim=args.img_dim).train()
+    model = RVSEPP(vocab_size=args.vocab, img_dim=args.img_dim).train()
     batch = make_batch(args.batch, args.regions, args.img_dim, args.vocab)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
-    contexts = {
-        "selhn": StepContext(model, optimizer, SelHNLoss(), 2.0, False, nullcontext),
-        "release-style": StepContext(
-            ReleaseStyleRVSEPP(model), optimizer, ReleaseStyleLoss(), 2.0, False, nullcontext
+    objectives = {
+        "selhn": TrainingObjective(model, {"selhn": SelHNLoss()}),
+        "release-style": TrainingObjective(
+            ReleaseStyleRVSEPP(model), {"release": ReleaseStyleLoss()}
         ),
     }
-    times: dict[str, list[float]] = {name: [] for name in contexts}
-    for ctx in contexts.values():
-        train_step(batch, ctx)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in objectives}
+    for objective in objectives.values():
+        train_step(objective, objective, model, optimizer, batch, 2.0)  # warm-up
     for _ in range(args.steps):
-        for name, ctx in contexts.items():
+        for name, objective in objectives.items():
             start = time.perf_counter()
-            train_step(batch, ctx)
+            train_step(objective, objective, model, optimizer, batch, 2.0)
             times[name].append(time.perf_counter() - start)
     seconds = statistics.median(times["selhn"])
     baseline = statistics.median(times["release-style"])
-    ctx = contexts["selhn"]
+    regions = int(batch.image_input[1].sum())
     flops = step_flops(model, batch)
-    rate = matmul_rate(int(batch.feature_lengths.sum()), args.img_dim, 1024)
+    rate = matmul_rate(regions, args.img_dim, 1024)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
-        f"B = {args.batch}, {int(batch.feature_lengths.sum())} regions, "
+        f"B = {args.batch}, {regions} regions, "
         f"{int(batch.token_lengths.sum())} tokens, V = {args.vocab}"
     )
     print(

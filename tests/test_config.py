@@ -62,3 +62,31 @@ def test_bad_file_is_named(tmp_path):
     path.write_text("training:\n  lr: 1\n")
     with pytest.raises(ValueError, match=r"run.yaml: unknown section 'training'"):
         load_config(path)
+
+
+def test_the_model_section_is_the_architectures_own_settings(tmp_path):
+    from selhn.models.rvsepp import RVSEPPSettings
+    from selhn.models.vsepp import VSEPPSettings
+
+    assert isinstance(Config().model, RVSEPPSettings)
+    config = load_config(None, {"model.embed_size": 64, "model.architecture": "vsepp"})
+    assert isinstance(config.model, VSEPPSettings) and config.model.embed_size == 64
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+    cases = [
+        (
+            {"model.architecture": "vsepp", "model.mlp_hidden": 8},
+            r"model.mlp_hidden does not apply to model.architecture=vsepp",
+        ),
+        ({"model.architecture": "vsepp", "model.width": 8}, r"unknown key 'model.width'"),
+        ({"model.architecture": "vit"}, r"model.architecture: unknown architecture 'vit'"),
+        ({"model.img_dim": 16}, r"model.img_dim is set from the data, not configured"),
+        ({"model.vocab_size": 16}, r"model.vocab_size is set from the data"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_config(None, overrides)
+    path = tmp_path / "rvsepp.yaml"
+    path.write_text("model:\n  mlp_hidden: 8\n")
+    with pytest.raises(ValueError, match=r"model.mlp_hidden does not apply to .*=vsepp"):
+        load_config(path, {"model.architecture": "vsepp"})

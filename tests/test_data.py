@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from selhn.data.collate import Augmentation, PairDataset, collate_pairs
+from selhn.data.augment import Augmentation
+from selhn.data.datasets import PairDataset
 from selhn.data.precomp import open_split, write_split
 from selhn.data.vocab import MASK, Vocabulary, tokenize
 
@@ -157,8 +158,9 @@ def test_pair_dataset_without_augmentation_is_exact(tmp_path):
     regions, tokens, image = dataset[5]
     assert image == 2 and np.array_equal(regions, features[2])
     assert tokens == vocab.encode(captions[5])
-    batch = collate_pairs([dataset[0], dataset[5]])
-    assert batch.features.shape == (2, 3, 5) and batch.feature_lengths.tolist() == [3, 3]
+    batch = dataset.collate([dataset[0], dataset[5]])
+    features, lengths = batch.image_input
+    assert features.shape == (2, 3, 5) and lengths.tolist() == [3, 3]
     assert batch.image_ids.tolist() == [0, 2]
     assert batch.tokens[1, : batch.token_lengths[1]].tolist() == tokens
 
@@ -191,17 +193,17 @@ def test_pair_dataset_augmentation_is_keyed_by_seed_epoch_and_index(tmp_path):
     assert first == [dataset[i][0].shape[0] for i in range(8)]
     dataset.epoch = 1
     assert first != [dataset[i][0].shape[0] for i in range(8)]
-    assert torch.equal(collate_pairs([dataset[3]]).tokens, collate_pairs([dataset[3]]).tokens)
+    assert torch.equal(dataset.collate([dataset[3]]).tokens, dataset.collate([dataset[3]]).tokens)
 
 
 def test_one_row_per_image_keeps_each_image_once(tmp_path):
     features, captions = make_split(tmp_path, images=4, cpi=2)
     dataset = PairDataset(open_split(tmp_path, "train"), Vocabulary.build(captions))
-    batch = collate_pairs([dataset[i] for i in (5, 0, 4, 1, 3)])  # images 2, 0, 2, 0, 1
+    batch = dataset.collate([dataset[i] for i in (5, 0, 4, 1, 3)])  # images 2, 0, 2, 0, 1
     once = batch.one_row_per_image()
     assert once.caption_to_image.tolist() == [2, 0, 2, 0, 1]  # rows in order of image id
-    assert np.array_equal(once.features.numpy(), features[[0, 1, 2]])
-    assert torch.equal(once.features[once.caption_to_image], batch.features)
-    assert torch.equal(once.feature_lengths[once.caption_to_image], batch.feature_lengths)
+    assert np.array_equal(once.image_input[0].numpy(), features[[0, 1, 2]])
+    for rows, every in zip(once.image_input, batch.image_input, strict=True):
+        assert torch.equal(rows[once.caption_to_image], every)
     for name in ("tokens", "token_lengths", "image_ids"):
         assert torch.equal(getattr(once, name), getattr(batch, name))

@@ -15,17 +15,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from selhn import trainer
 from selhn.checkpoint import load_model
 from selhn.config import load_config
-from selhn.data.collate import Batch
-from selhn.data.images import write_image_splits
+from selhn.data.batch import Batch
+from selhn.data.image_files import write_image_splits
 from selhn.data.manifest import read_manifest
 from selhn.data.synth import SynthConfig, generate
 from selhn.distributed import Distributed
 from selhn.models import RVSEPP
 from selhn.models.backbones import build_backbone
-from selhn.trainer import StepContext, make_loss, read_log, train, train_step
+from selhn.objective import TrainingObjective, make_loss
+from selhn.run_dir import read_log
+from selhn.trainer import train, train_step
 
 WORLD = 2
 PER_RANK = 5
@@ -46,12 +47,13 @@ def global_batch() -> Batch:
     tokens = torch.randint(1, 30, (10, 7), generator=gen)
     token_lengths = torch.tensor([7, 5, 3, 6, 4, 7, 2, 5, 6, 3])
     tokens[torch.arange(7)[None, :] >= token_lengths[:, None]] = 0
-    return Batch(image_features[ids], lengths[ids], tokens, token_lengths, ids)
+    return Batch((image_features[ids], lengths[ids]), tokens, token_lengths, ids)
 
 
 def shard(batch: Batch, rank: int) -> Batch:
     rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-    return Batch(*(t[rows] for t in vars(batch).values() if t is not None))
+    images = tuple(t[rows] for t in batch.image_input)
+    return Batch(images, batch.tokens[rows], batch.token_lengths[rows], batch.image_ids[rows])
 
 
 def one_step(
@@ -66,11 +68,10 @@ def one_step(
     if mask:  # the trainer encodes each image of a batch once
         batch = batch.one_row_per_image()
     loss_fn = make_loss(loss_name, margin=0.2, epsilon=0.05, gather=global_negatives)
-    params = list(model.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.SGD(params, lr=0.0)
-    network = nn.parallel.DistributedDataParallel(model) if job.enabled else None
-    ctx = StepContext(model, optimizer, loss_fn, 0.0, mask, network=network, job=job)
-    loss = train_step(batch, ctx)["loss"]
+    objective = TrainingObjective(model, {loss_name: loss_fn}, mask)
+    optimizer = torch.optim.SGD(objective.parameters(), lr=0.0)
+    network = nn.parallel.DistributedDataParallel(objective) if job.enabled else objective
+    loss = train_step(network, objective, model, optimizer, batch, 0.0)["loss"]
     named = [*model.named_parameters(), *loss_fn.named_parameters()]
     return {"loss": loss.item(), "grads": {n: p.grad.clone() for n, p in named}}
 
@@ -180,13 +181,13 @@ def images_worker(rank: int, store: str, data: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     models = []
-    original = trainer._set_backbone_phase
+    original = RVSEPP.set_backbone_trainable
 
-    def capture(model, epoch, frozen_epochs):  # the model this rank trains
+    def capture(model, trainable):  # the model this rank trains
         models.append(model)
-        return original(model, epoch, frozen_epochs)
+        return original(model, trainable)
 
-    trainer._set_backbone_phase = capture
+    RVSEPP.set_backbone_trainable = capture
     config = load_config(None, {
         "model.backbone": "efficientnet-lite0", "model.image_size": 64, "model.embed_size": 16,
         "model.word_dim": 8, "model.mlp_hidden": 8, "train.batch_size": 16, "train.epochs": 2,

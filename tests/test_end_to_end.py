@@ -2,6 +2,7 @@
 augmentation, the frozen-then-learning backbone, checkpoints and the command line."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,22 +11,18 @@ from PIL import Image
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
-from selhn.config import ModelConfig, load_config
-from selhn.data.collate import Augmentation
-from selhn.data.images import (
-    ImagePairDataset,
-    load_image,
-    open_image_split,
-    random_crop,
-    write_image_splits,
-)
+from selhn.config import Config, load_config
+from selhn.data.augment import Augmentation, random_crop
+from selhn.data.datasets import PairDataset
+from selhn.data.image_files import load_image, open_image_split, write_image_splits
 from selhn.data.manifest import read_manifest
 from selhn.data.vocab import Vocabulary
 from selhn.evaluation import embedding_metrics
-from selhn.models import RVSEPP
+from selhn.models import RVSEPP, create_model
 from selhn.models.backbones import build_backbone
 from selhn.retrieval import encode_split, split_for
-from selhn.trainer import make_loss, make_model, param_groups, read_log, train
+from selhn.run_dir import read_log
+from selhn.trainer import train
 
 SIZE = 64  # 2 x 2 grid cells
 TINY = {
@@ -50,7 +47,10 @@ def image_data(samples, tmp_path_factory):
 
 def tiny_model(**sizes) -> RVSEPP:
     torch.manual_seed(0)
-    return RVSEPP(30, None, 16, 8, 8, backbone="efficientnet-lite0", image_size=SIZE, **sizes)
+    return RVSEPP(
+        vocab_size=30, img_dim=None, embed_size=16, word_dim=8, mlp_hidden=8,
+        backbone="efficientnet-lite0", image_size=SIZE, **sizes,
+    )  # fmt: skip
 
 
 def test_the_grid_encoder_pools_the_kept_cells_of_the_backbones_grid():
@@ -91,32 +91,31 @@ def test_the_backbone_keeps_its_batch_statistics_and_learns_only_when_allowed():
 
 def test_the_backbone_trains_at_its_own_learning_rate_scale():
     config = load_config(None, TINY)
-    model = make_model(config.model, 30, None)
-    assert model.sizes.img_dim == 1280
-    groups = param_groups(model, make_loss("selhn"), 0.1, config.train.backbone_lr_scale)
+    model = create_model(replace(config.model, vocab_size=30, img_dim=None))
+    assert model.settings.img_dim == 1280
+    groups = model.param_groups(0.1, config.train.backbone_lr_scale)
     backbone = {id(p) for p in model.image_encoder.backbone.parameters()}
     assert {id(p) for p in groups[1]["params"]} == backbone and groups[1]["lr_scale"] == 0.01
     assert len(groups[0]["params"]) + len(backbone) == len(list(model.parameters()))
     assert not backbone & {id(p) for p in groups[0]["params"]}
 
 
-def test_backbone_settings_are_checked():
+def test_backbone_settings_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"model\.backbone must be None, efficientnet-lite0 or"):
         load_config(None, {"model.backbone": "resnet50"})
     with pytest.raises(ValueError, match=r"model\.backbone_weights must be None without"):
         load_config(None, {"model.backbone_weights": "w.pt"})
     with pytest.raises(ValueError, match=r"data\.crop_scale must be in"):
         load_config(None, {"data.crop_scale": 0})
-    config = load_config(
-        None, {"model.backbone": "efficientnet-lite0", "model.architecture": "vsepp"}
-    )
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  backbone: efficientnet-lite0\n")
     with pytest.raises(
         ValueError, match=r"model\.backbone does not apply to model\.architecture=vsepp"
     ):
-        make_model(config.model, 30, None)
+        load_config(path, {"model.architecture": "vsepp"})
     with pytest.raises(ValueError, match="has 1280 channels, not 2048"):
-        RVSEPP(30, 2048, backbone="efficientnet-lite0")
-    assert make_model(ModelConfig(), 30, 2048).sizes.backbone is None
+        RVSEPP(vocab_size=30, img_dim=2048, backbone="efficientnet-lite0")
+    assert create_model(replace(Config().model, vocab_size=30)).settings.backbone is None
 
 
 def test_an_image_split_lists_its_files_and_reports_bad_ones(samples, image_data, tmp_path):
@@ -174,10 +173,10 @@ def test_a_crop_is_that_part_of_the_image(samples):
 
 
 def test_training_pairs_are_augmented_reproducibly(image_data):
-    split = open_image_split(image_data, "train", SIZE)
+    split = open_image_split(image_data, "train", SIZE, cells=4)
     vocab = Vocabulary.build(split.captions)
     augmentation = Augmentation(region_drop=0.5, crop_scale=0.7)
-    pairs = ImagePairDataset(split, vocab, augmentation, seed=3, cells=4)
+    pairs = PairDataset(split, vocab, augmentation, seed=3)
     first = [pairs[i] for i in range(20)]
     again = [pairs[i] for i in range(20)]
     assert [owner for _, _, owner in first] == split.caption_images[:20].tolist()
@@ -187,11 +186,11 @@ def test_training_pairs_are_augmented_reproducibly(image_data):
     assert any(not k.all() for (_, k), _, _ in first)
     pairs.epoch = 1
     assert any(not torch.equal(pairs[i][0][0], first[i][0][0]) for i in range(20))
-    plain = ImagePairDataset(split, vocab, None, seed=3, cells=4)
+    plain = PairDataset(split, vocab, None, seed=3)
     (image, keep), tokens, owner = plain[5]
     assert torch.equal(image, split.image(owner)) and keep.all()
     assert tokens == vocab.encode(split.captions[5]) and owner == split.caption_images[5]
-    uncropped = ImagePairDataset(split, vocab, Augmentation(), seed=3, cells=4)  # the default
+    uncropped = PairDataset(split, vocab, Augmentation(), seed=3)  # the default
     assert all(torch.equal(uncropped[i][0][0], split.image(uncropped[i][2])) for i in range(5))
 
 

@@ -3,7 +3,7 @@ import json
 from selhn.cli import main
 from selhn.data.synth import SynthConfig, generate
 from selhn.experiment import LOSS_SETUPS
-from selhn.trainer import read_log
+from selhn.run_dir import read_log
 
 
 def test_experiment_end_to_end(tmp_path, capsys):

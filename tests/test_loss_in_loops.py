@@ -254,7 +254,7 @@ def test_bad_caption_to_image_is_rejected():
 
 
 def reference_anchor_terms(scores, margin, epsilon):
-    """(2, B) per-anchor SelHN terms by a plain loop (METHOD's rule per anchor)."""
+    """(2, B) per-anchor SelHN terms by a plain loop (the SelHN rule per anchor)."""
 
     def term(pos, negatives):
         hinges = (margin + torch.stack(negatives) - pos).clamp(min=0)

@@ -12,7 +12,7 @@ EPSILONS = [0.0, 0.01, 0.05, math.inf]
 
 
 def reference_loss(scores, margin, epsilon, ids=None):
-    """Per-anchor loop over METHOD.md section 3; the hardest negative is the first maximal one."""
+    """Per-anchor loop over the SelHN rule; the hardest negative is the first maximal one."""
     batch = scores.shape[0]
 
     def anchor_loss(pos, neg_scores):

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ def count(module):
 
 def small_model(vocab_size=50):
     torch.manual_seed(0)
-    return RVSEPP(vocab_size, img_dim=20, embed_size=16, word_dim=8, mlp_hidden=12)
+    return RVSEPP(vocab_size=vocab_size, img_dim=20, embed_size=16, word_dim=8, mlp_hidden=12)
 
 
 def batch(gen, n=4, regions=6, tokens=7, img_dim=20, vocab=50):
@@ -34,7 +35,8 @@ def test_parameter_counts_match_the_release():
 
 def test_embeddings_are_unit_vectors_of_the_joint_size():
     model = small_model().eval()
-    img, txt = model(*batch(torch.Generator().manual_seed(0)))
+    features, feature_lengths, ids, token_lengths = batch(torch.Generator().manual_seed(0))
+    img, txt = model((features, feature_lengths), ids, token_lengths)
     assert img.shape == txt.shape == (4, 16)
     torch.testing.assert_close(img.norm(dim=1), torch.ones(4))
     torch.testing.assert_close(txt.norm(dim=1), torch.ones(4))
@@ -45,10 +47,10 @@ def test_embedding_does_not_depend_on_batch_padding(mode):
     model = small_model()
     model.train(mode == "train")
     features, feature_lengths, ids, token_lengths = batch(torch.Generator().manual_seed(1))
-    img, txt = model(features, feature_lengths, ids, token_lengths)
+    img, txt = model((features, feature_lengths), ids, token_lengths)
     pad_regions = torch.cat([features, torch.randn(4, 5, 20)], dim=1)
     pad_tokens = torch.cat([ids, torch.randint(1, 50, (4, 3))], dim=1)
-    img_padded, txt_padded = model(pad_regions, feature_lengths, pad_tokens, token_lengths)
+    img_padded, txt_padded = model((pad_regions, feature_lengths), pad_tokens, token_lengths)
     torch.testing.assert_close(img_padded, img, rtol=0, atol=1e-6)
     torch.testing.assert_close(txt_padded, txt, rtol=0, atol=1e-6)
     if mode == "eval":  # alone, an item has no batch padding at all
@@ -78,7 +80,8 @@ def test_gpo_is_a_weighted_sum_of_sorted_values():
 def test_every_parameter_gets_a_finite_gradient():
     model = small_model().train()
     gen = torch.Generator().manual_seed(2)
-    img, txt = model(*batch(gen))
+    features, feature_lengths, ids, token_lengths = batch(gen)
+    img, txt = model((features, feature_lengths), ids, token_lengths)
     SelHNLoss(epsilon=1.0)(img, txt).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
@@ -92,7 +95,7 @@ def test_model_directory_round_trip(tmp_path):
     assert len(vocab) == 7  # <mask> is added
     save_model(tmp_path / "m", model, vocab, meta={"epoch": 3})
     loaded, loaded_vocab, meta = load_model(tmp_path / "m")
-    assert meta["epoch"] == 3 and meta["model"] == model.config()
+    assert meta["epoch"] == 3 and meta["model"] == asdict(model.settings)
     assert loaded_vocab.idx2word == vocab.idx2word
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.json", "vocab.json", "weights.pt",
@@ -106,8 +109,8 @@ def test_model_directory_round_trip(tmp_path):
     ids = torch.randint(1, 7, (4, 7), generator=gen)
     token_lengths = torch.tensor([7, 2, 5, 4])
     for a, b in zip(
-        model(features, feature_lengths, ids, token_lengths),
-        loaded(features, feature_lengths, ids, token_lengths),
+        model((features, feature_lengths), ids, token_lengths),
+        loaded((features, feature_lengths), ids, token_lengths),
         strict=True,
     ):
         assert torch.equal(a, b)
@@ -154,7 +157,7 @@ def test_vsepp_architecture_and_registry(tmp_path):
     model = build_model("vsepp", vocab_size=50, img_dim=20, embed_size=16, word_dim=8)
     assert isinstance(model, VSEPP)
     features, feature_lengths, ids, token_lengths = batch(torch.Generator().manual_seed(4))
-    img, txt = model(features, feature_lengths, ids, token_lengths)
+    img, txt = model((features, feature_lengths), ids, token_lengths)
     # mean of the projected valid regions; the GRU state after each caption's last token
     want = model.image_encoder.fc(features[1, :3]).mean(dim=0)
     torch.testing.assert_close(img[1], want / want.norm())
@@ -172,3 +175,16 @@ def test_vsepp_architecture_and_registry(tmp_path):
         build_model("vit", vocab_size=5)
     with pytest.raises(ValueError, match=r"architecture 'vsepp' takes no \['mlp_hidden'\]"):
         build_model("vsepp", vocab_size=5, mlp_hidden=3)
+
+
+def test_region_models_encode_every_region_without_lengths():
+    model = small_model().eval()
+    features = torch.randn(3, 4, 20, generator=torch.Generator().manual_seed(5))
+    every = model.encode_images(features, torch.tensor([4, 4, 4]))
+    torch.testing.assert_close(model.encode_images(features), every)
+    from selhn.models import build_model
+
+    vsepp = build_model("vsepp", vocab_size=9, img_dim=20, embed_size=16, word_dim=8)
+    torch.testing.assert_close(
+        vsepp.encode_images(features), vsepp.encode_images(features, torch.tensor([4, 4, 4]))
+    )

@@ -3,6 +3,7 @@
 import json
 import shutil
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,8 +19,9 @@ from selhn.data.manifest import read_karpathy, read_manifest
 from selhn.data.precomp import open_split
 from selhn.data.vocab import Vocabulary
 from selhn.features import FeatureJob, extract_features
+from selhn.models import create_model
 from selhn.models.backbones import build_backbone, grid_shape
-from selhn.trainer import init_pretrained, make_model, read_log
+from selhn.run_dir import read_log
 
 SIZE = 64  # 2 x 2 grid cells: fast on the CPU
 
@@ -224,7 +226,7 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     tests = [r for r in read_manifest(samples) if r.split == "test"]
     assert hit["file"] == str(tests[hit["image"]].image.absolute())
     model, vocab, meta = load_model(run / "best")
-    assert model.sizes.text_encoder == encoder[1]
+    assert model.settings.text_encoder == encoder[1]
     best = max(r["rsum"] for r in read_log(run)[1])
     assert meta["dev_metrics"]["rsum"] == best
     if encoder[1] == "transformer":  # self-contained: config and tokenizer, no second weights
@@ -275,7 +277,7 @@ def test_timm_backbones_load_local_weights_and_normalise(monkeypatch, tmp_path):
     # end to end: the model's backbone starts from the weights file
     config = load_config(None, {"model.backbone": "timm:fake", "model.image_size": 32,
                                 "model.backbone_weights": str(tmp_path / "w.pt")})  # fmt: skip
-    model = make_model(config.model, 10, None)
-    assert model.sizes.img_dim == 4 and grid_shape(model.image_encoder.backbone, 32) == (16, 4)
-    init_pretrained(model, config.model, Vocabulary.build([]))
+    model = create_model(replace(config.model, vocab_size=10, img_dim=None))
+    assert model.settings.img_dim == 4 and grid_shape(model.image_encoder.backbone, 32) == (16, 4)
+    model.load_pretrained(Vocabulary.build([]))
     assert torch.equal(model.image_encoder.backbone.trunk.net.conv.weight, net.conv.weight)

@@ -1,17 +1,21 @@
 """The pretrained text transformer (packaged all-MiniLM-L6-v2) and GloVe initialisation."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
 from selhn.config import load_config
-from selhn.data.collate import pad_tokens
+from selhn.data.batch import pad_tokens
 from selhn.data.glove import glove_table, init_from_glove
 from selhn.data.vocab import Vocabulary
+from selhn.models import create_model
+from selhn.models.registry import model_class
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import TransformerTextEncoder, WordPieceTokenizer, default_text_model
-from selhn.trainer import init_pretrained, make_loss, make_model, make_text_vocabulary, param_groups
+from selhn.objective import TrainingObjective, make_loss
 
 CAPTIONS = ["a red seven next to a blue two", "a cat", "the handwritten digits 4 and 9 in cyan ink"]
 
@@ -63,24 +67,30 @@ def test_glove_vectors_initialise_the_known_words():
         init_from_glove(BiGRUTextEncoder(len(vocab), word_dim=300, embed_size=8).embed, vocab)
 
 
-def test_a_new_run_starts_from_glove(capsys):
+def new_model(config, captions):
+    """A new model and its vocabulary, sized as the trainer sizes one (16-d regions)."""
+    cls = model_class(config.model.architecture)
+    vocab = cls.make_vocabulary(config.model, captions, None, 1)
+    return create_model(replace(config.model, vocab_size=len(vocab), img_dim=16)), vocab
+
+
+def test_a_new_run_starts_from_glove():
     config = load_config(
         None, {"model.word_vectors": "glove", "model.word_dim": 50, "model.embed_size": 8}
     )
-    vocab = make_text_vocabulary(config, ["a cat", "a zzqxv"])
-    model = make_model(config.model, len(vocab), img_dim=16)
-    init_pretrained(model, config.model, vocab)
+    model, vocab = new_model(config, ["a cat", "a zzqxv"])
+    messages = model.load_pretrained(vocab)
     rows, vectors = glove_table()
     expected = torch.from_numpy(np.array(vectors[rows["cat"]]))
     assert torch.equal(model.text_encoder.embed.weight[vocab("cat")], expected)
-    assert f"initialised 2 of {len(vocab)} words" in capsys.readouterr().out  # a, cat
+    assert f"initialised 2 of {len(vocab)} words" in messages[0]  # a, cat
 
 
 def test_the_transformer_trains_at_a_tenth_of_the_learning_rate():
     config = load_config(None, {"model.text_encoder": "transformer", "model.embed_size": 8})
-    vocab = make_text_vocabulary(config, [])
-    model = make_model(config.model, len(vocab), img_dim=16)
-    groups = param_groups(model, make_loss("infonce"), config.train.pretrained_lr_scale)
+    model, _ = new_model(config, [])
+    objective = TrainingObjective(model, {"infonce": make_loss("infonce")})
+    groups = objective.param_groups(model, config.train.pretrained_lr_scale, 0.01)
     transformer = {id(p) for p in model.text_encoder.transformer.parameters()}
     assert {id(p) for p in groups[1]["params"]} == transformer and groups[1]["lr_scale"] == 0.1
     assert not transformer & {id(p) for p in groups[0]["params"]}

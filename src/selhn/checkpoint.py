@@ -1,6 +1,7 @@
-"""A trained model as a directory: ``config.json`` + ``weights.pt`` + ``vocab.json``, or, for a
-transformer text encoder, ``text_model/`` (its configuration and tokenizer files, no weights: those
-are in weights.pt), so a checkpoint needs nothing outside itself.
+"""A trained model as a directory: ``config.json`` (the architecture's settings and what the caller
+records) + ``weights.pt`` + the vocabulary as the model keeps it (``vocab.json``, or for a
+transformer text encoder ``text_model/``: its configuration and tokenizer files, no weights),
+so a checkpoint needs nothing outside itself.
 
 Directories are written under a temporary name and renamed into place, so a crash never leaves a
 half-written checkpoint behind; ``point(link, target)`` swaps a symlink such as ``RUN/best``
@@ -18,11 +19,12 @@ from typing import Any
 
 import torch
 
-from selhn.data.vocab import TextVocabulary, Vocabulary
-from selhn.models import DualEncoder, build_model
+from selhn.data.vocab import TextVocabulary
+from selhn.models import DualEncoder
+from selhn.models.registry import model_class
 
 FORMAT = 1
-CONFIG, WEIGHTS, VOCAB, TEXT_MODEL = "config.json", "weights.pt", "vocab.json", "text_model"
+CONFIG, WEIGHTS = "config.json", "weights.pt"
 
 
 def save_model(
@@ -42,13 +44,8 @@ def save_model(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        sizes = model.config()
-        if sizes.get("text_encoder") == "transformer":
-            vocab.save(tmp / TEXT_MODEL)
-            sizes["text_model"] = TEXT_MODEL  # relative to the checkpoint
-        else:
-            vocab.save(tmp / VOCAB)
-        config = {"format": FORMAT, "architecture": model.architecture, "model": sizes}
+        settings = model.save_vocabulary(vocab, tmp)
+        config = {"format": FORMAT, "architecture": model.architecture, "model": settings}
         (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
         torch.save(model.state_dict(), tmp / WEIGHTS)
         for name, value in (extra or {}).items():
@@ -86,27 +83,19 @@ def load_model(
     """(model in eval mode, vocabulary or tokenizer, config.json contents) of a model directory."""
     directory = Path(directory)
     meta = read_meta(directory)
-    sizes = dict(meta["model"])
-    transformer = sizes.get("text_encoder") == "transformer"
-    if transformer:
-        sizes["text_model"] = str(directory / TEXT_MODEL)
+    config = directory / CONFIG
     try:
-        model = build_model(meta["architecture"], **sizes)
+        cls = model_class(meta["architecture"])
+        settings, vocab = cls.load_vocabulary(dict(meta["model"]), directory)
+        model = cls(cls.Settings(**settings))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{directory / CONFIG}: {err}") from err
+        raise ValueError(f"{config}: {err}") from err
     state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    vocab: TextVocabulary
-    if transformer:
-        from selhn.models.transformer import WordPieceTokenizer
-
-        vocab = WordPieceTokenizer(sizes["text_model"])
-    else:
-        vocab = Vocabulary.load(directory / VOCAB)
-    if len(vocab) != model.sizes.vocab_size:
+    if len(vocab) != model.settings.vocab_size:
         raise ValueError(
-            f"{directory / VOCAB}: {len(vocab)} words, but the model was built for "
-            f"{model.sizes.vocab_size}"
+            f"{config}: the model was built for {model.settings.vocab_size} words, but its "
+            f"vocabulary in {directory} has {len(vocab)}"
         )
     return model.to(device).eval(), vocab, meta
 

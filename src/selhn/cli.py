@@ -1,4 +1,5 @@
-"""The ``selhn`` command: data, features, train, experiment, eval, encode, search (argv reader)."""
+"""The ``selhn`` command: data, features, train, experiment, eval, encode, search. The only
+module that reads the command line."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def _image_records(args: argparse.Namespace, command: str) -> list:
 
 
 def _cmd_images(args: argparse.Namespace) -> None:
-    from selhn.data.images import write_image_splits
+    from selhn.data.image_files import write_image_splits
 
     counts = write_image_splits(_image_records(args, "data images"), args.out)
     listed = ", ".join(f"{split} {n}" for split, n in counts.items())
@@ -77,8 +78,8 @@ def _cmd_images(args: argparse.Namespace) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
+    from selhn.distributed import resolve_device
     from selhn.features import FeatureJob, extract_features
-    from selhn.trainer import resolve_device
 
     report = extract_features(
         _image_records(args, "features"),
@@ -159,9 +160,9 @@ def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) ->
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from selhn.checkpoint import load_model
+    from selhn.distributed import resolve_device
     from selhn.evaluation import embedding_metrics, format_table, retrieval_metrics
     from selhn.retrieval import encode_split, split_for
-    from selhn.trainer import resolve_device
 
     device = resolve_device(args.device)
     img_embs, txt_embs = [], []
@@ -196,8 +197,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _encoded_split(args: argparse.Namespace):
     """(model, vocab, split, image embeddings, caption embeddings) of ``--checkpoint``."""
     from selhn.checkpoint import load_model
+    from selhn.distributed import resolve_device
     from selhn.retrieval import encode_split, split_for
-    from selhn.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, vocab, _ = load_model(args.checkpoint, device)
@@ -231,7 +232,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
-    from selhn.data.collate import pad_tokens
+    from selhn.data.batch import pad_tokens
     from selhn.retrieval import top_k
 
     model, vocab, split, img_emb, txt_emb = _encoded_split(args)

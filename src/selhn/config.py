@@ -12,28 +12,14 @@ from typing import Any
 
 import yaml
 
-from selhn.models.backbones import DEFAULT_BACKBONE
+from selhn.models.registry import ARCHITECTURES, model_class
 
 LOSSES = ("selhn", "hardest", "all", "infonce")
-TEXT_ENCODERS = ("bigru", "transformer")
 
 
-@dataclass
-class ModelConfig:
-    """Architecture and sizes (region feature size and vocabulary size come from the data)."""
-
-    architecture: str = "rvsepp"  # rvsepp | vsepp (mean-pooled regions, GRU last state)
-    embed_size: int = 1024  # joint embedding dimension
-    word_dim: int = 300  # word embedding dimension
-    mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP (rvsepp)
-    text_encoder: str = "bigru"  # rvsepp: bigru | transformer (a pretrained text transformer)
-    text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
-    # packaged all-MiniLM-L6-v2 (text extra)
-    word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
-    backbone: str | None = None  # rvsepp end to end from image files: efficientnet-lite0 or
-    # timm:NAME (the data directory lists the images: {split}_images.txt); None: features
-    backbone_weights: str | None = None  # timm backbone: its local pretrained weights file
-    image_size: int = 224  # backbone: square input size in pixels
+def model_settings(architecture: str = "rvsepp") -> Any:
+    """The default settings of an architecture: the ``model`` section of the configuration."""
+    return model_class(architecture).Settings()
 
 
 @dataclass
@@ -52,7 +38,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Triplet loss (METHOD.md section 3)."""
+    """The loss (docs/method.md)."""
 
     name: str = "selhn"  # selhn | hardest | all | infonce
     margin: float = 0.2  # triplet margin
@@ -64,7 +50,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (the defaults are the release's, METHOD.md section 5)."""
+    """Optimisation (the defaults are the release's recipe, docs/method.md)."""
 
     epochs: int = 30
     batch_size: int = 128  # the global batch: under torchrun, split evenly over the processes
@@ -72,7 +58,8 @@ class TrainConfig:
     lr_decay_epoch: int = 15  # the learning rate is multiplied by lr_decay from this epoch on
     lr_decay: float = 0.1
     weight_decay: float = 0.01
-    grad_clip: float = 2.0  # max gradient norm over all parameters; 0 disables
+    grad_clip: float = 2.0  # max gradient norm over all parameters (a learned loss temperature
+    # included); 0 disables
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 (bfloat16 autocast, CUDA only)
@@ -88,13 +75,19 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """``model`` is the architecture's own settings dataclass (``model.architecture`` picks it)."""
+
+    model: Any = field(default_factory=model_settings)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Every configured value (the model's sizes that come from the data are left out)."""
+        values = dataclasses.asdict(self)
+        for name in model_class(self.model.architecture).FROM_DATA:
+            values["model"].pop(name, None)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
@@ -115,20 +108,49 @@ class Config:
                 )
             if not isinstance(entries, dict):
                 raise ValueError(f"{source}: section {section!r} must be a mapping")
-            for key, value in entries.items():
+            for key, value in _architecture_first(entries.items()):
                 self.set(f"{section}.{key}", value, source)
 
     def set(self, dotted: str, value: Any, source: str = "command line") -> None:
         section, _, key = dotted.partition(".")
         if section not in SECTIONS or not key:
             raise ValueError(f"{source}: unknown key {dotted!r}; keys look like train.lr")
+        if dotted == "model.architecture":
+            self._switch_architecture(str(value), source)
+            return
         part = getattr(self, section)
+        if section == "model" and key in model_class(part.architecture).FROM_DATA:
+            raise ValueError(f"{source}: {dotted} is set from the data, not configured")
         types_ = typing.get_type_hints(type(part))
+        if section == "model" and key not in types_ and _other_architecture_key(key):
+            raise ValueError(
+                f"{source}: {dotted} does not apply to model.architecture={part.architecture}"
+            )
         if key not in types_:
             raise ValueError(
                 f"{source}: unknown key {dotted!r}; {section} has {', '.join(sorted(types_))}"
             )
         setattr(part, key, _coerce(value, types_[key], dotted, source))
+
+    def _switch_architecture(self, architecture: str, source: str) -> None:
+        """Settings of another architecture, keeping the values it shares with the current one;
+        a changed value it has no place for is an error."""
+        try:
+            new = model_settings(architecture)
+        except ValueError as err:
+            raise ValueError(f"{source}: model.architecture: {err}") from err
+        old, default = self.model, model_settings(self.model.architecture)
+        for field_ in dataclasses.fields(old):
+            name, value = field_.name, getattr(old, field_.name)
+            if name == "architecture":
+                continue
+            if hasattr(new, name):
+                setattr(new, name, value)
+            elif value != getattr(default, name):
+                raise ValueError(
+                    f"{source}: model.{name} does not apply to model.architecture={architecture}"
+                )
+        self.model = new
 
     def validate(self) -> None:
         """Raise ValueError naming the first key whose value is out of range."""
@@ -149,36 +171,29 @@ class Config:
             (0 <= self.data.token_prob <= 1, "data.token_prob", "in [0, 1]"),
             (self.data.min_word_count >= 1, "data.min_word_count", ">= 1"),
             (self.data.num_workers >= 0, "data.num_workers", ">= 0"),
-            (self.model.embed_size >= 1, "model.embed_size", ">= 1"),
-            (self.model.word_dim >= 1, "model.word_dim", ">= 1"),
-            (self.model.mlp_hidden >= 1, "model.mlp_hidden", ">= 1"),
-            (self.model.text_encoder in TEXT_ENCODERS, "model.text_encoder", str(TEXT_ENCODERS)),
-            (self.model.word_vectors in (None, "glove"), "model.word_vectors", "None or glove"),
             (self.train.pretrained_lr_scale > 0, "train.pretrained_lr_scale", "> 0"),
             (self.train.backbone_lr_scale > 0, "train.backbone_lr_scale", "> 0"),
             (self.train.backbone_frozen_epochs >= 0, "train.backbone_frozen_epochs", ">= 0"),
             (0 < self.data.crop_scale <= 1, "data.crop_scale", "in (0, 1]"),
-            (self.model.image_size >= 32, "model.image_size", ">= 32 (the backbone's stride)"),
-        ]
-        transformer, backbone = self.model.text_encoder == "transformer", self.model.backbone
-        checks += [
-            (backbone in (None, DEFAULT_BACKBONE) or backbone.startswith("timm:"),
-             "model.backbone", f"None, {DEFAULT_BACKBONE} or timm:NAME"),
-            (backbone is not None or self.model.backbone_weights is None,
-             "model.backbone_weights", "None without model.backbone"),
-            (transformer or self.model.text_model is None, "model.text_model",
-             "None unless model.text_encoder=transformer"),
-            (not transformer or self.model.word_vectors is None, "model.word_vectors",
-             "None with model.text_encoder=transformer"),
-            (not transformer or self.data.vocab is None, "data.vocab",
+            (not self.model.has_tokenizer or self.data.vocab is None, "data.vocab",
              "None with model.text_encoder=transformer (it has its own tokenizer)"),
         ]  # fmt: skip
+        checks += [(ok, f"model.{key}", expected) for ok, key, expected in self.model.checks()]
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"{key} must be {expected}; got {_lookup(self, key)!r}")
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _other_architecture_key(key: str) -> bool:
+    return any(key in typing.get_type_hints(cls.Settings) for cls in ARCHITECTURES.values())
+
+
+def _architecture_first(items: Any) -> list[tuple[str, Any]]:
+    """Settings in order, the architecture (which picks the model's settings class) first."""
+    return sorted(items, key=lambda item: item[0] not in ("architecture", "model.architecture"))
 
 
 def _lookup(config: Config, key: str) -> Any:
@@ -224,7 +239,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"{path}: cannot read the configuration ({err})") from err
         config.update(values, str(path))
-    for key, value in (overrides or {}).items():
+    for key, value in _architecture_first((overrides or {}).items()):
         config.set(key, value)
     config.validate()
     return config

@@ -14,7 +14,6 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 T = TypeVar("T")
 
@@ -56,6 +55,16 @@ def from_environment() -> Distributed:
     return Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def resolve_device(name: str) -> torch.device:
+    """``train.device``/``--device``: auto (CUDA if available), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available")
+    return device
+
+
 def init_process_group(job: Distributed, device: torch.device) -> bool:
     """Join the job's process group (NCCL on CUDA, gloo on the CPU) unless already joined.
 
@@ -74,14 +83,3 @@ def device_for(job: Distributed, device: torch.device) -> torch.device:
     if job.enabled and device.type == "cuda":
         return torch.device("cuda", job.local_rank)
     return device
-
-
-def average_gradients_(module: nn.Module) -> None:
-    """Average the gradients of a module that DDP does not wrap (the loss's temperature)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads]) / dist.get_world_size()
-    dist.all_reduce(flat)
-    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-        grad.copy_(part.view_as(grad))

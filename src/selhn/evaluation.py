@@ -1,4 +1,4 @@
-"""Exact image-text retrieval metrics (METHOD.md section 6), ranked by counting in chunks.
+"""Exact image-text retrieval metrics (docs/method.md), ranked by counting in chunks.
 
 A query's rank is the number of wrong items that score at least as high as its best right item,
 so ties count against the ground truth: a model whose scores are all equal gets rank N - 1, not 0.

@@ -17,9 +17,11 @@ import yaml
 
 from selhn.checkpoint import load_model, read_meta
 from selhn.config import load_config
+from selhn.distributed import resolve_device
 from selhn.evaluation import METRIC_NAMES
-from selhn.retrieval import split_for
-from selhn.trainer import evaluate, read_log, resolve_device, train
+from selhn.retrieval import evaluate, split_for
+from selhn.run_dir import read_log
+from selhn.trainer import train
 
 # What each compared loss changes in the configuration; nothing else differs between runs.
 LOSS_SETUPS: dict[str, dict[str, Any]] = {

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from selhn.data.images import load_image, write_image_index
+from selhn.data.image_files import load_image, write_image_index
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.data.precomp import features_path
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape

@@ -8,17 +8,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from selhn.data.collate import CaptionDataset, ImageDataset, pad_regions, pad_tokens
-from selhn.data.images import ImageSplit, open_data_split, stack_images
-from selhn.data.precomp import PrecompSplit
+from selhn.data.batch import pad_tokens
+from selhn.data.datasets import CaptionDataset, ImageDataset
+from selhn.data.inputs import Split
 from selhn.data.vocab import TextVocabulary
+from selhn.evaluation import embedding_metrics
 from selhn.models import DualEncoder
 
 
 @torch.no_grad()
 def encode_split(
     model: DualEncoder,
-    split: PrecompSplit | ImageSplit,
+    split: Split,
     vocab: TextVocabulary,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
@@ -26,13 +27,15 @@ def encode_split(
 ) -> tuple[Tensor, Tensor]:
     """(N_images, D) image and (N_captions, D) caption embeddings of a split, on the CPU.
 
-    An end-to-end model needs the split as images (``split_for``), any other its features."""
+    The split must be opened as the model reads it (``split_for``)."""
     was_training = model.training
     model.eval()
     try:
-        collate = stack_images if isinstance(split, ImageSplit) else pad_regions
         images = DataLoader(
-            ImageDataset(split), batch_size, num_workers=num_workers, collate_fn=collate
+            ImageDataset(split),
+            batch_size,
+            num_workers=num_workers,
+            collate_fn=split.collate_images,
         )
         img_emb = [model.encode_images(*(t.to(device) for t in batch)).cpu() for batch in images]
         texts = DataLoader(
@@ -47,11 +50,23 @@ def encode_split(
     return torch.cat(img_emb), torch.cat(txt_emb)
 
 
-def split_for(model: DualEncoder, root: str | Path, split: str) -> PrecompSplit | ImageSplit:
+def split_for(model: DualEncoder, root: str | Path, split: str) -> Split:
     """A data directory's split as ``model`` reads it: image files at the model's input size for
     an end-to-end model (one with a backbone), precomputed features otherwise."""
-    backbone = getattr(model.sizes, "backbone", None)
-    return open_data_split(root, split, model.sizes.image_size if backbone else None)
+    return model.reads().open(root, split)
+
+
+def evaluate(
+    model: DualEncoder,
+    split: Split,
+    vocab: TextVocabulary,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Recall metrics of ``model`` on a split (``evaluation.embedding_metrics``)."""
+    img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device, num_workers)
+    return embedding_metrics(img_emb, txt_emb, caption_to_image=split.caption_to_image())
 
 
 def top_k(

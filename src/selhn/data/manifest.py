@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selhn.data.precomp import SPLIT_ALIASES
+from selhn.data.layout import SPLIT_ALIASES
 
 SPLITS = ("train", "dev", "test")
 SPLIT_NAMES = {**{s: s for s in SPLITS}, **SPLIT_ALIASES, "restval": "train"}

@@ -3,7 +3,7 @@
 from selhn.models.base import DualEncoder
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.pooling import GPO
-from selhn.models.registry import ARCHITECTURES, build_model
+from selhn.models.registry import ARCHITECTURES, build_model, create_model, register_model
 from selhn.models.rvsepp import RVSEPP
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.vsepp import VSEPP
@@ -17,4 +17,6 @@ __all__ = [
     "DualEncoder",
     "ResidualRegionEncoder",
     "build_model",
+    "create_model",
+    "register_model",
 ]

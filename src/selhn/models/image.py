@@ -14,7 +14,7 @@ from selhn.models.pooling import GPO, length_mask
 
 
 class ResidualRegionEncoder(nn.Module):
-    """x = fc(f); x = x + MLP(x); GPO over regions; L2 norm (METHOD.md section 4).
+    """x = fc(f); x = x + MLP(x); GPO over regions; L2 norm (docs/method.md).
 
     MLP = Linear(D -> D/2) -> BatchNorm1d -> ReLU -> Linear(D/2 -> D). The MLP runs on the valid
     regions only, so padding never enters the batch statistics.
@@ -34,9 +34,12 @@ class ResidualRegionEncoder(nn.Module):
         nn.init.uniform_(self.fc.weight, -bound, bound)
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, regions: Tensor, lengths: Tensor) -> Tensor:
-        """(B, K, img_dim) regions, (B,) valid counts -> (B, embed_size) unit vectors."""
+    def forward(self, regions: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size) unit
+        vectors."""
         batch, slots, _ = regions.shape
+        if lengths is None:
+            lengths = regions.new_full((batch,), slots, dtype=torch.long)
         where = length_mask(lengths, slots).flatten().nonzero().squeeze(1)  # valid (b, k) slots
         valid = self.fc(regions.flatten(0, 1)[where])  # (n_valid, D)
         valid = valid + self.mlp(valid)

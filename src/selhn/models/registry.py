@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any
 
 from selhn.models.base import DualEncoder
-from selhn.models.rvsepp import RVSEPP
-from selhn.models.vsepp import VSEPP
 
-ARCHITECTURES: dict[str, type[DualEncoder]] = {"rvsepp": RVSEPP, "vsepp": VSEPP}
+ARCHITECTURES: dict[str, type[DualEncoder]] = {}
 
 
-def model_sizes(architecture: str) -> set[str]:
-    """The size arguments an architecture takes."""
+def register_model(cls: type[DualEncoder]) -> type[DualEncoder]:
+    """Class decorator: make an architecture available by its ``architecture`` name."""
+    ARCHITECTURES[cls.architecture] = cls
+    return cls
+
+
+def model_class(architecture: str) -> type[DualEncoder]:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    return set(inspect.signature(ARCHITECTURES[architecture]).parameters)
+    return ARCHITECTURES[architecture]
 
 
-def build_model(architecture: str, **sizes: Any) -> DualEncoder:
-    """An architecture from its name and size arguments (``vocab_size``, ``img_dim``, ...)."""
-    unknown = set(sizes) - model_sizes(architecture)
+def build_model(architecture: str, **settings: Any) -> DualEncoder:
+    """An architecture from its name and settings (``vocab_size``, ``img_dim``, ...)."""
+    cls = model_class(architecture)
+    known = {field.name for field in dataclasses.fields(cls.Settings)}
+    unknown = set(settings) - known
     if unknown:
         raise ValueError(f"architecture {architecture!r} takes no {sorted(unknown)}")
-    return ARCHITECTURES[architecture](**sizes)
+    return cls(**settings)
+
+
+def create_model(settings: Any) -> DualEncoder:
+    """The model of a settings object (its ``architecture`` field names the class)."""
+    return model_class(settings.architecture)(settings)

@@ -4,69 +4,181 @@ regions the grid cells of a pretrained CNN trained end to end from images (``bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from selhn.models.backbones import build_backbone
+from torch import nn
+
+from selhn.data.inputs import ImageFiles, ImageInput, RegionFeatures
+from selhn.data.vocab import TextVocabulary
+from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
 from selhn.models.base import DualEncoder
 from selhn.models.image import GridImageEncoder, ResidualRegionEncoder
+from selhn.models.registry import register_model
 from selhn.models.text import BiGRUTextEncoder
-from selhn.models.transformer import TransformerTextEncoder
+from selhn.models.transformer import TransformerTextEncoder, WordPieceTokenizer
+
+TEXT_ENCODERS = ("bigru", "transformer")
+TEXT_MODEL_DIR = "text_model"  # a transformer checkpoint's configuration and tokenizer files
 
 
-@dataclass(frozen=True)
-class RVSEPPSizes:
-    """Architecture sizes; the defaults are the paper's (METHOD.md section 4)."""
+@dataclass
+class RVSEPPSettings:
+    """Everything RVSEPP is built from; the defaults are the paper's."""
 
-    vocab_size: int
-    img_dim: int = 2048
-    embed_size: int = 1024
-    word_dim: int = 300
-    mlp_hidden: int = 512
-    text_encoder: str = "bigru"
-    text_model: str | None = None  # transformer: a local Hugging Face model directory (None:
-    # the packaged all-MiniLM-L6-v2)
-    backbone: str | None = None  # end to end from images: a backbone name (img_dim: its channels)
-    image_size: int = 224  # backbone: the square size images are resized to
+    architecture: str = "rvsepp"
+    vocab_size: int | None = None  # from the data: words of the vocabulary (or tokenizer)
+    img_dim: int | None = 2048  # from the data: channels per region (None with a backbone)
+    embed_size: int = 1024  # joint embedding dimension
+    word_dim: int = 300  # word embedding dimension (bigru)
+    mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP
+    text_encoder: str = "bigru"  # bigru | transformer (a pretrained text transformer)
+    text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
+    # packaged all-MiniLM-L6-v2 (text extra)
+    word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
+    backbone: str | None = None  # end to end from image files: efficientnet-lite0 or timm:NAME
+    # (the data directory lists the images: {split}_images.txt); None: features
+    backbone_weights: str | None = None  # timm backbone: its local pretrained weights file
+    image_size: int = 224  # backbone: square input size in pixels
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether the text side brings its own tokenizer (no word vocabulary)."""
+        return self.text_encoder == "transformer"
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(holds, key, what is expected) of every constraint on these settings."""
+        transformer, backbone = self.has_tokenizer, self.backbone
+        return [
+            (self.embed_size >= 1, "embed_size", ">= 1"),
+            (self.word_dim >= 1, "word_dim", ">= 1"),
+            (self.mlp_hidden >= 1, "mlp_hidden", ">= 1"),
+            (self.text_encoder in TEXT_ENCODERS, "text_encoder", str(TEXT_ENCODERS)),
+            (self.word_vectors in (None, "glove"), "word_vectors", "None or glove"),
+            (self.image_size >= 32, "image_size", ">= 32 (the backbone's stride)"),
+            (backbone in (None, DEFAULT_BACKBONE) or backbone.startswith("timm:"),
+             "backbone", f"None, {DEFAULT_BACKBONE} or timm:NAME"),
+            (backbone is not None or self.backbone_weights is None,
+             "backbone_weights", "None without model.backbone"),
+            (transformer or self.text_model is None, "text_model",
+             "None unless model.text_encoder=transformer"),
+            (not transformer or self.word_vectors is None, "word_vectors",
+             "None with model.text_encoder=transformer"),
+        ]  # fmt: skip
 
 
+@register_model
 class RVSEPP(DualEncoder):
     """Dual encoder; the score of an image and a caption is the dot product of their embeddings."""
 
     architecture = "rvsepp"
+    Settings = RVSEPPSettings
+    settings: RVSEPPSettings
 
-    def __init__(
-        self,
-        vocab_size: int,
-        img_dim: int | None = 2048,
-        embed_size: int = 1024,
-        word_dim: int = 300,
-        mlp_hidden: int = 512,
-        text_encoder: str = "bigru",
-        text_model: str | None = None,
-        backbone: str | None = None,
-        image_size: int = 224,
-    ) -> None:
+    def __init__(self, settings: RVSEPPSettings | None = None, **overrides: Any) -> None:
         """``backbone``: images in, through this backbone's grid (untrained here: see
-        ``GridBackbone.load_pretrained``); ``img_dim`` must then be None or its channels."""
-        super().__init__()
+        ``load_pretrained``); ``img_dim`` must then be None or its channels."""
+        super().__init__(settings, **overrides)
+        s = self.settings
+        if s.vocab_size is None:
+            raise ValueError("vocab_size (words of the vocabulary) is needed")
         self.image_encoder: GridImageEncoder | ResidualRegionEncoder
-        if backbone is not None:
-            grid = build_backbone(backbone, pretrained=False)
-            if img_dim not in (None, grid.channels):
-                raise ValueError(f"backbone {backbone} has {grid.channels} channels, not {img_dim}")
-            img_dim = grid.channels
-            self.image_encoder = GridImageEncoder(grid, embed_size, mlp_hidden)
-        elif img_dim is None:
+        if s.backbone is not None:
+            grid = build_backbone(s.backbone, pretrained=False)
+            if s.img_dim not in (None, grid.channels):
+                raise ValueError(
+                    f"backbone {s.backbone} has {grid.channels} channels, not {s.img_dim}"
+                )
+            self.settings = s = replace(s, img_dim=grid.channels)
+            self.image_encoder = GridImageEncoder(grid, s.embed_size, s.mlp_hidden)
+        elif s.img_dim is None:
             raise ValueError("img_dim (region feature channels) is needed without a backbone")
         else:
-            self.image_encoder = ResidualRegionEncoder(img_dim, embed_size, mlp_hidden)
-        self.sizes = RVSEPPSizes(
-            vocab_size, img_dim, embed_size, word_dim, mlp_hidden, text_encoder, text_model,
-            backbone, image_size,
-        )  # fmt: skip
-        if text_encoder == "bigru":
-            self.text_encoder = BiGRUTextEncoder(vocab_size, word_dim, embed_size)
-        elif text_encoder == "transformer":
-            self.text_encoder = TransformerTextEncoder(text_model, embed_size)
+            self.image_encoder = ResidualRegionEncoder(s.img_dim, s.embed_size, s.mlp_hidden)
+        if s.text_encoder == "bigru":
+            self.text_encoder = BiGRUTextEncoder(s.vocab_size, s.word_dim, s.embed_size)
+        elif s.text_encoder == "transformer":
+            self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
         else:
-            raise ValueError(f"text_encoder must be bigru or transformer; got {text_encoder!r}")
+            raise ValueError(f"text_encoder must be bigru or transformer; got {s.text_encoder!r}")
+
+    # --- the data -----------------------------------------------------------------------------
+
+    @classmethod
+    def image_input(cls, settings: RVSEPPSettings, backbone: nn.Module | None = None) -> ImageInput:
+        """Image files at ``image_size`` with a backbone (cut into its grid cells, probed on
+        ``backbone`` or a new one), else region features."""
+        if settings.backbone is None:
+            return RegionFeatures(settings.img_dim)
+        backbone = backbone or build_backbone(settings.backbone, pretrained=False)
+        cells, _ = grid_shape(backbone, settings.image_size)
+        return ImageFiles(settings.image_size, cells)
+
+    def reads(self) -> ImageInput:
+        return self.image_input(self.settings, getattr(self.image_encoder, "backbone", None))
+
+    @classmethod
+    def make_vocabulary(
+        cls, settings: RVSEPPSettings, captions: list[str], vocab_file: str | None, min_count: int
+    ) -> TextVocabulary:
+        """The transformer's own tokenizer, or a word vocabulary."""
+        if settings.has_tokenizer:
+            return WordPieceTokenizer(settings.text_model)
+        return super().make_vocabulary(settings, captions, vocab_file, min_count)
+
+    def save_vocabulary(self, vocab: TextVocabulary, directory: Path) -> dict[str, Any]:
+        if not self.settings.has_tokenizer:
+            return super().save_vocabulary(vocab, directory)
+        vocab.save(directory / TEXT_MODEL_DIR)
+        return {**asdict(self.settings), "text_model": TEXT_MODEL_DIR}  # relative to the checkpoint
+
+    @classmethod
+    def load_vocabulary(
+        cls, settings: dict[str, Any], directory: Path
+    ) -> tuple[dict[str, Any], TextVocabulary]:
+        if settings.get("text_encoder") != "transformer":
+            return super().load_vocabulary(settings, directory)
+        text_model = str(directory / TEXT_MODEL_DIR)
+        return {**settings, "text_model": text_model}, WordPieceTokenizer(text_model)
+
+    # --- pretrained parts and optimisation ----------------------------------------------------
+
+    def load_pretrained(self, vocab: TextVocabulary) -> list[str]:
+        """The backbone's ImageNet weights, the transformer's weights, or GloVe word vectors."""
+        loaded = []
+        if isinstance(self.image_encoder, GridImageEncoder):
+            self.image_encoder.backbone.load_pretrained(self.settings.backbone_weights)
+            loaded.append(f"loaded the pretrained {self.settings.backbone} backbone")
+        if isinstance(self.text_encoder, TransformerTextEncoder):
+            self.text_encoder.load_pretrained()
+            loaded.append(f"loaded the pretrained text transformer {self.text_encoder.model_dir}")
+        return loaded + super().load_pretrained(vocab)
+
+    def param_groups(self, pretrained_lr_scale: float, backbone_lr_scale: float) -> list[dict]:
+        """The model; a pretrained text transformer at ``pretrained_lr_scale`` times the
+        learning rate (VSE-infinity's 0.1); an image backbone at ``backbone_lr_scale`` times it
+        (VSE-infinity's 0.01)."""
+        pretrained = []
+        if isinstance(self.text_encoder, TransformerTextEncoder):
+            pretrained.append(
+                (list(self.text_encoder.transformer.parameters()), pretrained_lr_scale)
+            )
+        if isinstance(self.image_encoder, GridImageEncoder):
+            pretrained.append((list(self.image_encoder.backbone.parameters()), backbone_lr_scale))
+        taken = {id(p) for params, _ in pretrained for p in params}
+        own = [p for p in self.parameters() if id(p) not in taken]
+        groups = [{"params": own, "lr_scale": 1.0}]
+        return groups + [{"params": params, "lr_scale": scale} for params, scale in pretrained]
+
+    def set_backbone_trainable(self, trainable: bool) -> bool:
+        encoder = self.image_encoder
+        if not isinstance(encoder, GridImageEncoder) or encoder.backbone_trainable == trainable:
+            return False
+        encoder.set_backbone_trainable(trainable)
+        return True
+
+    def backbone_phase(self) -> dict[str, str]:
+        if not isinstance(self.image_encoder, GridImageEncoder):
+            return {}
+        return {"backbone": "learning" if self.image_encoder.backbone_trainable else "frozen"}

@@ -7,21 +7,40 @@ residual MLP, no GPO, a unidirectional GRU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from selhn.models.base import DualEncoder
 from selhn.models.pooling import length_mask
+from selhn.models.registry import register_model
 
 
-@dataclass(frozen=True)
-class VSEPPSizes:
-    vocab_size: int
-    img_dim: int = 2048
-    embed_size: int = 1024
-    word_dim: int = 300
+@dataclass
+class VSEPPSettings:
+    """Everything VSEPP is built from."""
+
+    architecture: str = "vsepp"
+    vocab_size: int | None = None  # from the data: words of the vocabulary
+    img_dim: int | None = 2048  # from the data: channels per region
+    embed_size: int = 1024  # joint embedding dimension
+    word_dim: int = 300  # word embedding dimension
+    word_vectors: str | None = None  # "glove" initialises the words from GloVe 6B 50-d
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return False
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(holds, key, what is expected) of every constraint on these settings."""
+        return [
+            (self.embed_size >= 1, "embed_size", ">= 1"),
+            (self.word_dim >= 1, "word_dim", ">= 1"),
+            (self.word_vectors in (None, "glove"), "word_vectors", "None or glove"),
+        ]
 
 
 class MeanRegionEncoder(nn.Module):
@@ -31,7 +50,10 @@ class MeanRegionEncoder(nn.Module):
         super().__init__()
         self.fc = nn.Linear(img_dim, embed_size)
 
-    def forward(self, regions: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, regions: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
+        if lengths is None:
+            lengths = regions.new_full((regions.shape[0],), regions.shape[1], dtype=torch.long)
         mask = length_mask(lengths, regions.shape[1])[..., None]
         mean = (self.fc(regions) * mask).sum(dim=1) / lengths[:, None]
         return F.normalize(mean, dim=-1)
@@ -54,15 +76,18 @@ class LastStateTextEncoder(nn.Module):
         return F.normalize(last[0], dim=-1)
 
 
+@register_model
 class VSEPP(DualEncoder):
     """Dual encoder with the RVSEPP interface (``encode_images``, ``encode_texts``)."""
 
     architecture = "vsepp"
+    Settings = VSEPPSettings
+    settings: VSEPPSettings
 
-    def __init__(
-        self, vocab_size: int, img_dim: int = 2048, embed_size: int = 1024, word_dim: int = 300
-    ) -> None:
-        super().__init__()
-        self.sizes = VSEPPSizes(vocab_size, img_dim, embed_size, word_dim)
-        self.image_encoder = MeanRegionEncoder(img_dim, embed_size)
-        self.text_encoder = LastStateTextEncoder(vocab_size, word_dim, embed_size)
+    def __init__(self, settings: VSEPPSettings | None = None, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        s = self.settings
+        if s.vocab_size is None or s.img_dim is None:
+            raise ValueError("vocab_size and img_dim (region feature channels) are needed")
+        self.image_encoder = MeanRegionEncoder(s.img_dim, s.embed_size)
+        self.text_encoder = LastStateTextEncoder(s.vocab_size, s.word_dim, s.embed_size)

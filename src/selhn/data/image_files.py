@@ -1,9 +1,9 @@
 """Splits read as image files, for end-to-end training and evaluation (no precomputed features).
 
-The layout is the precomp one without ``{split}_ims.npy``: ``{split}_caps.txt``, the optional
-``{split}_caps_img.txt`` (the image of each caption) and ``{split}_images.txt``, one image file per
-line, absolute or relative to the data directory. ``selhn data images`` writes it from a manifest
-or a Karpathy split file; ``selhn features`` writes it beside the features.
+The layout is the precomp one without ``{split}_ims.npy``: the caption files and
+``{split}_images.txt``, one image file per line, absolute or relative to the data directory
+(``layout``). ``selhn data images`` writes it from a manifest or a Karpathy split file;
+``selhn features`` writes it beside the features.
 """
 
 from __future__ import annotations
@@ -15,20 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from selhn.data.collate import Augmentation, Batch, PairDataset, pad_tokens
-from selhn.data.manifest import ImageRecord, by_split
-from selhn.data.precomp import (
-    SPLIT_ALIASES,
-    PrecompSplit,
+from selhn.data.augment import Augmentation, Crop, random_crop
+from selhn.data.layout import (
     caption_images,
     images_path,
-    open_split,
     read_captions,
+    split_name,
     write_captions,
 )
-from selhn.data.vocab import TextVocabulary
-
-Crop = tuple[float, float, float, float]  # (left, top, right, bottom) as shares of the image
+from selhn.data.manifest import ImageRecord, by_split
 
 
 def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None) -> Tensor:
@@ -47,16 +42,11 @@ def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
-def random_crop(min_share: float, rng: np.random.Generator) -> Crop:
-    """A crop whose sides are random shares in [min_share, 1] of the image's, placed at random."""
-    width, height = rng.uniform(min_share, 1.0, size=2)
-    left, top = rng.uniform(0.0, 1.0 - width), rng.uniform(0.0, 1.0 - height)
-    return (left, top, left + width, top + height)
-
-
 @dataclass
 class ImageSplit:
-    """One split as image files, read at ``image_size`` x ``image_size`` pixels."""
+    """One split as image files, read at ``image_size`` x ``image_size`` pixels; ``cells`` is the
+    number of grid cells the model's backbone makes of an image (its training augmentation drops
+    some)."""
 
     name: str
     images_path: Path
@@ -65,10 +55,16 @@ class ImageSplit:
     captions: list[str]
     caption_images: np.ndarray  # (N_captions,) int64 image index of each caption
     image_size: int
+    cells: int = 0
 
     @property
     def num_images(self) -> int:
         return len(self.files)
+
+    @property
+    def feature_dim(self) -> None:
+        """Pixels, not features: the model's backbone decides the channels."""
+        return None
 
     def caption_to_image(self) -> np.ndarray:
         return self.caption_images
@@ -81,11 +77,37 @@ class ImageSplit:
         source = f"{self.images_path}:{index + 1}"
         return load_image(self.files[index], self.image_size, source, crop)
 
+    def training_image(
+        self, index: int, augmentation: Augmentation | None, rng: np.random.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """(pixels, kept grid cells): with ``rng``, each cell dropped with probability
+        ``region_drop`` (one always kept) and, if ``crop_scale`` < 1, a random crop."""
+        keep = torch.ones(self.cells, dtype=torch.bool)
+        crop = None
+        if rng is not None:
+            keep[:] = False
+            keep[augmentation.regions(np.arange(self.cells), rng)] = True
+            if augmentation.crop_scale < 1:
+                crop = random_crop(augmentation.crop_scale, rng)
+        return self.image(index, crop), keep
 
-def open_image_split(root: str | Path, split: str, image_size: int) -> ImageSplit:
-    """Open ``root/{split}_images.txt`` and the captions; every listed file must exist."""
+    @staticmethod
+    def collate_images(items: list[Tensor]) -> tuple[Tensor]:
+        """``encode_images`` arguments of a list of images: (B, 3, S, S) uint8, every cell."""
+        return (torch.stack(items),)
+
+    @staticmethod
+    def collate_training_images(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """(B, 3, S, S) uint8 images and (B, cells) kept cells."""
+        images, keep = zip(*items, strict=True)
+        return torch.stack(images), torch.stack(keep)
+
+
+def open_image_split(root: str | Path, split: str, image_size: int, cells: int = 0) -> ImageSplit:
+    """Open ``root/{split}_images.txt`` and the captions; every listed file must exist.
+    ``cells``: grid cells of the model's backbone at ``image_size`` (for training pairs)."""
     root = Path(root)
-    split = SPLIT_ALIASES.get(split, split)
+    split = split_name(split)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data directory not found")
     listing = images_path(root, split)
@@ -106,16 +128,7 @@ def open_image_split(root: str | Path, split: str, image_size: int) -> ImageSpli
     captions_path = root / f"{split}_caps.txt"
     captions = read_captions(captions_path)
     owners = caption_images(root, split, len(captions), len(files), listing.name)
-    return ImageSplit(split, listing, captions_path, files, captions, owners, image_size)
-
-
-def open_data_split(
-    root: str | Path, split: str, image_size: int | None = None
-) -> PrecompSplit | ImageSplit:
-    """The split as images at ``image_size`` (an end-to-end model), or as precomp features."""
-    if image_size is None:
-        return open_split(root, split)
-    return open_image_split(root, split, image_size)
+    return ImageSplit(split, listing, captions_path, files, captions, owners, image_size, cells)
 
 
 def write_image_index(out: Path, split: str, records: list[ImageRecord]) -> None:
@@ -139,56 +152,3 @@ def write_image_splits(records: list[ImageRecord], out: str | Path) -> dict[str,
     for split, part in splits.items():
         write_image_index(out, split, part)
     return {split: len(part) for split, part in splits.items()}
-
-
-class ImagePairDataset(PairDataset):
-    """One training pair per caption: ((its image's pixels, kept grid cells), token ids, image
-    index).
-
-    Augmentation, drawn like ``PairDataset``'s: the grid cells the image encoder keeps (each
-    dropped with probability ``region_drop``, one always kept) and, if ``crop_scale`` < 1, a
-    random crop; then the caption's token perturbation.
-    """
-
-    split: ImageSplit
-
-    def __init__(
-        self,
-        split: ImageSplit,
-        vocab: TextVocabulary,
-        augmentation: Augmentation | None,
-        seed: int,
-        cells: int,
-    ) -> None:
-        super().__init__(split, vocab, augmentation, seed)
-        self.cells = cells
-
-    def image_input(self, image: int, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
-        keep = torch.ones(self.cells, dtype=torch.bool)
-        crop = None
-        if rng is not None:
-            keep[:] = False
-            keep[self.augmentation.regions(np.arange(self.cells), rng)] = True
-            if self.augmentation.crop_scale < 1:
-                crop = random_crop(self.augmentation.crop_scale, rng)
-        return self.split.image(image, crop), keep
-
-    @staticmethod
-    def collate(items: list[tuple[tuple[Tensor, Tensor], list[int], int]]) -> Batch:
-        return collate_image_pairs(items)
-
-
-def collate_image_pairs(items: list[tuple[tuple[Tensor, Tensor], list[int], int]]) -> Batch:
-    """Batch of images: ``features`` (B, 3, S, S) uint8, ``feature_lengths`` (B, cells) kept
-    cells."""
-    visuals, tokens, owners = zip(*items, strict=True)
-    images, keep = zip(*visuals, strict=True)
-    token_ids, token_lengths = pad_tokens(list(tokens))
-    return Batch(
-        torch.stack(images), torch.stack(keep), token_ids, token_lengths, torch.tensor(owners)
-    )
-
-
-def stack_images(images: list[Tensor]) -> tuple[Tensor]:
-    """Collate for encoding: (B, 3, S, S) uint8, every cell kept."""
-    return (torch.stack(images),)

@@ -1,0 +1,96 @@
+"""A run directory: ``config.yaml`` (the resolved configuration), ``log.jsonl`` (one JSON record
+per logged step and per evaluation), ``checkpoints/epoch-NNN/`` model directories and the
+symlinks ``last`` and ``best`` that point at them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from selhn.checkpoint import load_extra, load_model, point, save_model
+from selhn.config import Config, save_config
+from selhn.data.vocab import TextVocabulary
+from selhn.models import DualEncoder
+
+STATE = "trainer_state"  # the training state beside a checkpoint's weights
+
+
+class RunLog:
+    """Appends JSON records to ``log.jsonl``; on resume, drops records of unfinished epochs."""
+
+    def __init__(self, path: Path, keep_before_epoch: int) -> None:
+        self.path = path
+        if path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if json.loads(line)["epoch"] < keep_before_epoch
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_log(run: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(step records, eval records) of a run's ``log.jsonl``."""
+    records = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == "step"], [r for r in records if r["type"] == "eval"]
+
+
+class RunDirectory:
+    """The files of one training run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    def has_checkpoint(self) -> bool:
+        return self.last.exists()
+
+    def load_last(self) -> tuple[DualEncoder, TextVocabulary, dict[str, Any], dict[str, Any]]:
+        """(model, vocabulary, config.json contents, training state) of ``last``."""
+        if not self.last.exists():
+            raise FileNotFoundError(f"{self.last}: no checkpoint to resume from")
+        model, vocab, meta = load_model(self.last)
+        return model, vocab, meta, load_extra(self.last, STATE)
+
+    def start(self, config: Config, keep_before_epoch: int) -> RunLog:
+        """Create the directory, write ``config.yaml`` and open the log."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.path / "config.yaml")
+        return RunLog(self.path / "log.jsonl", keep_before_epoch)
+
+    def save_epoch(
+        self,
+        epoch: int,
+        model: DualEncoder,
+        vocab: TextVocabulary,
+        meta: dict[str, Any],
+        state: dict[str, Any],
+        is_best: bool,
+    ) -> None:
+        """Write checkpoints/epoch-NNN, point ``last`` (and ``best`` if improved) at it, prune."""
+        directory = self.path / "checkpoints" / f"epoch-{epoch:03d}"
+        save_model(directory, model, vocab, meta, extra={STATE: state})
+        if is_best:
+            point(self.best, directory)
+        point(self.last, directory)
+        keep = {self.last.resolve(), self.best.resolve()}
+        for old in (self.path / "checkpoints").glob("epoch-*"):
+            if old.resolve() not in keep:
+                shutil.rmtree(old)
