@@ -251,14 +251,16 @@ def _train(
                     record = {"type": "step", "epoch": epoch, "step": step, "lr": plan.lr}
                     record |= {"objective": plan.objective, **phase}
                     record |= _mean_over_ranks(values, job)
-                    if log is not None:
+                    if job.is_main:
                         log.write(record)
                 step += 1
-            best = _finish_epoch(run, log, model, vocab, dev_split, config, state) if log else None
+            best = None
+            if job.is_main:
+                best = _finish_epoch(run, log, model, vocab, dev_split, config, state)
             state.best_rsum, state.best_epoch = job.from_main(best)  # the others wait for rank 0
             state.epoch = epoch + 1
     finally:
-        if log is not None:
+        if job.is_main:
             log.close()
     return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum}
 
