@@ -20,7 +20,7 @@ DEMO_RUN := runs/demo
 # there, never overwriting it) and prints the test recall table.
 demo: $(BIN)/.installed
 	@test -f $(DEMO_DATA)/test_caps.txt || $(BIN)/selhn data synth --out $(DEMO_DATA)
-	@if [ -e $(DEMO_RUN)/last ]; then resume=--resume; else resume="--config configs/demo.yaml"; fi; \
+	@if [ -e $(DEMO_RUN)/last ]; then resume=--resume; else resume="--config demo"; fi; \
 	$(BIN)/selhn train --data $(DEMO_DATA) --out $(DEMO_RUN) $$resume
 	$(BIN)/selhn eval --checkpoint $(DEMO_RUN)/best --data $(DEMO_DATA) --split test
 

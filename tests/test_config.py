@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import yaml
 
 from selhn.config import Config, load_config, save_config
 
@@ -90,3 +91,44 @@ def test_the_model_section_is_the_architectures_own_settings(tmp_path):
     path.write_text("model:\n  mlp_hidden: 8\n")
     with pytest.raises(ValueError, match=r"model.mlp_hidden does not apply to .*=vsepp"):
         load_config(path, {"model.architecture": "vsepp"})
+
+
+def test_packaged_configurations_are_found_by_name(tmp_path, capsys):
+    from selhn.cli import main
+    from selhn.config import PACKAGED, describe, packaged_configs
+
+    assert {"demo", "paper"} <= set(packaged_configs())
+    assert load_config("demo") == load_config(PACKAGED / "demo.yaml")
+    assert load_config("demo").model.embed_size == 256
+    assert load_config("paper") == Config()  # today's defaults are the paper's recipe
+    with pytest.raises(FileNotFoundError, match=r"nope: no such configuration .*demo, "):
+        load_config("nope")
+    (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
+    assert load_config(tmp_path / "mine.yaml").train.epochs == 3  # a path still works
+
+    assert main(["config", "show", "demo"]) == 0
+    shown = capsys.readouterr().out
+    assert yaml.safe_load(shown) == load_config("demo").to_dict()
+    keys = [line for line in shown.splitlines() if line.startswith("  ")]
+    assert len(keys) == sum(len(v) for v in Config().to_dict().values())
+    assert all("  # " in line for line in keys)  # every key has its comment
+    assert "  embed_size: 256  # joint embedding dimension" in shown
+    assert describe(Config()) != describe(load_config("demo"))
+
+
+def test_version_is_printed_and_recorded(tmp_path, capsys):
+    import json
+
+    import selhn
+    from selhn.checkpoint import save_model
+    from selhn.cli import main
+    from selhn.data.vocab import Vocabulary
+    from selhn.models import RVSEPP
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"selhn {selhn.__version__}\n"
+    vocab = Vocabulary.build(["a red cube"])
+    save_model(tmp_path / "m", RVSEPP(vocab_size=len(vocab), img_dim=4, embed_size=8), vocab)
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["selhn_version"] == selhn.__version__

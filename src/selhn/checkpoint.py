@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from selhn import __version__
 from selhn.data.vocab import TextVocabulary
 from selhn.models import DualEncoder
 from selhn.models.registry import model_class
@@ -45,7 +46,12 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         settings = model.save_vocabulary(vocab, tmp)
-        config = {"format": FORMAT, "architecture": model.architecture, "model": settings}
+        config = {
+            "format": FORMAT,
+            "selhn_version": __version__,
+            "architecture": model.architecture,
+            "model": settings,
+        }
         (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
         torch.save(model.state_dict(), tmp / WEIGHTS)
         for name, value in (extra or {}).items():

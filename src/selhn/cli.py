@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from selhn import __version__
 from selhn.config import LOSSES, load_config
 from selhn.models import ARCHITECTURES
 
@@ -137,6 +138,12 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if from_environment().is_main:
         print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")
+
+
+def _cmd_config(args: argparse.Namespace) -> None:
+    from selhn.config import describe
+
+    print(describe(load_config(args.name)), end="")
 
 
 def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) -> None:
@@ -285,7 +292,17 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selhn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"selhn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", help="configurations").add_subparsers(
+        dest="config", required=True
+    )
+    show = config.add_parser("show", help="print a resolved configuration, every key commented")
+    show.add_argument(
+        "name", nargs="?", help="a packaged configuration (demo, paper, ...) or a YAML file; "
+        "none: the defaults",
+    )  # fmt: skip
 
     data = commands.add_parser("data", help="data sets").add_subparsers(dest="data", required=True)
     synth = data.add_parser("synth", help="write the synthetic default data set")
@@ -410,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_samples(args)
         elif args.command == "data":
             _cmd_images(args)
+        elif args.command == "config":
+            _cmd_config(args)
         elif args.command == "features":
             _cmd_features(args)
         elif args.command == "train":

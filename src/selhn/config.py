@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,19 +54,19 @@ class LossConfig:
 class TrainConfig:
     """Optimisation (the defaults are the release's recipe, docs/method.md)."""
 
-    epochs: int = 30
+    epochs: int = 30  # passes over the training captions
     batch_size: int = 128  # the global batch: under torchrun, split evenly over the processes
-    lr: float = 5e-4
+    lr: float = 5e-4  # AdamW learning rate (times each optimiser group's lr_scale)
     lr_decay_epoch: int = 15  # the learning rate is multiplied by lr_decay from this epoch on
-    lr_decay: float = 0.1
-    weight_decay: float = 0.01
+    lr_decay: float = 0.1  # learning-rate factor from lr_decay_epoch on
+    weight_decay: float = 0.01  # AdamW weight decay (none for a learned loss temperature)
     grad_clip: float = 2.0  # max gradient norm over all parameters (a learned loss temperature
     # included); 0 disables
-    seed: int = 0
+    seed: int = 0  # initialisation, shuffling and augmentation draws
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 (bfloat16 autocast, CUDA only)
     log_every: int = 10  # steps between log records (each one synchronises with the device)
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # images or captions encoded at once in the dev evaluation
     pretrained_lr_scale: float = 0.1  # learning-rate factor of a pretrained text transformer
     backbone_frozen_epochs: int = 1  # training from images: epochs before the backbone learns
     backbone_lr_scale: float = 0.01  # learning-rate factor of the backbone (VSE-infinity's)
@@ -229,11 +231,34 @@ def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
     raise ValueError(f"{source}: {key} must be {kind.__name__}; got {value!r}")
 
 
+PACKAGED = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """The names of the configurations that ship with selhn (``--config NAME``)."""
+    return sorted(path.stem for path in PACKAGED.glob("*.yaml"))
+
+
+def config_file(name: str | Path) -> Path:
+    """A configuration file: a path that exists, or the name of a packaged configuration."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED / f"{name}.yaml"
+    if path.name == str(name) and packaged.is_file():
+        return packaged
+    raise FileNotFoundError(
+        f"{name}: no such configuration file, nor a packaged configuration "
+        f"(packaged: {', '.join(packaged_configs())})"
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``overrides`` ({"train.lr": 1e-4})."""
+    """Defaults, then the YAML file at ``path`` (or the packaged configuration of that name),
+    then ``overrides`` ({"train.lr": 1e-4})."""
     config = Config()
     if path is not None:
-        path = Path(path)
+        path = config_file(path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as err:
@@ -247,3 +272,38 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment of each field in a dataclass's source (``name: type = default  # comment``,
+    continued on comment lines below it)."""
+    comments: dict[str, str] = {}
+    field = None
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith(("def ", "@")):
+            break
+        match = re.match(r"(\w+): [^#]*=[^#]*(?:#\s*(.*))?$", stripped)
+        if match:
+            field = match.group(1)
+            comments[field] = match.group(2) or ""
+        elif stripped.startswith("#") and field is not None:
+            comments[field] = f"{comments[field]} {stripped.lstrip('# ')}".strip()
+        else:
+            field = None
+    return comments
+
+
+def describe(config: Config) -> str:
+    """The configuration as YAML, every key with its comment."""
+    lines = []
+    for section in SECTIONS:
+        part = getattr(config, section)
+        lines.append(f"{section}:  # {(type(part).__doc__ or '').strip().splitlines()[0]}")
+        comments = field_comments(type(part))
+        values = config.to_dict()[section]
+        for key, value in values.items():
+            text = yaml.safe_dump({key: value}, default_flow_style=True).strip()[1:-1]
+            note = comments.get(key, "")
+            lines.append(f"  {text}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"

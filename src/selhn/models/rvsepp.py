@@ -27,7 +27,7 @@ TEXT_MODEL_DIR = "text_model"  # a transformer checkpoint's configuration and to
 class RVSEPPSettings:
     """Everything RVSEPP is built from; the defaults are the paper's."""
 
-    architecture: str = "rvsepp"
+    architecture: str = "rvsepp"  # the registered model: rvsepp | vsepp
     vocab_size: int | None = None  # from the data: words of the vocabulary (or tokenizer)
     img_dim: int | None = 2048  # from the data: channels per region (None with a backbone)
     embed_size: int = 1024  # joint embedding dimension
