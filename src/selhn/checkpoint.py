@@ -21,6 +21,7 @@ import torch
 
 from selhn import __version__
 from selhn.data.vocab import TextVocabulary
+from selhn.extras import require_all
 from selhn.models import DualEncoder
 from selhn.models.registry import model_class
 
@@ -92,6 +93,7 @@ def load_model(
     config = directory / CONFIG
     try:
         cls = model_class(meta["architecture"])
+        require_all(cls.Settings(**meta["model"]).extras(), f"the model in {directory}")
         settings, vocab = cls.load_vocabulary(dict(meta["model"]), directory)
         model = cls(cls.Settings(**settings))
     except (TypeError, ValueError) as err:

@@ -15,6 +15,7 @@ import torch
 
 from selhn import __version__
 from selhn.config import LOSSES, load_config
+from selhn.extras import require, require_all
 from selhn.models import ARCHITECTURES
 
 
@@ -53,6 +54,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_samples(args: argparse.Namespace) -> None:
+    require("samples", "selhn data samples")
     from selhn.data.samples import write_samples
 
     manifest = write_samples(args.out, args.train, args.dev, args.test, args.seed)
@@ -81,6 +83,10 @@ def _cmd_images(args: argparse.Namespace) -> None:
 def _cmd_features(args: argparse.Namespace) -> None:
     from selhn.distributed import resolve_device
     from selhn.features import FeatureJob, extract_features
+
+    require("images", "selhn features")
+    if args.backbone.startswith("timm:"):
+        require("timm", f"backbone {args.backbone}")
 
     report = extract_features(
         _image_records(args, "features"),
@@ -135,6 +141,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
             raise SystemExit("selhn train: --resume uses RUN/config.yaml; drop --config")
         config_file = saved if saved.exists() else None
     config = load_config(config_file, overrides)
+    require_all(config.model.extras(), "this model")
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if from_environment().is_main:
         print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")
@@ -149,6 +156,8 @@ def _cmd_config(args: argparse.Namespace) -> None:
 def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) -> None:
     from selhn.experiment import parse_losses, run_experiment
 
+    require("plot", "selhn experiment")
+    require_all(load_config(args.config, _overrides(extra)).model.extras(), "this model")
     results = run_experiment(
         args.data,
         args.out,
@@ -242,6 +251,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
     from selhn.data.batch import pad_tokens
     from selhn.retrieval import top_k
 
+    if args.backend == "faiss":
+        require("faiss", "--backend faiss")
     model, vocab, split, img_emb, txt_emb = _encoded_split(args)
     owner = split.caption_to_image()
     if args.query is not None:

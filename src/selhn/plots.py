@@ -7,14 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from selhn.extras import require
+
 Log = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (step records, eval records)
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ValueError("plots need matplotlib: pip install 'selhn[plot]'") from err
+    require("plot", "the experiment's plots")
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

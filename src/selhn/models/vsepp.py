@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from selhn.extras import EXTRAS
 from selhn.models.base import DualEncoder
 from selhn.models.pooling import length_mask
 from selhn.models.registry import register_model
@@ -33,6 +34,10 @@ class VSEPPSettings:
     @property
     def has_tokenizer(self) -> bool:
         return False
+
+    def extras(self) -> dict[str, tuple[str, ...]]:
+        """The optional packages these settings need: extra -> its modules needed."""
+        return {"glove": EXTRAS["glove"]} if self.word_vectors == "glove" else {}
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, key, what is expected) of every constraint on these settings."""
