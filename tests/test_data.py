@@ -24,6 +24,27 @@ def make_split(root, split="train", images=4, cpi=2, regions=3, dim=5, seed=0):
     return features, captions
 
 
+def test_tokenize_keeps_words_of_any_script_whole():
+    assert tokenize("Un café à São Paulo!") == ["un", "café", "à", "são", "paulo", "!"]
+    assert tokenize("Кошка на ковре.") == ["кошка", "на", "ковре", "."]
+    assert tokenize("一只猫在垫子上。") == ["一", "只", "猫", "在", "垫", "子", "上", "。"]
+    assert tokenize("Cafe\u0301") == tokenize("Caf\u00e9") == ["café"]  # decomposed = composed
+
+
+def test_tokenize_is_unchanged_for_english():
+    """ASCII text tokenises as the ASCII-only rule of earlier versions did (SCAN vocabularies)."""
+    import re
+    import string
+
+    ascii_rule = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+    rng = np.random.default_rng(0)
+    alphabet = list(string.ascii_letters + string.digits + string.punctuation + "   ")
+    texts = ["".join(rng.choice(alphabet, size=40)) for _ in range(500)]
+    texts += ["A man's dog, 2 cats & a bird_feeder (3D) -- it's 5 o'clock."]
+    for text in texts:
+        assert tokenize(text) == ascii_rule.findall(text.lower()), text
+
+
 def test_tokenize_lowercases_and_splits_punctuation():
     assert tokenize("A Dog's toy, on the mat.") == [
         "a",

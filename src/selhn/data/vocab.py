@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,12 +13,20 @@ from typing import Protocol
 PAD, START, END, UNK, MASK = "<pad>", "<start>", "<end>", "<unk>", "<mask>"
 SPECIALS = (PAD, START, END, UNK, MASK)
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK: one character, one token
+_TOKEN = re.compile(
+    rf"[^\W_{_IDEOGRAPHS}]+(?:'[^\W\d_{_IDEOGRAPHS}]+)?"  # a word: letters and digits of any script
+    rf"|[{_IDEOGRAPHS}]"
+    r"|\S"  # anything else that is not a space (punctuation) on its own
+)
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words, with punctuation as separate tokens: "A dog's toy." -> a dog's toy ."""
-    return _TOKEN.findall(text.lower())
+    """Lower-cased words of any script, with punctuation as separate tokens and each CJK
+    ideograph a token of its own (as BERT's basic tokenizer does): "A dog's toy." -> a dog's toy
+    ., "Un café." -> un café ., "猫在垫子上" -> 猫 在 垫 子 上. Text is NFC-normalised first, so
+    composed and decomposed accents give the same word."""
+    return _TOKEN.findall(unicodedata.normalize("NFC", text.lower()))
 
 
 class TextVocabulary(Protocol):
