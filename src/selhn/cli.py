@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from selhn import __version__
-from selhn.config import LOSSES, load_config
+from selhn.config import LOSSES, Config, load_config, packaged_configs
+from selhn.experiment import LOSS_SETUPS
 from selhn.extras import require, require_all
 from selhn.models import ARCHITECTURES
+from selhn.models.rvsepp import TEXT_ENCODERS
 
 
 def _overrides(extra: list[str]) -> dict[str, str]:
@@ -301,22 +303,63 @@ def _cmd_search(args: argparse.Namespace) -> None:
         print(f"{rank:3d}. {hit['score']:.3f}  {where}: {hit['caption']}{mark}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selhn", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"selhn {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one; descriptions and epilogs kept as written."""
 
-    config = commands.add_parser("config", help="configurations").add_subparsers(
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def _command(group: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its entry in the list and its description."""
+    return group.add_parser(name, help=summary, description=summary, **kwargs)
+
+
+def _configured(key: str) -> str:
+    """Help text naming the configuration key a flag sets and its default."""
+    section, _, name = key.partition(".")
+    return f"sets {key} (default {getattr(getattr(Config(), section), name)})"
+
+
+TRAIN_EXAMPLES = """examples:
+  selhn train --data data/synth --out runs/demo --config demo
+  selhn train --data DIR --out RUN --config paper --loss hardest --warmup-epochs 1
+  selhn train --data DIR --out RUN --text-encoder transformer --train.lr=2e-4
+  selhn train --data IMAGES --out RUN --backbone efficientnet-lite0 --image-size 224
+  selhn train --data DIR --out RUN --resume --epochs 40
+  torchrun --standalone --nproc-per-node 4 -m selhn train --data DIR --out RUN --global-negatives
+
+Any configuration key can be set as --section.key=value (e.g. --train.lr=1e-4);
+selhn config show [NAME] lists them all."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="selhn",
+        description="Image-text matching with selectively hard negatives (SelHN) and RVSE++.",
+    )
+    parser.add_argument("--version", action="version", version=f"selhn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    config = _command(commands, "config", "configurations").add_subparsers(
         dest="config", required=True
     )
-    show = config.add_parser("show", help="print a resolved configuration, every key commented")
+    show = _command(config, "show", "print a resolved configuration, every key commented")
     show.add_argument(
         "name", nargs="?", help="a packaged configuration (demo, paper, ...) or a YAML file; "
         "none: the defaults",
     )  # fmt: skip
 
-    data = commands.add_parser("data", help="data sets").add_subparsers(dest="data", required=True)
-    synth = data.add_parser("synth", help="write the synthetic default data set")
+    data = _command(commands, "data", "write data sets").add_subparsers(dest="data", required=True)
+    synth = _command(data, "synth", "write the synthetic default data set")
     synth.add_argument("--out", required=True, help="output directory (SCAN precomp layout)")
     synth.add_argument("--train", type=int, default=10_000, help="training images")
     synth.add_argument("--dev", type=int, default=1_000, help="dev images")
@@ -324,16 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--regions", type=int, default=12, help="regions per image")
     synth.add_argument("--feature-dim", type=int, default=256, help="channels per region")
     synth.add_argument("--seed", type=int, default=0)
-    samples = data.add_parser("samples", help="write real sample images (skimage, sklearn digits)")
+    samples = _command(data, "samples", "write real sample images (skimage, sklearn digits)")
     samples.add_argument("--out", required=True, help="output folder (PNG files, manifest.jsonl)")
     samples.add_argument("--train", type=int, default=600, help="training digit pairs")
     samples.add_argument("--dev", type=int, default=100, help="dev digit pairs")
     samples.add_argument("--test", type=int, default=150, help="test digit pairs")
     samples.add_argument("--seed", type=int, default=0)
-    images = data.add_parser(
-        "images", help="captions and image lists of a manifest, to train from images (no features)"
+    images = _command(
+        data, "images", "captions and image lists of a manifest, to train from images (no features)"
     )
-    feats = commands.add_parser("features", help="grid features of raw images (precomp layout)")
+    feats = _command(commands, "features", "grid features of raw images (precomp layout)")
     for sub in (images, feats):
         source = sub.add_mutually_exclusive_group(required=True)
         source.add_argument("--manifest", help="JSON-lines manifest: image, captions, split")
@@ -348,14 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--workers", type=int, default=0, help="image-decoding processes")
     feats.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    train = commands.add_parser(
-        "train",
-        help="train a model (RVSE++ by default)",
-        epilog="Any configuration key can be set as --section.key=value, e.g. --train.lr=1e-4.",
-    )
-    exp = commands.add_parser(
+    train = _command(commands, "train", "train a model (RVSE++ by default)", epilog=TRAIN_EXAMPLES)
+    exp = _command(
+        commands,
         "experiment",
-        help="train the same model once per loss and seed, compare, plot",
+        "train the same model once per loss and seed, compare, plot",
         epilog="Settings shared by every run can be given as --section.key=value.",
     )
     for sub, out in ((train, "run directory"), (exp, "experiment directory")):
@@ -365,41 +405,55 @@ def build_parser() -> argparse.ArgumentParser:
             help="data directory: precomp features (image lists with --backbone)",
         )
         sub.add_argument("--out", required=True, help=out)
-        sub.add_argument("--config", help="YAML file of settings that differ from the defaults")
+        sub.add_argument(
+            "--config",
+            help=f"a packaged configuration ({', '.join(packaged_configs())}) or a YAML file of "
+            "settings that differ from the defaults",
+        )
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--amp", choices=("none", "bf16"), help="bf16 autocast (CUDA)")
-    train.add_argument("--loss", choices=LOSSES)
-    train.add_argument("--architecture", choices=sorted(ARCHITECTURES))
-    train.add_argument("--epsilon", type=float, help="SelHN gap threshold")
-    train.add_argument("--warmup-epochs", type=int, help="all-negatives epochs first")
-    train.add_argument("--text-encoder", choices=("bigru", "transformer"))
-    train.add_argument("--text-model", help="transformer: a local Hugging Face model directory")
-    train.add_argument(
-        "--backbone",
-        help="train end to end from the listed image files: efficientnet-lite0 or timm:NAME",
-    )
-    train.add_argument("--backbone-weights", help="timm backbone: local weights file")
-    train.add_argument("--image-size", type=int, help="backbone: square input size in pixels")
-    train.add_argument(
-        "--global-negatives",
-        action="store_true",
-        default=None,
-        help="under torchrun: mine negatives over the batches of all processes",
-    )
+    shortcut_help = {
+        "epochs": "passes over the training captions",
+        "batch_size": "the global batch",
+        "lr": "AdamW learning rate",
+        "seed": "initialisation, shuffling and augmentation",
+        "device": "auto, cpu, cuda or cuda:N",
+        "amp": "bf16: bfloat16 autocast (CUDA)",
+        "loss": "the loss",
+        "architecture": "the model",
+        "epsilon": "SelHN gap threshold",
+        "warmup_epochs": "all-negatives epochs first",
+        "global_negatives": "under torchrun: mine negatives over the batches of all processes",
+        "text_encoder": "the text encoder",
+        "text_model": "transformer: a local Hugging Face model directory",
+        "backbone": "train end to end from the listed image files: efficientnet-lite0 or timm:NAME",
+        "backbone_weights": "timm backbone: local weights file",
+        "image_size": "backbone: square input size in pixels",
+    }
+    kinds: dict[str, dict[str, Any]] = {
+        "epochs": {"type": int}, "batch_size": {"type": int}, "lr": {"type": float},
+        "seed": {"type": int}, "amp": {"choices": ("none", "bf16")}, "loss": {"choices": LOSSES},
+        "architecture": {"choices": sorted(ARCHITECTURES)}, "epsilon": {"type": float},
+        "warmup_epochs": {"type": int}, "text_encoder": {"choices": TEXT_ENCODERS},
+        "image_size": {"type": int},
+        "global_negatives": {"action": "store_true", "default": None},
+    }  # fmt: skip
+    for name, key in TRAIN_SHORTCUTS.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{shortcut_help[name]}; {_configured(key)}"
+        train.add_argument(flag, help=text, **kinds.get(name, {}))
 
-    exp.add_argument("--losses", default="all,hardest,hardest+warmup,selhn,infonce")
-    exp.add_argument("--seeds", type=int, default=3)
+    exp.add_argument(
+        "--losses",
+        default="all,hardest,hardest+warmup,selhn,infonce",
+        help=f"comma-separated, from {', '.join(LOSS_SETUPS)}",
+    )
+    exp.add_argument("--seeds", type=int, default=3, help="runs per loss, seeds 0, 1, ...")
     exp.add_argument("--plot-epochs", type=int, default=2, help="epochs in grad_norms.png")
 
-    ev = commands.add_parser("eval", help="evaluate checkpoints on a split")
-    enc = commands.add_parser("encode", help="save the image and caption embeddings of a split")
-    search = commands.add_parser("search", help="top-k text->image or image->text search")
+    ev = _command(commands, "eval", "evaluate checkpoints on a split")
+    enc = _command(commands, "encode", "save the image and caption embeddings of a split")
+    search = _command(commands, "search", "top-k text->image or image->text search")
     for sub in (ev, enc, search):
         sub.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
         sub.add_argument(
