@@ -96,3 +96,14 @@ def test_the_transformer_trains_at_a_tenth_of_the_learning_rate():
     assert not transformer & {id(p) for p in groups[0]["params"]}
     assert len(groups[0]["params"]) + len(transformer) == len(list(model.parameters()))
     assert groups[2]["weight_decay"] == 0.0  # the InfoNCE temperature
+
+
+def test_loading_the_pretrained_weights_prints_nothing(capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a fresh process has it
+    model = TransformerTextEncoder(default_text_model(), embed_size=8)
+    capfd.readouterr()
+    model.load_pretrained()
+    out, err = capfd.readouterr()
+    assert out == "" and "Loading" not in err and "%" not in err

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -170,3 +172,31 @@ def test_a_size_the_architecture_does_not_use_is_an_error(data, tmp_path):
         config = load_config(None, {**TINY, "model.architecture": "vsepp"})
         train(config, data, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_run_output_and_files(data, tmp_path, capsys, monkeypatch):
+    """A start-of-run summary, epoch times, rounded log values, shareable checkpoint directories
+    and the optimiser state only in ``last``."""
+    from selhn import trainer as trainer_module
+
+    rsums = iter([300.0, 200.0, 100.0])  # the first epoch stays the best
+
+    def fake_evaluate(*args, **kwargs):
+        return {"rsum": next(rsums)}
+
+    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    config = load_config(None, {**TINY, "train.epochs": 3, "train.lr_decay_epoch": 1})
+    train(config, data, tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert "data   train 64 images, 320 captions; dev 20 images, 100 captions" in out
+    assert "steps  20 per epoch (global batch 16), 60 in 3 epochs" in out
+    assert "epoch 1/3  dev rSum 300.0  (best 300.0 at epoch 1)" in out and "left" in out
+    assert [r["lr"] for r in read_log(tmp_path / "run")[0]][
+        -1
+    ] == 2e-4  # not 0.00020000000000000004
+    best, last = (tmp_path / "run" / "best").resolve(), (tmp_path / "run" / "last").resolve()
+    assert best.name == "epoch-000" and last.name == "epoch-002"
+    assert not (best / "trainer_state.pt").exists() and (last / "trainer_state.pt").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(last.stat().st_mode) == 0o777 & ~umask

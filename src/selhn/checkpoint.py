@@ -45,6 +45,7 @@ def save_model(
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is not
     try:
         settings = model.save_vocabulary(vocab, tmp)
         config = {
@@ -69,6 +70,12 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

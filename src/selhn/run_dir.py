@@ -32,11 +32,17 @@ class RunLog:
         self.file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(rounded(record)) + "\n")
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
+
+
+def rounded(record: dict[str, Any]) -> dict[str, Any]:
+    """Floats to 10 significant digits, so 5e-4 * 0.1 is logged as 5e-05 and 7 / 500 * 100 as 1.4
+    (float32 values keep all their digits; metrics stay within 1e-6 of their own)."""
+    return {k: float(f"{v:.10g}") if isinstance(v, float) else v for k, v in record.items()}
 
 
 def read_log(run: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -94,3 +100,5 @@ class RunDirectory:
         for old in (self.path / "checkpoints").glob("epoch-*"):
             if old.resolve() not in keep:
                 shutil.rmtree(old)
+            elif old.resolve() != self.last.resolve():  # only a resume reads the state
+                (old / f"{STATE}.pt").unlink(missing_ok=True)

@@ -8,6 +8,7 @@ DistributedDataParallel; rank 0 evaluates and writes the run directory (``run_di
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from selhn.models import DualEncoder
 from selhn.models.registry import create_model, model_class
 from selhn.objective import TrainingObjective, make_loss
 from selhn.retrieval import evaluate
-from selhn.run_dir import RunDirectory, RunLog
+from selhn.run_dir import RunDirectory, RunLog, rounded
 from selhn.schedule import plan_epoch, steps_per_epoch
 from selhn.train_state import TrainState
 
@@ -227,8 +228,15 @@ def _train(
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     log = run.start(config, keep_before_epoch=state.epoch) if job.is_main else None
     show_progress = progress and job.is_main and sys.stderr.isatty()
-    step = state.epoch * steps_per_epoch(len(dataset), tc.batch_size, job.world_size)[0]
+    per_epoch = steps_per_epoch(len(dataset), tc.batch_size, job.world_size)[0]
+    step = state.epoch * per_epoch
+    if job.is_main:
+        summary = _summary(
+            model, device, job, train_split, dev_split, per_epoch, config, run, state
+        )
+        print(summary, flush=True)
     network = None
+    clock = _EpochClock(tc.epochs)
     try:
         for epoch in range(state.epoch, tc.epochs):
             plan = plan_epoch(tc, lc, epoch)
@@ -256,13 +264,63 @@ def _train(
                 step += 1
             best = None
             if job.is_main:
-                best = _finish_epoch(run, log, model, vocab, dev_split, config, state)
+                best = _finish_epoch(run, log, model, vocab, dev_split, config, state, clock)
             state.best_rsum, state.best_epoch = job.from_main(best)  # the others wait for rank 0
             state.epoch = epoch + 1
     finally:
         if job.is_main:
             log.close()
     return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum}
+
+
+class _EpochClock:
+    """Seconds per epoch (training and evaluation) and an estimate of the time left."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.start, self.done, self.total = epochs, time.perf_counter(), 0, 0.0
+
+    def lap(self, epoch: int) -> str:
+        """The time of the epoch that just ended, and the time left at the mean epoch time."""
+        now = time.perf_counter()
+        seconds, self.start, self.done = now - self.start, now, self.done + 1
+        self.total += seconds
+        left = self.total / self.done * (self.epochs - epoch - 1)
+        return f"{seconds:.0f} s" + (f", about {_duration(left)} left" if left else "")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _summary(
+    model: DualEncoder,
+    device: torch.device,
+    job: Distributed,
+    train_split: Split,
+    dev_split: Split,
+    per_epoch: int,
+    config: Config,
+    run: RunDirectory,
+    state: TrainState,
+) -> str:
+    """What a run is about to do, printed at its start."""
+    tc = config.train
+
+    def count(module: nn.Module) -> str:
+        return f"{sum(p.numel() for p in module.parameters()):,}"
+
+    processes = f", {job.world_size} processes" if job.enabled else ""
+    start = f"resuming at epoch {state.epoch + 1}" if state.epoch else "new run"
+    return "\n".join([
+        f"training {model.architecture} on {device}{processes}",
+        f"  data   train {train_split.num_images} images, {len(train_split.captions)} captions;"
+        f" {dev_split.name} {dev_split.num_images} images, {len(dev_split.captions)} captions",
+        f"  steps  {per_epoch} per epoch (global batch {tc.batch_size}), {per_epoch * tc.epochs}"
+        f" in {tc.epochs} epochs",
+        f"  model  image encoder {count(model.image_encoder)} parameters, text encoder"
+        f" {count(model.text_encoder)}; loss {config.loss.name}",
+        f"  run    {run.path} ({start})",
+    ])  # fmt: skip
 
 
 def _finish_epoch(
@@ -273,20 +331,23 @@ def _finish_epoch(
     dev_split: Split,
     config: Config,
     state: TrainState,
+    clock: _EpochClock,
 ) -> tuple[float, int]:
     """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum, epoch."""
     epoch = state.epoch
     device = next(model.parameters()).device
-    metrics = evaluate(
-        model, dev_split, vocab, config.train.eval_batch_size, device, config.data.num_workers
-    )
+    metrics = rounded(
+        evaluate(
+            model, dev_split, vocab, config.train.eval_batch_size, device, config.data.num_workers
+        )
+    )  # as logged, so the checkpoint, the log and the choice of the best agree
     log.write({"type": "eval", "epoch": epoch, "split": dev_split.name, **metrics})
     is_best = state.finish_epoch(metrics["rsum"])
     meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
     run.save_epoch(epoch, model, vocab, meta, state.state_dict(), is_best)
     print(
         f"epoch {epoch + 1}/{config.train.epochs}  dev rSum {metrics['rsum']:.1f}  "
-        f"(best {state.best_rsum:.1f} at epoch {state.best_epoch + 1})",
+        f"(best {state.best_rsum:.1f} at epoch {state.best_epoch + 1})  {clock.lap(epoch)}",
         flush=True,
     )
     return state.best_rsum, state.best_epoch

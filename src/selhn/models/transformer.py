@@ -116,8 +116,16 @@ class TransformerTextEncoder(nn.Module):
 
     def load_pretrained(self) -> None:
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
-        pretrained = AutoModel.from_pretrained(self.model_dir, local_files_only=True).state_dict()
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no third-party "Loading weights" bar in selhn's output
+        try:
+            pretrained = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
+        pretrained = pretrained.state_dict()
         own = self.transformer.state_dict()
         missing = [key for key in own if key not in pretrained]
         if missing:
