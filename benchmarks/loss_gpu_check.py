@@ -88,7 +88,7 @@ def check_no_synchronisation(device: torch.device, name: str) -> str | None:
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss(img, txt).backward()
+        loss(img[owner], txt).backward()
         loss(img, txt, caption_to_image=owner).backward()
     except RuntimeError as error:
         return str(error).splitlines()[0]

@@ -168,11 +168,10 @@ def hinge_losses(
     pos, rows, cols, negatives = _reduce(scores, pairs, opts.margin)
     row_loss, row_mean, row_hard, row_gap = _select(pos, rows, negatives, opts)
     col_loss, col_mean, col_hard, col_gap = _select(pos, cols, negatives, opts)
-    stats = torch.stack(
-        _direction_stats(row_gap, rows, negatives, opts.threshold)
-        + _direction_stats(col_gap, cols, negatives, opts.threshold)
-    )
-    stats = stats[[0, 3, 1, 4, 2, 5]]  # interleave the directions in STAT_NAMES order
+    row_stats = _direction_stats(row_gap, rows, negatives, opts.threshold)
+    col_stats = _direction_stats(col_gap, cols, negatives, opts.threshold)
+    # STAT_NAMES order; stacked as tensors (a list index would be copied to the device blocking)
+    stats = torch.stack([s for pair in zip(row_stats, col_stats, strict=True) for s in pair])
     selection = Selection(
         row_mean=row_mean,
         col_mean=col_mean,
