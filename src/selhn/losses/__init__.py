@@ -5,6 +5,7 @@ works inside ``torch.autocast``, takes several captions per image (``caption_to_
 per-pair terms with ``reduction="none"`` and can gather the batch over a process group.
 """
 
+from selhn.losses.base import PairLoss
 from selhn.losses.hinges import STAT_NAMES
 from selhn.losses.infonce import InfoNCELoss
 from selhn.losses.triplet import (
@@ -19,6 +20,7 @@ __all__ = [
     "AllNegativesLoss",
     "HardestNegativeLoss",
     "InfoNCELoss",
+    "PairLoss",
     "SelHNLoss",
     "default_vanishing_threshold",
 ]

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from selhn.losses.base import PairLoss
 from selhn.losses.hinges import positives
-from selhn.losses.inputs import (
-    PairIndex,
-    as_scoring_dtype,
-    check_reduction,
-    prepare_embeddings,
-    prepare_scores,
-    refuse_gathered_scores,
-    scoring_precision,
-)
-
-IntVector = Tensor | list[int] | None
+from selhn.losses.inputs import PairIndex, as_scoring_dtype
 
 
 def _image_groups(pairs: PairIndex, n_images: int) -> Tensor | None:
@@ -53,30 +45,22 @@ def infonce_terms(logits: Tensor, pairs: PairIndex) -> Tensor:
     return torch.stack([image_term, text_term])
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(PairLoss):
     """Symmetric contrastive loss with a learnable temperature, as in CLIP.
 
     ``logits = exp(logit_scale) * scores``; the loss is the mean of the image->text and
     text->image cross-entropies with the matching pairs as targets. ``logit_scale`` starts at
-    log(1 / temperature) and is clamped to at most log(100) when used, as CLIP does. Inputs,
-    ``ids``, ``caption_to_image``, ``reduction``, ``gather_distributed`` and ``check_inputs``
-    work as in ``SelHNLoss``; logits are float32 inside ``torch.autocast``.
+    log(1 / temperature) and is clamped to at most log(100) when used, as CLIP does. Logits are
+    float32 inside ``torch.autocast``.
 
     Args:
         temperature: initial temperature.
         learnable: whether ``logit_scale`` is a trainable parameter (the optimiser must see it).
+        reduction, gather_distributed, check_inputs: as in ``PairLoss``.
     """
 
-    def __init__(
-        self,
-        temperature: float = 0.07,
-        learnable: bool = True,
-        *,
-        reduction: str = "mean",
-        gather_distributed: bool = False,
-        check_inputs: bool | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, temperature: float = 0.07, learnable: bool = True, **options: Any) -> None:
+        super().__init__(**options)
         if not 0 < temperature < math.inf:
             raise ValueError(f"temperature must be a positive number, got {temperature}")
         scale = torch.tensor(math.log(1 / temperature))
@@ -84,38 +68,8 @@ class InfoNCELoss(nn.Module):
             self.logit_scale = nn.Parameter(scale)
         else:
             self.register_buffer("logit_scale", scale)
-        self.reduction = check_reduction(reduction)
-        self.gather_distributed = gather_distributed
-        self.check_inputs = check_inputs
-        self.stats: dict[str, Tensor] = {}
 
-    def forward(
-        self,
-        img_emb: Tensor,
-        txt_emb: Tensor,
-        ids: IntVector = None,
-        caption_to_image: IntVector = None,
-    ) -> Tensor:
-        """Loss of (B, D) embeddings whose row i match (or (N, D) images with
-        ``caption_to_image``); arguments as in ``SelHNLoss.forward``."""
-        img_emb, txt_emb, pairs = prepare_embeddings(
-            img_emb, txt_emb, ids, caption_to_image, self.check_inputs, self.gather_distributed
-        )
-        with scoring_precision(img_emb.device):
-            return self._loss(img_emb @ txt_emb.T, pairs)
-
-    def from_scores(
-        self, scores: Tensor, ids: IntVector = None, caption_to_image: IntVector = None
-    ) -> Tensor:
-        """Loss of a (B, B) score matrix whose diagonal holds the matching pairs (or (N, P) with
-        ``caption_to_image``)."""
-        refuse_gathered_scores(self.gather_distributed)
-        scores, pairs = prepare_scores(scores, ids, caption_to_image, self.check_inputs)
-        with scoring_precision(scores.device):
-            return self._loss(scores, pairs)
-
-    def _loss(self, scores: Tensor, pairs: PairIndex) -> Tensor:
+    def score_terms(self, scores: Tensor, pairs: PairIndex) -> Tensor:
         scale = as_scoring_dtype(self.logit_scale).clamp(max=math.log(100)).exp()
-        terms = infonce_terms(scale * scores, pairs)
         self.stats = {"temperature": (1 / scale).detach()}
-        return terms.mean() if self.reduction == "mean" else terms
+        return infonce_terms(scale * scores, pairs)

@@ -10,19 +10,13 @@ back from its hardest hinge to the mean of its hinges (docs/method.md):
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from selhn.losses.base import PairLoss
 from selhn.losses.hinges import STAT_NAMES, EmbeddingHingeLoss, HingeOptions, ScoresHingeLoss
-from selhn.losses.inputs import (
-    check_reduction,
-    prepare_embeddings,
-    prepare_scores,
-    refuse_gathered_scores,
-    scoring_precision,
-)
-
-IntVector = Tensor | list[int] | None
+from selhn.losses.inputs import PairIndex
 
 
 def default_vanishing_threshold(epsilon: float) -> float:
@@ -31,7 +25,7 @@ def default_vanishing_threshold(epsilon: float) -> float:
     return epsilon if 0 < epsilon < math.inf else 0.01
 
 
-class SelHNLoss(nn.Module):
+class SelHNLoss(PairLoss):
     """Bidirectional triplet loss with selectively hard negatives.
 
     Each anchor uses its hardest hinge unless ``|S_pos - max S_neg| < epsilon``, in which case it
@@ -45,17 +39,7 @@ class SelHNLoss(nn.Module):
         epsilon: gap below which an anchor falls back to the mean of its hinges.
         vanishing_threshold: gap below which an anchor counts as vanishing in ``stats``
             (defaults to ``epsilon``, or 0.01 where ``epsilon`` is 0 or infinite).
-        reduction: ``"mean"`` (a 0-d loss) or ``"none"``: a (2, P) tensor for the P pairs, row 0
-            the image-anchor term and row 1 the text-anchor term of each pair; its mean is the
-            ``"mean"`` loss.
-        gather_distributed: all-gather the embeddings (and ids) of every process of the default
-            process group, with gradients, so each rank mines negatives over the global batch;
-            every rank then computes the loss of the global batch (pairs in rank order). A no-op
-            without a process group.
-        check_inputs: raise a ValueError on non-finite inputs and on an invalid
-            ``caption_to_image``. The check reads values back to the host, which is free on the
-            CPU but waits for a GPU, so the default (None) checks CPU inputs only. Unchecked
-            non-finite inputs give a non-finite loss.
+        reduction, gather_distributed, check_inputs: as in ``PairLoss``.
 
     After each call ``stats`` maps the names in ``STAT_NAMES`` to detached 0-d tensors.
     """
@@ -65,12 +49,9 @@ class SelHNLoss(nn.Module):
         margin: float = 0.2,
         epsilon: float = 0.01,
         vanishing_threshold: float | None = None,
-        *,
-        reduction: str = "mean",
-        gather_distributed: bool = False,
-        check_inputs: bool | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**options)
         if not margin >= 0 or math.isinf(margin):
             raise ValueError(f"margin must be a finite number >= 0, got {margin}")
         if not epsilon >= 0:
@@ -82,10 +63,6 @@ class SelHNLoss(nn.Module):
         self.margin = float(margin)
         self.epsilon = float(epsilon)
         self.vanishing_threshold = float(vanishing_threshold)
-        self.reduction = check_reduction(reduction)
-        self.gather_distributed = gather_distributed
-        self.check_inputs = check_inputs
-        self.stats: dict[str, Tensor] = {}
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, epsilon={self.epsilon}, reduction={self.reduction!r}"
@@ -94,61 +71,19 @@ class SelHNLoss(nn.Module):
     def _opts(self) -> HingeOptions:
         return HingeOptions(self.margin, self.epsilon, self.vanishing_threshold)
 
-    def _finish(self, losses: Tensor, stats: Tensor) -> Tensor:
+    def _record(self, terms: Tensor, stats: Tensor) -> Tensor:
         self.stats = dict(zip(STAT_NAMES, stats.unbind(), strict=True))
-        return losses.mean() if self.reduction == "mean" else losses
+        return terms
 
-    def forward(
-        self,
-        img_emb: Tensor,
-        txt_emb: Tensor,
-        ids: IntVector = None,
-        caption_to_image: IntVector = None,
-    ) -> Tensor:
-        """Loss of a batch of matching pairs; scores are ``img_emb @ txt_emb.T``.
-
-        Args:
-            img_emb: (B, D) image embeddings, row i matching row i of ``txt_emb``; or, with
-                ``caption_to_image``, (N, D): each image once.
-            txt_emb: (B, D) (or (P, D)) text embeddings. The caller normalises both if cosine
-                is wanted.
-            ids: optional (P,) integers; pairs that share an id are not negatives of each other.
-            caption_to_image: optional (P,) image row of each caption. The loss equals that of
-                ``img_emb[caption_to_image]`` paired row by row with ``txt_emb`` and
-                ``ids=caption_to_image`` (or ``ids`` where given), in value and gradients, from
-                an (N, P) score matrix. Every image row needs a caption.
-
-        Returns:
-            0-d tensor, or (2, P) with ``reduction="none"``.
-        """
-        img_emb, txt_emb, pairs = prepare_embeddings(
-            img_emb, txt_emb, ids, caption_to_image, self.check_inputs, self.gather_distributed
+    def embedding_terms(self, img_emb: Tensor, txt_emb: Tensor, pairs: PairIndex) -> Tensor:
+        """The hinge terms from the embeddings (the backward pass needs no B x B matrix when
+        every anchor is on its hardest branch)."""
+        return self._record(
+            *EmbeddingHingeLoss.apply(img_emb, txt_emb, pairs.rows, pairs.groups, self._opts)
         )
-        with scoring_precision(img_emb.device):
-            losses, stats = EmbeddingHingeLoss.apply(
-                img_emb, txt_emb, pairs.rows, pairs.groups, self._opts
-            )
-            return self._finish(losses, stats)
 
-    def from_scores(
-        self, scores: Tensor, ids: IntVector = None, caption_to_image: IntVector = None
-    ) -> Tensor:
-        """Loss of a score matrix whose diagonal holds the matching pairs.
-
-        Args:
-            scores: (B, B) scores, e.g. from a cross-attention model; larger means closer. With
-                ``caption_to_image``, (N images, P captions).
-            ids: optional (P,) integers; pairs that share an id are not negatives of each other.
-            caption_to_image: optional (P,) image row of each caption, as in ``forward``.
-
-        Returns:
-            0-d tensor, or (2, P) with ``reduction="none"``.
-        """
-        refuse_gathered_scores(self.gather_distributed)
-        scores, pairs = prepare_scores(scores, ids, caption_to_image, self.check_inputs)
-        with scoring_precision(scores.device):
-            losses, stats = ScoresHingeLoss.apply(scores, pairs.rows, pairs.groups, self._opts)
-            return self._finish(losses, stats)
+    def score_terms(self, scores: Tensor, pairs: PairIndex) -> Tensor:
+        return self._record(*ScoresHingeLoss.apply(scores, pairs.rows, pairs.groups, self._opts))
 
 
 class HardestNegativeLoss(SelHNLoss):
