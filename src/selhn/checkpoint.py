@@ -100,7 +100,8 @@ def load_model(
     config = directory / CONFIG
     try:
         cls = model_class(meta["architecture"])
-        require_all(cls.Settings(**meta["model"]).extras(), f"the model in {directory}")
+        needs = cls.Settings(**meta["model"]).extras(pretrained=False)
+        require_all(needs, f"the model in {directory}")
         settings, vocab = cls.load_vocabulary(dict(meta["model"]), directory)
         model = cls(cls.Settings(**settings))
     except (TypeError, ValueError) as err:

@@ -145,7 +145,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
             raise SystemExit("selhn train: --resume uses RUN/config.yaml; drop --config")
         config_file = saved if saved.exists() else None
     config = load_config(config_file, overrides)
-    require_all(config.model.extras(), "this model")
+    require_all(config.model.extras(pretrained=not args.resume), "this model")
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if from_environment().is_main:
         print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")

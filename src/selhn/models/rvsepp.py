@@ -48,15 +48,20 @@ class RVSEPPSettings:
         """Whether the text side brings its own tokenizer (no word vocabulary)."""
         return self.text_encoder == "transformer"
 
-    def extras(self) -> dict[str, tuple[str, ...]]:
-        """The optional packages these settings need: extra -> its modules needed."""
+    def extras(self, pretrained: bool = True) -> dict[str, tuple[str, ...]]:
+        """The optional packages these settings need: extra -> its modules needed. Without
+        ``pretrained`` (a checkpoint: the weights are in it) only what builds the model and reads
+        its images."""
         needs: dict[str, tuple[str, ...]] = {}
-        if self.has_tokenizer:  # the packaged model only when no other is named
-            needs["text"] = ("transformers",) if self.text_model else EXTRAS["text"]
-        if self.word_vectors == "glove":
+        if self.has_tokenizer:  # the packaged model only for a new model that names no other
+            packaged = pretrained and not self.text_model
+            needs["text"] = EXTRAS["text"] if packaged else ("transformers",)
+        if self.word_vectors == "glove" and pretrained:
             needs["glove"] = EXTRAS["glove"]
         if self.backbone == DEFAULT_BACKBONE:
-            needs["images"] = EXTRAS["images"]
+            needs["images"] = (
+                EXTRAS["images"] if pretrained else ("PIL", "efficientnet_lite_pytorch")
+            )
         elif self.backbone is not None:
             needs |= {"timm": EXTRAS["timm"], "images": ("PIL",)}
         return needs

@@ -35,9 +35,10 @@ class VSEPPSettings:
     def has_tokenizer(self) -> bool:
         return False
 
-    def extras(self) -> dict[str, tuple[str, ...]]:
-        """The optional packages these settings need: extra -> its modules needed."""
-        return {"glove": EXTRAS["glove"]} if self.word_vectors == "glove" else {}
+    def extras(self, pretrained: bool = True) -> dict[str, tuple[str, ...]]:
+        """The optional packages these settings need: extra -> its modules needed (GloVe only
+        for a new model)."""
+        return {"glove": EXTRAS["glove"]} if self.word_vectors == "glove" and pretrained else {}
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, key, what is expected) of every constraint on these settings."""
