@@ -132,3 +132,18 @@ def test_version_is_printed_and_recorded(tmp_path, capsys):
     save_model(tmp_path / "m", RVSEPP(vocab_size=len(vocab), img_dim=4, embed_size=8), vocab)
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["selhn_version"] == selhn.__version__
+
+
+def test_a_config_written_by_0_1_0_still_loads(tmp_path):
+    """0.1.0 wrote every model key, whatever the architecture, at its default where unused."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "model:\n  architecture: vsepp\n  embed_size: 64\n  word_dim: 32\n  mlp_hidden: 512\n"
+        "  text_encoder: bigru\n  text_model: null\n  word_vectors: null\n  backbone: null\n"
+        "  backbone_weights: null\n  image_size: 224\ntrain:\n  epochs: 2\n"
+    )
+    config = load_config(path)
+    assert config.model.architecture == "vsepp" and config.model.embed_size == 64
+    path.write_text("model:\n  architecture: vsepp\n  mlp_hidden: 256\n")
+    with pytest.raises(ValueError, match=r"model.mlp_hidden does not apply to .*=vsepp"):
+        load_config(path)

@@ -235,3 +235,22 @@ def test_tensorboard_events_hold_the_logs_scalars_and_survive_a_resume(data, tmp
     assert main([*argv, "--out", str(tmp_path / "part"), "--epochs", "2", "--resume"]) == 0
     for tag in ("train/loss", "dev/rsum"):
         assert scalars(tmp_path / "part", tag) == scalars(tmp_path / "whole", tag), tag
+
+
+def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
+    """0.1.0 saved one loss's state as ``loss`` and no epoch in the training state."""
+    settings = {**TINY, "loss.name": "infonce"}
+    train(
+        load_config(None, {**settings, "train.epochs": 2}), data, tmp_path / "whole", progress=False
+    )
+    part = tmp_path / "part"
+    train(load_config(None, {**settings, "train.epochs": 1}), data, part, progress=False)
+    path = part / "last" / "trainer_state.pt"
+    state = torch.load(path, weights_only=True)
+    old = {key: state[key] for key in ("optimizer", "best_rsum", "best_epoch")}
+    old["loss"] = {"logit_scale": state["losses"]["infonce.logit_scale"]}
+    torch.save(old, path)
+    train(
+        load_config(None, {**settings, "train.epochs": 2}), data, part, resume=True, progress=False
+    )
+    assert read_log(part) == read_log(tmp_path / "whole")

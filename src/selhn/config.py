@@ -92,12 +92,6 @@ class Config:
             values["model"].pop(name, None)
         return values
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
-        config = cls()
-        config.update(values, source)
-        return config
-
     def update(self, values: dict[str, Any], source: str) -> None:
         """Set ``{section: {key: value}}``; unknown keys and wrong types raise naming the key."""
         if not isinstance(values, dict):
@@ -125,10 +119,14 @@ class Config:
         if section == "model" and key in model_class(part.architecture).FROM_DATA:
             raise ValueError(f"{source}: {dotted} is set from the data, not configured")
         types_ = typing.get_type_hints(type(part))
-        if section == "model" and key not in types_ and _other_architecture_key(key):
-            raise ValueError(
-                f"{source}: {dotted} does not apply to model.architecture={part.architecture}"
-            )
+        if section == "model" and key not in types_:
+            default = _default_elsewhere(key, value, dotted, source)
+            if default:  # 0.1.0 wrote every architecture's keys, at their defaults
+                return
+            if default is False:
+                raise ValueError(
+                    f"{source}: {dotted} does not apply to model.architecture={part.architecture}"
+                )
         if key not in types_:
             raise ValueError(
                 f"{source}: unknown key {dotted!r}; {section} has {', '.join(sorted(types_))}"
@@ -190,8 +188,13 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
-def _other_architecture_key(key: str) -> bool:
-    return any(key in typing.get_type_hints(cls.Settings) for cls in ARCHITECTURES.values())
+def _default_elsewhere(key: str, value: Any, dotted: str, source: str) -> bool | None:
+    """Whether ``value`` is the default of the architecture that has ``key`` (None: none has)."""
+    for cls in ARCHITECTURES.values():
+        hints = typing.get_type_hints(cls.Settings)
+        if key in hints:
+            return _coerce(value, hints[key], dotted, source) == getattr(cls.Settings(), key)
+    return None
 
 
 def _architecture_first(items: Any) -> list[tuple[str, Any]]:

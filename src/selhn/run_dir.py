@@ -78,6 +78,17 @@ def read_log(run: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return [r for r in records if r["type"] == "step"], [r for r in records if r["type"] == "eval"]
 
 
+def _current_state(state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A training state as ``TrainState`` reads it. selhn 0.1.0 saved one loss's state as
+    ``loss`` and the epoch only in ``config.json``."""
+    if "losses" in state:
+        return state
+    loss = meta["config"]["loss"]["name"]
+    old = dict(state)
+    losses = {f"{loss}.{key}": value for key, value in old.pop("loss").items()}
+    return {**old, "losses": losses, "epoch": meta["epoch"] + 1}
+
+
 class RunDirectory:
     """The files of one training run."""
 
@@ -100,7 +111,7 @@ class RunDirectory:
         if not self.last.exists():
             raise FileNotFoundError(f"{self.last}: no checkpoint to resume from")
         model, vocab, meta = load_model(self.last)
-        return model, vocab, meta, load_extra(self.last, STATE)
+        return model, vocab, meta, _current_state(load_extra(self.last, STATE), meta)
 
     def start(self, config: Config, keep_before_epoch: int, resume_step: int) -> RunLog:
         """Create the directory, write ``config.yaml`` and open the log (with TensorBoard events
