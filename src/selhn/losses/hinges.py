@@ -276,9 +276,10 @@ def _embedding_grads(
 
 
 def _first_order_only(backward: Callable) -> Callable:
-    """Refuse a backward pass that builds a graph (``create_graph=True``, double backward): the
-    gradient is computed outside autograd, so a second derivative through it would silently be
-    missing rather than wrong-signed."""
+    """Refuse a backward pass that builds a graph (``create_graph=True``, double backward). The
+    gradient is computed outside autograd; ``once_differentiable`` raises only when the incoming
+    gradient itself needs a graph, which a loss's does not, so without this check the returned
+    gradient would silently carry no graph (a gradient penalty on it would add nothing)."""
 
     @functools.wraps(backward)
     def checked(ctx, *grads):
