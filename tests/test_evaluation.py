@@ -128,7 +128,7 @@ def test_bad_inputs_are_rejected():
         retrieval_metrics(torch.zeros(3, 4), caption_to_image=[0, 1, 1, 0])
     with pytest.raises(ValueError, match=r"fold5 needs the images to split into 5 equal folds"):
         retrieval_metrics(torch.zeros(6, 30), fold5=True)
-    with pytest.raises(ValueError, match=r"sims must be finite"):
+    with pytest.raises(ValueError, match=r"20 of 20 scores are not finite"):
         retrieval_metrics(torch.full((2, 10), float("nan")))
 
 

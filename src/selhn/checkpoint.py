@@ -24,6 +24,7 @@ from selhn.data.vocab import TextVocabulary
 from selhn.extras import require_all
 from selhn.models import DualEncoder
 from selhn.models.registry import model_class
+from selhn.textfiles import read_json
 
 FORMAT = 1
 CONFIG, WEIGHTS = "config.json", "weights.pt"
@@ -55,9 +56,9 @@ def save_model(
             "model": settings,
         }
         (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
-        torch.save(model.state_dict(), tmp / WEIGHTS)
+        _save_tensors(model.state_dict(), tmp / WEIGHTS)
         for name, value in (extra or {}).items():
-            torch.save(value, tmp / f"{name}.pt")
+            _save_tensors(value, tmp / f"{name}.pt")
         if directory.exists():  # keep the old one until the new one is in place
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -72,6 +73,15 @@ def save_model(
     return directory
 
 
+def _save_tensors(value: Any, path: Path) -> None:
+    """``torch.save``, whose failure to write (a full disk, a file size limit) is an OSError
+    naming the file rather than the zip writer's internal RuntimeError."""
+    try:
+        torch.save(value, path)
+    except RuntimeError as err:
+        raise OSError(f"{path}: writing failed ({err}); is the disk full?") from None
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -82,10 +92,9 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {directory} a selhn model directory?")
-    try:
-        meta = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    meta = read_json(path, "a selhn model's configuration")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object")
     if not isinstance(meta.get("architecture"), str) or not isinstance(meta.get("model"), dict):
         raise ValueError(f"{path}: expected an 'architecture' name and a 'model' mapping")
     return meta
@@ -106,8 +115,15 @@ def load_model(
         model = cls(cls.Settings(**settings))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config}: {err}") from err
-    state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    state = _load_tensors(directory / WEIGHTS, "the model's weights")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        problem = str(err).strip().splitlines()
+        raise ValueError(
+            f"{directory / WEIGHTS}: these weights do not fit the model {config} describes "
+            f"({problem[-1].strip() if problem else type(err).__name__})"
+        ) from None
     if len(vocab) != model.settings.vocab_size:
         raise ValueError(
             f"{config}: the model was built for {model.settings.vocab_size} words, but its "
@@ -117,7 +133,22 @@ def load_model(
 
 
 def load_extra(directory: str | Path, name: str) -> Any:
-    return torch.load(Path(directory) / f"{name}.pt", map_location="cpu", weights_only=True)
+    """An object that ``save_model`` stored beside the weights (``extra``)."""
+    return _load_tensors(Path(directory) / f"{name}.pt", f"the saved {name}")
+
+
+def _load_tensors(path: Path, what: str) -> Any:
+    """``torch.load`` of a file written by ``save_model``; an unreadable one raises ValueError."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found ({what})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, empty or foreign: pickle, zip or EOF errors
+        raise ValueError(
+            f"{path}: cannot read {what} ({type(err).__name__}): the file is truncated, "
+            "empty or not written by selhn; use another checkpoint (for a run: RUN/best or "
+            "an older checkpoints/epoch-NNN)"
+        ) from None
 
 
 def point(link: str | Path, target: str | Path) -> None:

@@ -128,6 +128,7 @@ TRAIN_SHORTCUTS = {
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     from selhn.distributed import from_environment
+    from selhn.run_dir import resume_config
     from selhn.trainer import train
 
     overrides: dict[str, Any] = {
@@ -138,13 +139,14 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     if args.log is not None:
         overrides["train.tensorboard"] = args.log == "tensorboard"
     overrides |= _overrides(extra)
-    config_file = args.config
     if args.resume:
-        saved = Path(args.out) / "config.yaml"
         if args.config is not None:
-            raise SystemExit("selhn train: --resume uses RUN/config.yaml; drop --config")
-        config_file = saved if saved.exists() else None
-    config = load_config(config_file, overrides)
+            raise SystemExit(
+                "selhn train: --resume continues with the run's own settings; drop --config"
+            )
+        config = resume_config(args.out, overrides)
+    else:
+        config = load_config(args.config, overrides)
     require_all(config.model.extras(pretrained=not args.resume), "this model")
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if from_environment().is_main:
@@ -178,12 +180,20 @@ def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) ->
     print(f"wrote {args.out}/results.md, results.json, grad_norms.png, vanishing.png, rsum.png")
 
 
+def _check_output(path: str | None, flag: str) -> None:
+    """Fail before any work if ``path``'s folder does not exist."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from selhn.checkpoint import load_model
     from selhn.distributed import resolve_device
     from selhn.evaluation import embedding_metrics, format_table, retrieval_metrics
     from selhn.retrieval import encode_split, split_for
 
+    _check_output(args.save_sims, "--save-sims")
+    _check_output(args.json, "--json")
     device = resolve_device(args.device)
     img_embs, txt_embs = [], []
     for checkpoint in [args.checkpoint, *args.ensemble]:
@@ -237,6 +247,7 @@ def _encoded_split(args: argparse.Namespace):
 
 
 def _cmd_encode(args: argparse.Namespace) -> None:
+    _check_output(args.out, "--out")
     _, _, split, img_emb, txt_emb = _encoded_split(args)
     torch.save(
         {
@@ -514,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_encode(args)
         else:
             _cmd_search(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:  # OSError: missing files, a full disk
         print(f"selhn {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

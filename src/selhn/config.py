@@ -180,12 +180,27 @@ class Config:
              "None with model.text_encoder=transformer (it has its own tokenizer)"),
         ]  # fmt: skip
         checks += [(ok, f"model.{key}", expected) for ok, key, expected in self.model.checks()]
+        checks += [
+            (math.isfinite(value), key, "finite")
+            for key, value in _floats(self)
+            if key not in INFINITE_ALLOWED
+        ]
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"{key} must be {expected}; got {_lookup(self, key)!r}")
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+INFINITE_ALLOWED = ("loss.epsilon",)  # SelHN with an infinite gap threshold: always hardest
+
+
+def _floats(config: Config) -> list[tuple[str, float]]:
+    return [
+        (f"{section}.{f.name}", getattr(getattr(config, section), f.name))
+        for section in SECTIONS
+        for f in dataclasses.fields(getattr(config, section))
+        if isinstance(getattr(getattr(config, section), f.name), float)
+    ]
 
 
 def _default_elsewhere(key: str, value: Any, dotted: str, source: str) -> bool | None:

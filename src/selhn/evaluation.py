@@ -38,7 +38,10 @@ def caption_index(
                 f"{num_captions} captions; pass caption_to_image= instead"
             )
         return torch.arange(num_captions) // captions_per_image
-    index = torch.as_tensor(caption_to_image, dtype=torch.long)
+    index = torch.as_tensor(caption_to_image)
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise ValueError(f"caption_to_image must hold integer image indices; got {index.dtype}")
+    index = index.long()
     if index.shape != (num_captions,):
         raise ValueError(
             f"caption_to_image must have one entry per caption ({num_captions}); "
@@ -86,12 +89,39 @@ def ranks_from_sims(sims: Tensor, caption_to_image: Tensor) -> tuple[Tensor, Ten
     own_ties.index_add_(0, index, (gt >= best[index]).long())
     i2t = torch.empty(num_images, dtype=torch.long, device=sims.device)
     t2i = torch.zeros(num_captions, dtype=torch.long, device=sims.device)
+    suspect = torch.zeros((), dtype=torch.bool, device=sims.device)
     step = _rows_per_chunk(num_captions, _CHUNK_ELEMENTS)
     for start in range(0, num_images, step):
         block = sims[start : start + step]
         i2t[start : start + step] = _count_reaching(block, best[start : start + step], 1)
         t2i += _count_reaching(block, gt, 0)
+        # a NaN or infinity anywhere makes the chunk's sum non-finite (a sum can also overflow
+        # on finite scores: the exact check below tells the two apart)
+        suspect |= ~torch.isfinite(block.sum())
+    if bool(suspect):
+        _check_finite_scores(sims)
     return (i2t - own_ties).cpu(), (t2i - 1).cpu()  # the own image always reaches its threshold
+
+
+def _check_finite_scores(sims: Tensor) -> None:
+    bad = int((~torch.isfinite(sims)).sum())
+    if bad:
+        raise ValueError(
+            f"{bad} of {sims.numel()} scores are not finite (NaN or infinite); a ranking of "
+            "them would be arbitrary"
+        )
+
+
+def _check_embeddings(embs: Sequence[Tensor], side: str) -> None:
+    """Every row finite, and small enough that no score (a dot product) can overflow."""
+    for model, emb in enumerate(embs):
+        of = f" of ensemble member {model}" if len(embs) > 1 else ""
+        bad = int((~torch.isfinite(emb)).any(dim=1).sum())
+        if bad:
+            raise ValueError(
+                f"{bad} of {emb.shape[0]} {side} embeddings{of} are not finite (NaN or "
+                "infinite): the model's weights or its inputs are not finite, or overflow in it"
+            )
 
 
 def _mean_scores(img_embs: Sequence[Tensor], txt_embs: Sequence[Tensor], rows, cols) -> Tensor:
@@ -201,12 +231,14 @@ def retrieval_metrics(
         captions_per_image: used when ``caption_to_image`` is not given.
         fold5: COCO 1K protocol: five disjoint folds of N_images / 5 images, metrics averaged.
         caption_to_image: (N_captions,) image of each caption, for uneven caption counts.
+
+    A score that is NaN or infinite raises ValueError (found in the ranking pass itself).
     """
     sims = torch.as_tensor(sims)
-    if sims.dim() != 2:
-        raise ValueError(f"sims must be (N_images, N_captions); got {tuple(sims.shape)}")
-    if not bool(torch.isfinite(sims).all()):
-        raise ValueError("sims must be finite")
+    if sims.dim() != 2 or 0 in sims.shape:
+        raise ValueError(
+            f"sims must be (N_images, N_captions), neither of them 0; got {tuple(sims.shape)}"
+        )
     index = caption_index(sims.shape[1], captions_per_image, caption_to_image)
     _check_images(index, sims.shape[0])
     per_fold = [
@@ -226,7 +258,8 @@ def embedding_metrics(
     """Metrics of ``img_emb @ txt_emb.T`` computed in tiles, without the full score matrix.
 
     Lists of embeddings (one pair per model) evaluate the ensemble: their score matrices are
-    averaged before ranking.
+    averaged before ranking. An embedding that is not finite, or large enough for a score to
+    overflow, raises ValueError naming how many there are: nothing is ranked on them.
     """
     img_embs = [img_emb] if isinstance(img_emb, Tensor) else list(img_emb)
     txt_embs = [txt_emb] if isinstance(txt_emb, Tensor) else list(txt_emb)
@@ -242,6 +275,20 @@ def embedding_metrics(
             )
         if img.shape[0] != img_embs[0].shape[0] or txt.shape[0] != txt_embs[0].shape[0]:
             raise ValueError("every model of an ensemble must embed the same images and captions")
+        if 0 in img.shape or 0 in txt.shape:
+            raise ValueError(
+                f"no images or no captions to evaluate: {tuple(img.shape)}, {tuple(txt.shape)}"
+            )
+    _check_embeddings(img_embs, "image")
+    _check_embeddings(txt_embs, "caption")
+    for img, txt in zip(img_embs, txt_embs, strict=True):
+        # |score| <= |img row| * |txt row|: below the dtype's range, no score can overflow
+        bound = img.norm(dim=1).max().double() * txt.norm(dim=1).max().double()
+        if bound >= torch.finfo(img.dtype).max / 4:
+            raise ValueError(
+                f"embeddings too large for {img.dtype}: their dot products can overflow "
+                f"(norms up to {bound:.3g}); normalise them"
+            )
     index = caption_index(txt_embs[0].shape[0], captions_per_image, caption_to_image)
     _check_images(index, img_embs[0].shape[0])
     per_fold = []

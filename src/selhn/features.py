@@ -29,6 +29,7 @@ from selhn.data.image_files import load_image, write_image_index
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.data.precomp import features_path
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
+from selhn.textfiles import read_json
 
 JOB_FILE = "features.json"
 
@@ -73,7 +74,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
     path = out / JOB_FILE
     if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = read_json(path, "the record of a selhn features job")
         if saved != fingerprint:
             raise FileExistsError(
                 f"{path}: {out} holds features of another job ({saved['backbone']}, "

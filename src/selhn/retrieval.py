@@ -81,6 +81,8 @@ def top_k(
         k: results per query (at most N).
         backend: "torch" (chunked matmul + topk) or "faiss" (an exact flat inner-product index,
             from the ``faiss`` extra).
+
+    A non-finite embedding raises ValueError: nothing is ranked on it.
     """
     if queries.dim() != 2 or gallery.dim() != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(
@@ -89,6 +91,13 @@ def top_k(
         )
     if not 1 <= k <= gallery.shape[0]:
         raise ValueError(f"k must be in [1, {gallery.shape[0]}] (the gallery size); got {k}")
+    for name, emb in (("query", queries), ("gallery", gallery)):
+        bad = int((~torch.isfinite(emb)).any(dim=1).sum())
+        if bad:
+            raise ValueError(
+                f"{bad} of {emb.shape[0]} {name} embeddings are not finite (NaN or infinite); "
+                "they cannot be ranked"
+            )
     if backend == "faiss":
         require("faiss", "backend='faiss'")
         import faiss

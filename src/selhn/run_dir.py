@@ -4,16 +4,20 @@ symlinks ``last`` and ``best`` that point at them."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from selhn.checkpoint import load_extra, load_model, point, save_model
+from selhn.checkpoint import load_extra, load_model, point, read_meta, save_model
 from selhn.config import Config, save_config
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import require
 from selhn.models import DualEncoder
+from selhn.textfiles import read_text
 
 STATE = "trainer_state"  # the training state beside a checkpoint's weights
 
@@ -35,12 +39,8 @@ class RunLog:
     ) -> None:
         self.path = path
         if path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if json.loads(line)["epoch"] < keep_before_epoch
-            ]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in read_records(path) if r["epoch"] < keep_before_epoch]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         self.file = path.open("a", encoding="utf-8")
         self.events = None
         if tensorboard is not None:
@@ -72,9 +72,28 @@ def rounded(record: dict[str, Any]) -> dict[str, Any]:
     return {k: float(f"{v:.10g}") if isinstance(v, float) else v for k, v in record.items()}
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl``. A last line without its line end is a write that a kill
+    cut short: it is left out; any other line that is not a record raises ValueError."""
+    lines = read_text(path).split("\n")
+    torn = lines.pop()  # "" when the file ends with a line end
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON log record ({err})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise ValueError(f"{path}:{number}: expected a JSON object with an 'epoch'")
+        records.append(record)
+    if torn:
+        print(f"{path}: left out its last line, cut short by an interrupted write", flush=True)
+    return records
+
+
 def read_log(run: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(step records, eval records) of a run's ``log.jsonl``."""
-    records = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+    records = read_records(Path(run) / "log.jsonl")
     return [r for r in records if r["type"] == "step"], [r for r in records if r["type"] == "eval"]
 
 
@@ -89,11 +108,114 @@ def _current_state(state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
     return {**old, "losses": losses, "epoch": meta["epoch"] + 1}
 
 
+# What a resume may change: how long the run goes on and how it is computed and logged, never
+# what it computes (model, loss, data, optimisation), which the checkpoint holds.
+RESUMABLE = (
+    "train.epochs",
+    "train.device",
+    "train.eval_batch_size",
+    "train.log_every",
+    "train.tensorboard",
+    "data.num_workers",
+)
+
+
+def saved_config(checkpoint: Path) -> Config:
+    """The configuration a checkpoint was trained with (its ``config.json``)."""
+    path = checkpoint / "config.json"
+    meta = read_meta(checkpoint)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path}: no training configuration ('config'); not a run's checkpoint")
+    config = Config()
+    config.update(meta["config"], str(path))
+    return config
+
+
+def resume_config(run: str | Path, overrides: dict[str, Any]) -> Config:
+    """The configuration of a resumed run: the one saved in ``RUN/last`` (not ``config.yaml``,
+    which may have been edited or lost), with ``overrides`` of ``RESUMABLE`` keys. Writes
+    nothing."""
+    last = RunDirectory(run).last
+    if not last.exists():
+        raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+    saved = saved_config(last)
+    config = saved_config(last)
+    for key, value in overrides.items():
+        config.set(key, value)
+    check_resumable(saved, config, last)
+    config.validate()
+    return config
+
+
+def check_resumable(saved: Config, config: Config, checkpoint: Path) -> None:
+    """Raise ValueError naming every setting of ``config`` that differs from ``saved`` (the
+    checkpoint's) and that a resume may not change."""
+    old, new = _flat(saved), _flat(config)
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        listed = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused)
+        raise ValueError(
+            f"--resume cannot change what {checkpoint} was trained with ({listed}); a resume "
+            f"may change only {', '.join(RESUMABLE)}. Start a new run (another --out) instead"
+        )
+
+
+def _flat(config: Config) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, part in config.to_dict().items() for k, v in part.items()}
+
+
 class RunDirectory:
-    """The files of one training run."""
+    """The files of one training run. ``lock`` makes its writer the only one."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Take ``RUN/.lock`` (created if needed) for this process; a run that another live
+        process writes is refused with that process's id. The kernel drops the lock when its
+        holder ends, however it ends, so a killed run's lock is taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = (self.path / ".lock").open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FileExistsError(
+                f"{self.path}: another training writes this run (process {holder}); wait for "
+                "it to end or use another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
+
+    def remove_temporary(self) -> list[str]:
+        """Clean up after a killed checkpoint write: a checkpoint it had moved aside to replace
+        is put back, and its unfinished hidden directories in ``checkpoints/`` are removed.
+        Returns the names removed."""
+        folder = self.path / "checkpoints"
+        if not folder.is_dir():
+            return []
+        for old in folder.glob(".epoch-*.old"):
+            final = folder / old.name[1:].removesuffix(".old")
+            if not final.exists():
+                os.replace(old, final)
+        removed = []
+        for leftover in folder.glob(".epoch-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover.name)
+        for link in (self.path / ".last.tmp", self.path / ".best.tmp"):
+            link.unlink(missing_ok=True)
+        return removed
 
     @property
     def last(self) -> Path:

@@ -23,7 +23,7 @@ from selhn.config import Config
 from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
 from selhn.data.datasets import PairDataset
-from selhn.data.inputs import Split
+from selhn.data.inputs import Split, fingerprint
 from selhn.data.vocab import TextVocabulary
 from selhn.distributed import (
     Distributed,
@@ -36,7 +36,7 @@ from selhn.models import DualEncoder
 from selhn.models.registry import create_model, model_class
 from selhn.objective import TrainingObjective, make_loss
 from selhn.retrieval import evaluate
-from selhn.run_dir import RunDirectory, RunLog, rounded
+from selhn.run_dir import RunDirectory, RunLog, check_resumable, rounded, saved_config
 from selhn.schedule import plan_epoch, steps_per_epoch
 from selhn.train_state import TrainState
 
@@ -85,7 +85,15 @@ def _start_model(
     """(model, vocabulary, saved training state or None) on the CPU: ``RUN/last``, or a new
     model for the configured architecture, sized from the training split."""
     if resume:
-        model, vocab, _, state = run.load_last()
+        model, vocab, meta, state = run.load_last()
+        check_resumable(saved_config(run.last), config, run.last)
+        trained_on = meta.get("train_data")  # none in runs of selhn 0.1.0
+        if trained_on is not None and fingerprint(model.reads().open(data, "train")) != trained_on:
+            raise ValueError(
+                f"{data}: its train split is not the one {run.path} was trained on "
+                f"({trained_on['images']} images, {trained_on['captions']} captions, captions "
+                f"SHA-256 {trained_on['sha256'][:12]}); resume with the same --data"
+            )
         return model, vocab, state
     if run.has_checkpoint():
         raise FileExistsError(f"{run.path} already holds a run; pass --resume or another --out")
@@ -183,9 +191,15 @@ def train(
     job = from_environment()
     device = device_for(job, resolve_device(config.train.device))
     created = init_process_group(job, device)
+    run = RunDirectory(run)
     try:
-        return _train(config, Path(data), RunDirectory(run), resume, progress, job, device)
+        if job.is_main:  # the only writer of the run directory
+            run.lock()
+            for name in run.remove_temporary():
+                print(f"removed {run.path / 'checkpoints' / name}, left by an interrupted write")
+        return _train(config, Path(data), run, resume, progress, job, device)
     finally:
+        run.unlock()
         if created:
             dist.destroy_process_group()
 
@@ -227,6 +241,7 @@ def _train(
     augmentation = Augmentation(dc.region_drop, dc.token_prob, crop_scale=dc.crop_scale)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     per_epoch = steps_per_epoch(len(dataset), tc.batch_size, job.world_size)[0]
+    train_data = fingerprint(train_split)
     step = state.epoch * per_epoch
     log = run.start(config, state.epoch, resume_step=step) if job.is_main else None
     show_progress = progress and job.is_main and sys.stderr.isatty()
@@ -266,7 +281,7 @@ def _train(
             if job.is_main:
                 last_step = step - 1  # of this epoch: the evaluation is logged with it
                 best = _finish_epoch(
-                    run, log, model, vocab, dev_split, config, state, clock, last_step
+                    run, log, model, vocab, dev_split, config, state, clock, last_step, train_data
                 )
             state.best_rsum, state.best_epoch = job.from_main(best)  # the others wait for rank 0
             state.epoch = epoch + 1
@@ -336,6 +351,7 @@ def _finish_epoch(
     state: TrainState,
     clock: _EpochClock,
     step: int,
+    train_data: dict[str, Any],
 ) -> tuple[float, int]:
     """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum, epoch."""
     epoch = state.epoch
@@ -347,7 +363,12 @@ def _finish_epoch(
     )  # as logged, so the checkpoint, the log and the choice of the best agree
     log.write({"type": "eval", "epoch": epoch, "step": step, "split": dev_split.name, **metrics})
     is_best = state.finish_epoch(metrics["rsum"])
-    meta = {"config": config.to_dict(), "epoch": epoch, "dev_metrics": metrics}
+    meta = {
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "dev_metrics": metrics,
+        "train_data": train_data,
+    }
     run.save_epoch(epoch, model, vocab, meta, state.state_dict(), is_best)
     print(
         f"epoch {epoch + 1}/{config.train.epochs}  dev rSum {metrics['rsum']:.1f}  "

@@ -25,6 +25,7 @@ from selhn.data.layout import (
 )
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.extras import require
+from selhn.textfiles import read_lines
 
 
 def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None) -> Tensor:
@@ -119,7 +120,7 @@ def open_image_split(root: str | Path, split: str, image_size: int, cells: int =
             "(written by selhn data images or selhn features)"
         )
     files = []
-    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_lines(listing), start=1):
         name = line.strip()
         path = root / name  # an absolute name replaces root
         if not name or not path.is_file():

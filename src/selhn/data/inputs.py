@@ -6,6 +6,8 @@ A model says which images it reads (``RegionFeatures`` or ``ImageFiles``); ``ope
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,3 +81,18 @@ class ImageFiles:
 
 
 ImageInput = RegionFeatures | ImageFiles
+
+
+def fingerprint(split: Split) -> dict[str, Any]:
+    """What identifies a split's contents without reading its images: its name, sizes, feature
+    channels and a SHA-256 of its captions, the image of each caption and the image files."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([split.captions, split.image_files()]).encode())
+    digest.update(np.ascontiguousarray(split.caption_to_image(), dtype=np.int64).tobytes())
+    return {
+        "split": split.name,
+        "images": split.num_images,
+        "captions": len(split.captions),
+        "feature_dim": split.feature_dim,
+        "sha256": digest.hexdigest(),
+    }

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selhn.textfiles import read_lines
+
 SPLIT_ALIASES = {"val": "dev"}
 
 
@@ -25,7 +27,7 @@ def split_name(split: str) -> str:
 def read_captions(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: caption file not found")
-    captions = path.read_text(encoding="utf-8").splitlines()
+    captions = read_lines(path)
     for line, caption in enumerate(captions, start=1):
         if not caption.strip():
             raise ValueError(f"{path}:{line}: empty caption")
@@ -58,7 +60,7 @@ def caption_images(
 
 
 def _read_caption_images(path: Path, num_captions: int, num_images: int) -> np.ndarray:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_lines(path)
     if len(lines) != num_captions:
         raise ValueError(f"{path}: {len(lines)} lines, expected one per caption ({num_captions})")
     owners = np.empty(num_captions, dtype=np.int64)

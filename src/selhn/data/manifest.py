@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selhn.data.layout import SPLIT_ALIASES
+from selhn.textfiles import read_lines, read_text
 
 SPLITS = ("train", "dev", "test")
 SPLIT_NAMES = {**{s: s for s in SPLITS}, **SPLIT_ALIASES, "restval": "train"}
@@ -52,7 +53,7 @@ def read_manifest(path: str | Path, images: str | Path | None = None) -> list[Im
     path = Path(path)
     root = Path(images) if images is not None else path.parent
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         source = f"{path}:{number}"
@@ -74,7 +75,7 @@ def read_karpathy(path: str | Path, images: str | Path) -> list[ImageRecord]:
     (Flickr30K: ``filename``) is relative to. Captions are the sentences' ``raw`` text."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
         entries = data["images"]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(

@@ -13,6 +13,7 @@ from torch import Tensor
 from selhn.data.augment import Augmentation
 from selhn.data.batch import pad_regions
 from selhn.data.layout import caption_images, images_path, read_captions, split_name, write_captions
+from selhn.textfiles import read_lines
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PrecompSplit:
     def image_files(self) -> list[str] | None:
         """The image file of each image, where ``selhn features`` listed them."""
         path = images_path(self.features_path.parent, self.name)
-        return path.read_text(encoding="utf-8").splitlines() if path.exists() else None
+        return read_lines(path) if path.exists() else None
 
     def image(self, index: int) -> np.ndarray:
         """(K, F) float32 regions of one image, checked to be finite."""

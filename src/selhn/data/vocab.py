@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from selhn.textfiles import read_text
+
 PAD, START, END, UNK, MASK = "<pad>", "<start>", "<end>", "<unk>", "<mask>"
 SPECIALS = (PAD, START, END, UNK, MASK)
 
@@ -97,12 +99,17 @@ class Vocabulary:
         """Load a vocabulary written by ``save`` or by SCAN (``word2idx``, ``idx2word``)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
             word2idx = data["word2idx"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(
                 f"{path}: not a vocabulary JSON with a 'word2idx' mapping ({err})"
             ) from err
+        if not isinstance(word2idx, dict) or not all(
+            isinstance(w, str) and isinstance(i, int) and not isinstance(i, bool)
+            for w, i in word2idx.items()
+        ):
+            raise ValueError(f"{path}: 'word2idx' must map each word to an integer id")
         order = sorted(word2idx.items(), key=lambda item: item[1])
         if [i for _, i in order] != list(range(len(order))):
             raise ValueError(f"{path}: 'word2idx' ids must be 0..{len(order) - 1} without gaps")

@@ -35,7 +35,15 @@ class _FeatureMaps(nn.Module):
 def grid_shape(backbone: nn.Module, image_size: int) -> tuple[int, int]:
     """(cells, channels) of a backbone's grid at this square input size (one probe image)."""
     device = next(backbone.parameters()).device
-    grid = backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+    try:
+        grid = backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+    except RuntimeError as err:
+        if image_size >= 64:
+            raise
+        raise ValueError(
+            f"image size {image_size} px is too small for the backbone (its layers need at "
+            "least 32 px; 224 is the usual size)"
+        ) from err
     return grid.shape[2] * grid.shape[3], grid.shape[1]
 
 
