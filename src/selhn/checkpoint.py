@@ -10,6 +10,7 @@ atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -115,7 +116,7 @@ def load_model(
         model = cls(cls.Settings(**settings))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config}: {err}") from err
-    state = _load_tensors(directory / WEIGHTS, "the model's weights")
+    state = load_tensors(directory / WEIGHTS, "the model's weights")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -134,10 +135,19 @@ def load_model(
 
 def load_extra(directory: str | Path, name: str) -> Any:
     """An object that ``save_model`` stored beside the weights (``extra``)."""
-    return _load_tensors(Path(directory) / f"{name}.pt", f"the saved {name}")
+    return load_tensors(Path(directory) / f"{name}.pt", f"the saved {name}")
 
 
-def _load_tensors(path: Path, what: str) -> Any:
+def weights_sha256(directory: str | Path) -> str:
+    """SHA-256 of a model directory's weights file: which trained model made something."""
+    digest = hashlib.sha256()
+    with (Path(directory) / WEIGHTS).open("rb") as weights:
+        while block := weights.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_tensors(path: Path, what: str) -> Any:
     """``torch.load`` of a file written by ``save_model``; an unreadable one raises ValueError."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found ({what})")

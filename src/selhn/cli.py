@@ -234,16 +234,40 @@ def _encoded_split(args: argparse.Namespace):
     model, vocab, _ = load_model(args.checkpoint, device)
     split = split_for(model, args.data, args.split)
     if getattr(args, "embeddings", None):
-        saved = torch.load(args.embeddings, weights_only=True)
-        img_emb, txt_emb = saved["images"], saved["captions"]
-        if img_emb.shape[0] != split.num_images or txt_emb.shape[0] != len(split.captions):
-            raise ValueError(
-                f"{args.embeddings}: {img_emb.shape[0]} images and {txt_emb.shape[0]} captions, "
-                f"but split {split.name} has {split.num_images} and {len(split.captions)}"
-            )
+        img_emb, txt_emb = _saved_embeddings(Path(args.embeddings), args.checkpoint, split)
     else:
         img_emb, txt_emb = encode_split(model, split, vocab, args.batch_size, device)
     return model, vocab, split, img_emb, txt_emb
+
+
+def _made_by(checkpoint: str, split) -> dict[str, Any]:
+    """What an embeddings file records of its origin: the model's weights and the split."""
+    from selhn.checkpoint import weights_sha256
+    from selhn.data.inputs import fingerprint
+
+    return {"weights_sha256": weights_sha256(checkpoint), "split": fingerprint(split)}
+
+
+def _saved_embeddings(path: Path, checkpoint: str, split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embeddings of a ``selhn encode`` file, checked to come from this model and split."""
+    from selhn.checkpoint import load_tensors
+
+    saved = load_tensors(path, "embeddings written by selhn encode")
+    if not isinstance(saved, dict) or "made_by" not in saved:
+        raise ValueError(f"{path}: not a file of selhn encode (no 'made_by' record); encode again")
+    made_by = _made_by(checkpoint, split)
+    if saved["made_by"]["weights_sha256"] != made_by["weights_sha256"]:
+        raise ValueError(
+            f"{path}: encoded by another model (checkpoint {saved.get('checkpoint')}), not by "
+            f"{checkpoint}; encode again with this checkpoint"
+        )
+    if saved["made_by"]["split"] != made_by["split"]:
+        was = saved["made_by"]["split"]
+        raise ValueError(
+            f"{path}: encodes another split ({was['split']}: {was['images']} images, "
+            f"{was['captions']} captions) than {split.name} of this data directory; encode again"
+        )
+    return saved["images"], saved["captions"]
 
 
 def _cmd_encode(args: argparse.Namespace) -> None:
@@ -256,6 +280,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
             "caption_to_image": torch.from_numpy(split.caption_to_image()),
             "split": split.name,
             "checkpoint": str(args.checkpoint),
+            "made_by": _made_by(args.checkpoint, split),
         },
         args.out,
     )
@@ -264,13 +289,20 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> None:
     from selhn.data.batch import pad_tokens
+    from selhn.data.vocab import Vocabulary
     from selhn.retrieval import top_k
 
     if args.backend == "faiss":
         require("faiss", "--backend faiss")
     model, vocab, split, img_emb, txt_emb = _encoded_split(args)
     owner = split.caption_to_image()
+    warnings = []
     if args.query is not None:
+        if not args.query.strip():
+            raise ValueError("--query is empty; give a caption to search for")
+        unknown = vocab.unknown_words(args.query) if isinstance(vocab, Vocabulary) else []
+        if unknown:
+            warnings.append(f"words the model does not know, read as <unk>: {', '.join(unknown)}")
         tokens, lengths = pad_tokens([vocab.encode(args.query)])
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -304,10 +336,18 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if args.json:
         print(
             json.dumps(
-                {"query": args.query, "image_index": args.image_index, "hits": hits}, indent=2
+                {
+                    "query": args.query,
+                    "image_index": args.image_index,
+                    "hits": hits,
+                    "warnings": warnings,
+                },
+                indent=2,
             )
         )
         return
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(header)
     for rank, hit in enumerate(hits, start=1):
         where = f"image {hit['image']}" if "image" in hit else f"caption {hit['caption_index']}"

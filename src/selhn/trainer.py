@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from selhn.config import Config
 from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
+from selhn.data.caption_checks import caption_warnings
 from selhn.data.datasets import PairDataset
 from selhn.data.inputs import Split, fingerprint
 from selhn.data.vocab import TextVocabulary
@@ -242,6 +243,11 @@ def _train(
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     per_epoch = steps_per_epoch(len(dataset), tc.batch_size, job.world_size)[0]
     train_data = fingerprint(train_split)
+    warnings = (
+        caption_warnings(train_split.captions, train_split.captions_path, vocab)
+        if job.is_main
+        else []
+    )
     step = state.epoch * per_epoch
     log = run.start(config, state.epoch, resume_step=step) if job.is_main else None
     show_progress = progress and job.is_main and sys.stderr.isatty()
@@ -250,6 +256,8 @@ def _train(
             model, device, job, train_split, dev_split, per_epoch, config, run, state
         )
         print(summary, flush=True)
+        for warning in warnings:
+            print(f"warning: {warning}", flush=True)
     network = None
     clock = _EpochClock(tc.epochs)
     try:

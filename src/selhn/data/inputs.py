@@ -25,6 +25,7 @@ class Split(Protocol):
 
     name: str
     captions: list[str]
+    captions_path: Path  # where the captions were read
     caption_images: np.ndarray  # (N_captions,) image index of each caption
 
     @property

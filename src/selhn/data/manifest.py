@@ -67,6 +67,7 @@ def read_manifest(path: str | Path, images: str | Path | None = None) -> list[Im
         records.append(_record(image, entry.get("captions"), entry.get("split"), source))
     if not records:
         raise ValueError(f"{path}: no images")
+    _check_unique(records)
     return records
 
 
@@ -94,7 +95,22 @@ def read_karpathy(path: str | Path, images: str | Path) -> list[ImageRecord]:
         records.append(_record(image, captions, entry.get("split"), source))
     if not records:
         raise ValueError(f"{path}: no images")
+    _check_unique(records)
     return records
+
+
+def _check_unique(records: list[ImageRecord]) -> None:
+    """An image listed twice would be two images to the evaluation: each counts the other as a
+    wrong answer."""
+    first: dict[Path, str] = {}
+    for record in records:
+        key = record.image.resolve()
+        if key in first:
+            raise ValueError(
+                f"{record.source}: image {record.image} is already listed at {first[key]}; "
+                "list each image once, with all its captions"
+            )
+        first[key] = record.source
 
 
 def by_split(records: list[ImageRecord]) -> dict[str, list[ImageRecord]]:

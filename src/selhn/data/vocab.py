@@ -75,6 +75,10 @@ class Vocabulary:
     def __call__(self, word: str) -> int:
         return self.word2idx.get(word, self.word2idx[UNK])
 
+    def unknown_words(self, caption: str) -> list[str]:
+        """The caption's words that are not in the vocabulary (each read as ``<unk>``)."""
+        return [word for word in tokenize(caption) if word not in self.word2idx]
+
     def encode(self, caption: str) -> list[int]:
         """``<start>`` + token ids + ``<end>``."""
         return [self.word2idx[START], *map(self, tokenize(caption)), self.word2idx[END]]
