@@ -4,20 +4,61 @@ import pytest
 from torch.utils.data import DataLoader, DistributedSampler
 
 from selhn.config import load_config
-from selhn.schedule import EpochPlan, plan_epoch, steps_per_epoch
+from selhn.schedule import EpochPlan, make_schedule, plan_epoch, steps_per_epoch
 
 
 def test_the_plan_of_each_epoch():
-    settings = {"train.lr": 1e-3, "train.lr_decay_epoch": 2, "loss.name": "hardest"}
-    settings |= {"loss.warmup_epochs": 1, "train.backbone_frozen_epochs": 3}
-    config = load_config(None, settings)
+    settings = {"loss.name": "hardest", "loss.warmup_epochs": 1}
+    config = load_config(None, {**settings, "train.backbone_frozen_epochs": 3})
     plans = [plan_epoch(config.train, config.loss, epoch) for epoch in range(4)]
     assert plans == [
-        EpochPlan(1e-3, "all", False),
-        EpochPlan(1e-3, "hardest", False),
-        EpochPlan(1e-3 * 0.1, "hardest", False),
-        EpochPlan(1e-3 * 0.1, "hardest", True),
+        EpochPlan("all", False),
+        EpochPlan("hardest", False),
+        EpochPlan("hardest", False),
+        EpochPlan("hardest", True),
     ]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "epochs", "warmup", "decay", "patience"),
+    [
+        # 652 pairs, batch 128: 6 steps an epoch; 3000 steps need 500 epochs, at most 300
+        (652, 300, 90, 900, 30),
+        # 20,000 pairs: 157 steps an epoch; 3000 steps need 20 epochs, at least 30
+        (20_000, 30, 236, 2355, 5),
+        # 5,000 pairs: 40 an epoch, 75 epochs = 3000 steps
+        (5_000, 75, 150, 1500, 8),
+    ],
+)
+def test_the_rule_fits_the_data(pairs, epochs, warmup, decay, patience):
+    schedule = make_schedule(load_config().train, pairs)
+    assert (schedule.epochs, schedule.warmup_steps) == (epochs, warmup)
+    assert (schedule.decay_step, schedule.patience) == (decay, patience)
+    assert len(schedule.chosen) == 4  # every choice is explained
+    lr = 5e-4
+    assert schedule.lr(0) == pytest.approx(lr / warmup)  # warm-up: linear from lr / warmup
+    assert schedule.lr(warmup // 2 - 1) == pytest.approx(lr * 0.5)
+    assert schedule.lr(warmup - 1) == schedule.lr(warmup) == lr
+    assert schedule.lr(decay - 1) == lr and schedule.lr(decay) == pytest.approx(lr * 0.1)
+
+
+def test_the_paper_schedule_is_the_epoch_rule_of_0_1_0():
+    config = load_config("paper")
+    schedule = make_schedule(config.train, 1000)
+    per_epoch = 8  # 1000 pairs at 128
+    assert (schedule.steps_per_epoch, schedule.epochs, schedule.patience) == (per_epoch, 30, 0)
+    assert schedule.chosen == ()  # nothing left to the rule
+    for step in range(schedule.total_steps):
+        epoch = step // per_epoch
+        assert schedule.lr(step) == 5e-4 * (0.1 if epoch >= 15 else 1.0), step
+
+
+def test_given_values_are_kept():
+    overrides = {"train.epochs": 7, "train.warmup_steps": 3, "train.patience": 0}
+    config = load_config(None, {**overrides, "train.lr_decay_epoch": 2, "train.lr": 1e-3})
+    schedule = make_schedule(config.train, 100)  # 1 step an epoch
+    assert (schedule.epochs, schedule.warmup_steps, schedule.decay_step) == (7, 3, 2)
+    assert [schedule.lr(s) for s in range(4)] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-4, 1e-4])
 
 
 @pytest.mark.parametrize("pairs", [16, 17, 31, 33, 40])

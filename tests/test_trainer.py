@@ -23,6 +23,9 @@ TINY = {
     "train.batch_size": 16,
     "train.lr": 2e-3,
     "train.log_every": 1,
+    "train.warmup_steps": 0,  # a constant learning rate: the loop's tests need no schedule
+    "train.lr_decay_epoch": 100,
+    "train.patience": 0,
 }
 
 
@@ -254,3 +257,38 @@ def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
         load_config(None, {**settings, "train.epochs": 2}), data, part, resume=True, progress=False
     )
     assert read_log(part) == read_log(tmp_path / "whole")
+
+
+def test_training_stops_early_and_stays_stopped(data, tmp_path, capsys, monkeypatch):
+    from selhn import trainer as trainer_module
+    from selhn.checkpoint import read_meta
+
+    rsums = iter([100.0, 120.0, 110.0, 115.0, 90.0, 200.0])
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *args, **kwargs: {"rsum": next(rsums)})
+    config = load_config(None, {**TINY, "train.epochs": 6, "train.patience": 2})
+    run = tmp_path / "run"
+    # the best is epoch 2; epochs 3 and 4 do not beat it: training ends after epoch 4
+    assert train(config, data, run, progress=False) == {
+        "best_epoch": 1,
+        "best_rsum": 120.0,
+        "epochs": 4,
+    }
+    assert "stopping early: dev rSum has not improved for 2 epochs" in capsys.readouterr().out
+    assert read_meta(run / "last")["finished"] and read_meta(run / "last")["epoch"] == 3
+    assert (run / "best").resolve().name == "epoch-001"
+    assert train(config, data, run, resume=True, progress=False)["epochs"] == 4  # nothing more
+    assert [r["epoch"] for r in read_log(run)[1]] == [0, 1, 2, 3]
+
+
+def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
+    """``--config paper``: 30 epochs, batch 128, the learning rate x0.1 from epoch 15, no
+    warm-up and no early stop, whatever dev rSum does (small sizes for the test's speed)."""
+    sizes = {"model.embed_size": 32, "model.word_dim": 16, "model.mlp_hidden": 16}
+    config = load_config("paper", {**sizes, "train.log_every": 1})
+    train(config, data, tmp_path / "run", progress=False)
+    steps, evals = read_log(tmp_path / "run")
+    assert [r["step"] for r in steps] == list(range(30 * 3))  # 320 captions: 3 batches an epoch
+    assert [r["epoch"] for r in steps] == [step // 3 for step in range(90)]
+    assert [r["lr"] for r in steps] == [5e-4 * (0.1 if r["epoch"] >= 15 else 1) for r in steps]
+    assert {r["objective"] for r in steps} == {"selhn"}
+    assert [r["epoch"] for r in evals] == list(range(30))

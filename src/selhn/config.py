@@ -52,13 +52,18 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (the defaults are the release's recipe, docs/method.md)."""
+    """Optimisation. Keys left None are chosen from the data by the schedule's rule
+    (docs/training.md); ``--config paper`` sets them all to the paper's recipe."""
 
-    epochs: int = 30  # passes over the training captions
+    epochs: int | None = None  # passes over the training captions; None: from the data
     batch_size: int = 128  # the global batch: under torchrun, split evenly over the processes
     lr: float = 5e-4  # AdamW learning rate (times each optimiser group's lr_scale)
-    lr_decay_epoch: int = 15  # the learning rate is multiplied by lr_decay from this epoch on
-    lr_decay: float = 0.1  # learning-rate factor from lr_decay_epoch on
+    warmup_steps: int | None = None  # steps of linear learning-rate warm-up; None: 5% of all
+    lr_decay_epoch: int | None = None  # the learning rate is multiplied by lr_decay from this
+    # epoch on; None: from half of all steps
+    lr_decay: float = 0.1  # learning-rate factor after the decay point
+    patience: int | None = None  # epochs without a better dev rSum before training stops
+    # early (0: never); None: 10% of the epochs, at least 5
     weight_decay: float = 0.01  # AdamW weight decay (none for a learned loss temperature)
     grad_clip: float = 2.0  # max gradient norm over all parameters (a learned loss temperature
     # included); 0 disables
@@ -161,7 +166,11 @@ class Config:
             (self.loss.epsilon >= 0, "loss.epsilon", ">= 0"),
             (self.loss.warmup_epochs >= 0, "loss.warmup_epochs", ">= 0"),
             (self.loss.temperature > 0, "loss.temperature", "> 0"),
-            (self.train.epochs >= 1, "train.epochs", ">= 1"),
+            (_none_or(self.train.epochs, 1), "train.epochs", "None or >= 1"),
+            (_none_or(self.train.warmup_steps, 0), "train.warmup_steps", "None or >= 0"),
+            (_none_or(self.train.lr_decay_epoch, 0), "train.lr_decay_epoch", "None or >= 0"),
+            (_none_or(self.train.patience, 0), "train.patience", "None or >= 0"),
+            (0 < self.train.lr_decay <= 1, "train.lr_decay", "in (0, 1]"),
             (self.train.batch_size >= 2, "train.batch_size", ">= 2"),
             (self.train.lr > 0, "train.lr", "> 0"),
             (self.train.grad_clip >= 0, "train.grad_clip", ">= 0"),
@@ -191,6 +200,12 @@ class Config:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _none_or(value: int | None, minimum: int) -> bool:
+    return value is None or value >= minimum
+
+
 INFINITE_ALLOWED = ("loss.epsilon",)  # SelHN with an infinite gap threshold: always hardest
 
 

@@ -41,8 +41,12 @@ def parse_losses(text: str) -> list[str]:
     return losses
 
 
-def _finished(run: Path, epochs: int) -> bool:
-    return (run / "last").exists() and read_meta(run / "last")["epoch"] == epochs - 1
+def _finished(run: Path, epochs: int | None) -> bool:
+    """Whether a run's schedule is done (runs of selhn 0.1.0: all ``epochs`` trained)."""
+    if not (run / "last").exists():
+        return False
+    meta = read_meta(run / "last")
+    return meta["finished"] if "finished" in meta else meta["epoch"] + 1 == epochs
 
 
 def _test_metrics(run: Path, data: Path, split: str, device_name: str) -> dict[str, float]:

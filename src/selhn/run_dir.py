@@ -112,6 +112,7 @@ def _current_state(state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
 # what it computes (model, loss, data, optimisation), which the checkpoint holds.
 RESUMABLE = (
     "train.epochs",
+    "train.patience",
     "train.device",
     "train.eval_batch_size",
     "train.log_every",

@@ -19,6 +19,7 @@ class TrainState:
     epoch: int = 0  # the next epoch to train
     best_rsum: float = -math.inf
     best_epoch: int = -1
+    stopped: bool = False  # stopped early: dev rSum stopped improving
 
     def finish_epoch(self, rsum: float) -> bool:
         """Record the dev rSum of the epoch just trained; True if it is the best so far."""
@@ -36,6 +37,7 @@ class TrainState:
             "epoch": self.epoch,
             "best_rsum": self.best_rsum,
             "best_epoch": self.best_epoch,
+            "stopped": self.stopped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -43,3 +45,4 @@ class TrainState:
         self.objective.losses.load_state_dict(state["losses"])
         self.epoch = state["epoch"]
         self.best_rsum, self.best_epoch = state["best_rsum"], state["best_epoch"]
+        self.stopped = state.get("stopped", False)  # not saved before early stopping existed

@@ -38,7 +38,7 @@ from selhn.models.registry import create_model, model_class
 from selhn.objective import TrainingObjective, make_loss
 from selhn.retrieval import evaluate
 from selhn.run_dir import RunDirectory, RunLog, check_resumable, rounded, saved_config
-from selhn.schedule import plan_epoch, steps_per_epoch
+from selhn.schedule import Schedule, make_schedule, plan_epoch, steps_per_epoch
 from selhn.train_state import TrainState
 
 
@@ -241,30 +241,28 @@ def _train(
         state.load_state_dict(saved)
     augmentation = Augmentation(dc.region_drop, dc.token_prob, crop_scale=dc.crop_scale)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
-    per_epoch = steps_per_epoch(len(dataset), tc.batch_size, job.world_size)[0]
+    schedule = make_schedule(tc, len(dataset), job.world_size)
     train_data = fingerprint(train_split)
     warnings = (
         caption_warnings(train_split.captions, train_split.captions_path, vocab)
         if job.is_main
         else []
     )
-    step = state.epoch * per_epoch
+    step = state.epoch * schedule.steps_per_epoch
     log = run.start(config, state.epoch, resume_step=step) if job.is_main else None
     show_progress = progress and job.is_main and sys.stderr.isatty()
     if job.is_main:
-        summary = _summary(
-            model, device, job, train_split, dev_split, per_epoch, config, run, state
-        )
+        summary = _summary(model, device, job, train_split, dev_split, schedule, config, run, state)
         print(summary, flush=True)
         for warning in warnings:
             print(f"warning: {warning}", flush=True)
     network = None
-    clock = _EpochClock(tc.epochs)
+    clock = _EpochClock(schedule.epochs)
     try:
-        for epoch in range(state.epoch, tc.epochs):
+        for epoch in range(state.epoch, schedule.epochs):
+            if state.stopped:
+                break
             plan = plan_epoch(tc, lc, epoch)
-            for group in state.optimizer.param_groups:
-                group["lr"] = plan.lr * group.get("lr_scale", 1.0)
             changed = model.set_backbone_trainable(plan.backbone_trainable)
             changed |= objective.use(plan.objective)
             if changed or network is None:
@@ -275,11 +273,14 @@ def _train(
             for batch in _progress(loader, epoch, show_progress):
                 if lc.mask_same_image:  # captions of one image: encode the image once
                     batch = batch.one_row_per_image()
+                lr = schedule.lr(step)
+                for group in state.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 values = train_step(
                     network, objective, model, state.optimizer, batch.to(device), tc.grad_clip
                 )
                 if step % tc.log_every == 0:  # .item() synchronises with the device
-                    record = {"type": "step", "epoch": epoch, "step": step, "lr": plan.lr}
+                    record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
                     record |= {"objective": plan.objective, **phase}
                     record |= _mean_over_ranks(values, job)
                     if job.is_main:
@@ -289,14 +290,16 @@ def _train(
             if job.is_main:
                 last_step = step - 1  # of this epoch: the evaluation is logged with it
                 best = _finish_epoch(
-                    run, log, model, vocab, dev_split, config, state, clock, last_step, train_data
-                )
-            state.best_rsum, state.best_epoch = job.from_main(best)  # the others wait for rank 0
+                    run, log, model, vocab, dev_split, config, state, clock, last_step, train_data,
+                    schedule,
+                )  # fmt: skip
+            # the others wait for rank 0
+            state.best_rsum, state.best_epoch, state.stopped = job.from_main(best)
             state.epoch = epoch + 1
     finally:
         if job.is_main:
             log.close()
-    return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum}
+    return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum, "epochs": state.epoch}
 
 
 class _EpochClock:
@@ -324,7 +327,7 @@ def _summary(
     job: Distributed,
     train_split: Split,
     dev_split: Split,
-    per_epoch: int,
+    schedule: Schedule,
     config: Config,
     run: RunDirectory,
     state: TrainState,
@@ -341,8 +344,9 @@ def _summary(
         f"training {model.architecture} on {device}{processes}",
         f"  data   train {train_split.num_images} images, {len(train_split.captions)} captions;"
         f" {dev_split.name} {dev_split.num_images} images, {len(dev_split.captions)} captions",
-        f"  steps  {per_epoch} per epoch (global batch {tc.batch_size}), {per_epoch * tc.epochs}"
-        f" in {tc.epochs} epochs",
+        f"  steps  {schedule.steps_per_epoch} per epoch (global batch {tc.batch_size}),"
+        f" {schedule.total_steps} in {schedule.epochs} epochs",
+        f"  plan   {schedule.describe()}".replace("\n", "\n       "),
         f"  model  image encoder {count(model.image_encoder)} parameters, text encoder"
         f" {count(model.text_encoder)}; loss {config.loss.name}",
         f"  run    {run.path} ({start})",
@@ -360,8 +364,10 @@ def _finish_epoch(
     clock: _EpochClock,
     step: int,
     train_data: dict[str, Any],
-) -> tuple[float, int]:
-    """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum, epoch."""
+    schedule: Schedule,
+) -> tuple[float, int, bool]:
+    """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum and its
+    epoch, and whether training stops early here."""
     epoch = state.epoch
     device = next(model.parameters()).device
     metrics = rounded(
@@ -371,16 +377,25 @@ def _finish_epoch(
     )  # as logged, so the checkpoint, the log and the choice of the best agree
     log.write({"type": "eval", "epoch": epoch, "step": step, "split": dev_split.name, **metrics})
     is_best = state.finish_epoch(metrics["rsum"])
+    waited = state.epoch - 1 - state.best_epoch  # epochs since the best one
+    state.stopped = bool(schedule.patience) and waited >= schedule.patience
     meta = {
         "config": config.to_dict(),
         "epoch": epoch,
         "dev_metrics": metrics,
         "train_data": train_data,
+        "finished": state.stopped or state.epoch == schedule.epochs,
     }
     run.save_epoch(epoch, model, vocab, meta, state.state_dict(), is_best)
     print(
-        f"epoch {epoch + 1}/{config.train.epochs}  dev rSum {metrics['rsum']:.1f}  "
+        f"epoch {epoch + 1}/{schedule.epochs}  dev rSum {metrics['rsum']:.1f}  "
         f"(best {state.best_rsum:.1f} at epoch {state.best_epoch + 1})  {clock.lap(epoch)}",
         flush=True,
     )
-    return state.best_rsum, state.best_epoch
+    if state.stopped:
+        print(
+            f"stopping early: dev rSum has not improved for {waited} epochs (best "
+            f"{state.best_rsum:.1f} at epoch {state.best_epoch + 1}; train.patience sets this)",
+            flush=True,
+        )
+    return state.best_rsum, state.best_epoch, state.stopped
