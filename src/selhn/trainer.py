@@ -336,7 +336,9 @@ def _summary(
     tc = config.train
 
     def count(module: nn.Module) -> str:
-        return f"{sum(p.numel() for p in module.parameters()):,}"
+        total = sum(p.numel() for p in module.parameters())
+        learning = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        return f"{total:,}" + (f" ({learning:,} learn)" if learning != total else "")
 
     processes = f", {job.world_size} processes" if job.enabled else ""
     start = f"resuming at epoch {state.epoch + 1}" if state.epoch else "new run"

@@ -3,6 +3,7 @@
 from selhn.models.base import DualEncoder
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.pooling import GPO
+from selhn.models.probe import Probe
 from selhn.models.registry import ARCHITECTURES, build_model, create_model, register_model
 from selhn.models.rvsepp import RVSEPP
 from selhn.models.text import BiGRUTextEncoder
@@ -15,6 +16,7 @@ __all__ = [
     "VSEPP",
     "BiGRUTextEncoder",
     "DualEncoder",
+    "Probe",
     "ResidualRegionEncoder",
     "build_model",
     "create_model",

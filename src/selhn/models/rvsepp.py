@@ -18,10 +18,14 @@ from selhn.models.base import DualEncoder
 from selhn.models.image import GridImageEncoder, ResidualRegionEncoder
 from selhn.models.registry import register_model
 from selhn.models.text import BiGRUTextEncoder
-from selhn.models.transformer import TransformerTextEncoder, WordPieceTokenizer
+from selhn.models.transformer import (
+    TransformerTextEncoder,
+    WordPieceTokenizer,
+    load_tokenizer,
+    save_tokenizer,
+)
 
 TEXT_ENCODERS = ("bigru", "transformer")
-TEXT_MODEL_DIR = "text_model"  # a transformer checkpoint's configuration and tokenizer files
 
 
 @dataclass
@@ -149,8 +153,7 @@ class RVSEPP(DualEncoder):
     def save_vocabulary(self, vocab: TextVocabulary, directory: Path) -> dict[str, Any]:
         if not self.settings.has_tokenizer:
             return super().save_vocabulary(vocab, directory)
-        vocab.save(directory / TEXT_MODEL_DIR)
-        return {**asdict(self.settings), "text_model": TEXT_MODEL_DIR}  # relative to the checkpoint
+        return save_tokenizer(vocab, directory, asdict(self.settings))
 
     @classmethod
     def load_vocabulary(
@@ -158,8 +161,7 @@ class RVSEPP(DualEncoder):
     ) -> tuple[dict[str, Any], TextVocabulary]:
         if settings.get("text_encoder") != "transformer":
             return super().load_vocabulary(settings, directory)
-        text_model = str(directory / TEXT_MODEL_DIR)
-        return {**settings, "text_model": text_model}, WordPieceTokenizer(text_model)
+        return load_tokenizer(settings, directory)
 
     # --- pretrained parts and optimisation ----------------------------------------------------
 

@@ -20,6 +20,7 @@ from selhn.extras import require
 from selhn.models.pooling import GPO, length_mask
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgpack")
+TEXT_MODEL_DIR = "text_model"  # a checkpoint's copy of the configuration and tokenizer files
 
 
 def default_text_model() -> str:
@@ -102,45 +103,76 @@ class TransformerTextEncoder(nn.Module):
 
     def __init__(self, model_dir: str | Path | None = None, embed_size: int = 1024) -> None:
         super().__init__()
-        require("text", "a text transformer", ("transformers",))
-        from transformers import AutoConfig, AutoModel
-
         self.model_dir = model_directory(model_dir)
-        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
-        self.transformer = AutoModel.from_config(config)
-        if getattr(self.transformer, "pooler", None) is not None:
-            self.transformer.pooler = None  # unused: token features are pooled by GPO
-        self.fc = nn.Linear(config.hidden_size, embed_size)
+        self.transformer = build_transformer(self.model_dir)
+        self.fc = nn.Linear(self.transformer.config.hidden_size, embed_size)
         self.pool = GPO()
         self.cls_id, self.sep_id = WordPieceTokenizer(self.model_dir).boundary_ids()
 
     def load_pretrained(self) -> None:
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-
-        shown = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no third-party "Loading weights" bar in selhn's output
-        try:
-            pretrained = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
-        finally:
-            if shown:
-                hf_logging.enable_progress_bar()
-        pretrained = pretrained.state_dict()
-        own = self.transformer.state_dict()
-        missing = [key for key in own if key not in pretrained]
-        if missing:
-            raise ValueError(f"{self.model_dir}: the weights lack {missing[:3]}")
-        self.transformer.load_state_dict({key: pretrained[key] for key in own})
+        load_pretrained_transformer(self.transformer, self.model_dir)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """(B, T) piece ids (no special tokens), (B,) lengths -> (B, embed_size) unit vectors."""
-        batch, width = tokens.shape
-        full = lengths + 2
-        mask = length_mask(full, width + 2)
-        ids = torch.zeros(batch, width + 2, dtype=torch.long, device=tokens.device)
-        ids[:, 1:-1] = tokens
-        ids[:, 0] = self.cls_id
-        ids[torch.arange(batch, device=tokens.device), lengths + 1] = self.sep_id
-        ids = ids * mask  # padding: id 0 under a zero attention mask
+        ids, mask = with_boundaries(tokens, lengths, self.cls_id, self.sep_id)
         hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return F.normalize(self.pool(self.fc(hidden), full), dim=-1)
+        return F.normalize(self.pool(self.fc(hidden), lengths + 2), dim=-1)
+
+
+def build_transformer(model_dir: Path) -> nn.Module:
+    """The transformer of ``model_dir``'s configuration, freshly initialised, without a pooler
+    (its token features are pooled by the caller)."""
+    require("text", "a text transformer", ("transformers",))
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    transformer = AutoModel.from_config(config)
+    if getattr(transformer, "pooler", None) is not None:
+        transformer.pooler = None
+    return transformer
+
+
+def with_boundaries(
+    tokens: Tensor, lengths: Tensor, first_id: int, last_id: int
+) -> tuple[Tensor, Tensor]:
+    """(B, T + 2) ids ``[CLS] pieces [SEP]`` (0 after the end) and their (B, T + 2) bool mask."""
+    batch, width = tokens.shape
+    mask = length_mask(lengths + 2, width + 2)
+    ids = torch.zeros(batch, width + 2, dtype=torch.long, device=tokens.device)
+    ids[:, 1:-1] = tokens
+    ids[:, 0] = first_id
+    ids[torch.arange(batch, device=tokens.device), lengths + 1] = last_id
+    return ids * mask, mask  # padding: id 0 under a zero attention mask
+
+
+def load_pretrained_transformer(transformer: nn.Module, model_dir: Path) -> None:
+    """Load ``model_dir``'s weights into ``transformer`` (built from its configuration)."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no third-party "Loading weights" bar in selhn's output
+    try:
+        pretrained = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    pretrained = pretrained.state_dict()
+    own = transformer.state_dict()
+    missing = [key for key in own if key not in pretrained]
+    if missing:
+        raise ValueError(f"{model_dir}: the weights lack {missing[:3]}")
+    transformer.load_state_dict({key: pretrained[key] for key in own})
+
+
+def save_tokenizer(tokenizer: WordPieceTokenizer, directory: Path, settings: dict) -> dict:
+    """Write the tokenizer into a checkpoint; return ``settings`` with ``text_model`` pointing
+    at the copy (relative to the checkpoint)."""
+    tokenizer.save(directory / TEXT_MODEL_DIR)
+    return {**settings, "text_model": TEXT_MODEL_DIR}
+
+
+def load_tokenizer(settings: dict, directory: Path) -> tuple[dict, WordPieceTokenizer]:
+    """(settings with ``text_model`` the checkpoint's copy, tokenizer) of a checkpoint."""
+    text_model = str(directory / TEXT_MODEL_DIR)
+    return {**settings, "text_model": text_model}, WordPieceTokenizer(text_model)

@@ -1,0 +1,133 @@
+"""A linear probe: the baseline that shows whether a full model earns its keep.
+
+Frozen pooled image features (the mean of the regions or grid cells of ``selhn features``) and
+frozen sentence embeddings of the pretrained text transformer (the mean of its token features,
+as all-MiniLM-L6-v2 is used for sentences), each mapped into the joint space by one linear layer.
+Only the two linear layers learn, so it trains in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selhn.data.vocab import TextVocabulary
+from selhn.extras import EXTRAS
+from selhn.models.base import DualEncoder
+from selhn.models.pooling import length_mask
+from selhn.models.registry import register_model
+from selhn.models.transformer import (
+    WordPieceTokenizer,
+    build_transformer,
+    load_pretrained_transformer,
+    load_tokenizer,
+    model_directory,
+    save_tokenizer,
+    with_boundaries,
+)
+
+
+@dataclass
+class ProbeSettings:
+    """Everything Probe is built from."""
+
+    architecture: str = "probe"  # the registered model
+    vocab_size: int | None = None  # from the data: pieces of the tokenizer
+    img_dim: int | None = 2048  # from the data: channels per region
+    embed_size: int = 1024  # joint embedding dimension
+    text_model: str | None = None  # local Hugging Face model directory; None: the packaged
+    # all-MiniLM-L6-v2 (text extra)
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return True
+
+    def extras(self, pretrained: bool = True) -> dict[str, tuple[str, ...]]:
+        """The optional packages these settings need (the packaged text model only for a new
+        model that names no other)."""
+        return {"text": EXTRAS["text"] if pretrained and not self.text_model else ("transformers",)}
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [(self.embed_size >= 1, "embed_size", ">= 1")]
+
+
+class PooledImageProbe(nn.Module):
+    """Mean of the valid regions -> Linear -> L2 norm."""
+
+    def __init__(self, img_dim: int, embed_size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(img_dim, embed_size)
+
+    def forward(self, regions: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
+        if lengths is None:
+            return F.normalize(self.fc(regions.mean(dim=1)), dim=-1)
+        mask = length_mask(lengths, regions.shape[1])[..., None]
+        pooled = (regions * mask).sum(dim=1) / lengths[:, None]
+        return F.normalize(self.fc(pooled), dim=-1)
+
+
+class SentenceProbe(nn.Module):
+    """Frozen transformer -> mean of its token features -> Linear -> L2 norm."""
+
+    def __init__(self, model_dir: str | Path | None, embed_size: int) -> None:
+        super().__init__()
+        self.model_dir = model_directory(model_dir)
+        self.transformer = build_transformer(self.model_dir).requires_grad_(False)
+        self.fc = nn.Linear(self.transformer.config.hidden_size, embed_size)
+        self.cls_id, self.sep_id = WordPieceTokenizer(self.model_dir).boundary_ids()
+
+    def train(self, mode: bool = True) -> SentenceProbe:
+        super().train(mode)
+        self.transformer.eval()  # frozen: no dropout either
+        return self
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T) piece ids (no special tokens), (B,) lengths -> (B, embed_size) unit vectors."""
+        ids, mask = with_boundaries(tokens, lengths, self.cls_id, self.sep_id)
+        with torch.no_grad():
+            hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            weights = mask[..., None].to(hidden.dtype)
+            sentence = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+        return F.normalize(self.fc(sentence), dim=-1)
+
+
+@register_model
+class Probe(DualEncoder):
+    """Frozen pooled features and sentence embeddings, one linear map per side."""
+
+    architecture = "probe"
+    Settings = ProbeSettings
+    settings: ProbeSettings
+
+    def __init__(self, settings: ProbeSettings | None = None, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        s = self.settings
+        if s.img_dim is None:
+            raise ValueError("img_dim (region feature channels) is needed")
+        self.image_encoder = PooledImageProbe(s.img_dim, s.embed_size)
+        self.text_encoder = SentenceProbe(s.text_model, s.embed_size)
+
+    @classmethod
+    def make_vocabulary(
+        cls, settings: ProbeSettings, captions: list[str], vocab_file: str | None, min_count: int
+    ) -> TextVocabulary:
+        return WordPieceTokenizer(settings.text_model)
+
+    def save_vocabulary(self, vocab: TextVocabulary, directory: Path) -> dict[str, Any]:
+        return save_tokenizer(vocab, directory, asdict(self.settings))
+
+    @classmethod
+    def load_vocabulary(
+        cls, settings: dict[str, Any], directory: Path
+    ) -> tuple[dict[str, Any], TextVocabulary]:
+        return load_tokenizer(settings, directory)
+
+    def load_pretrained(self, vocab: TextVocabulary) -> list[str]:
+        load_pretrained_transformer(self.text_encoder.transformer, self.text_encoder.model_dir)
+        return [f"loaded the frozen text transformer {self.text_encoder.model_dir}"]
