@@ -84,3 +84,22 @@ def test_the_probe_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
     argv = ["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(data)]
     assert main(argv) == 0
     assert f"rSum {trained:.1f}" in capsys.readouterr().out
+
+
+def test_each_sentence_embedding_is_computed_once(probe, monkeypatch):
+    model, tokenizer = probe
+    model.text_encoder.sentences.clear()
+    tokens, lengths = pad_tokens([tokenizer.encode(c) for c in CAPTIONS])
+    first = model.encode_texts(tokens, lengths)
+    seen = []
+    original = model.text_encoder.embed_sentences
+    monkeypatch.setattr(
+        model.text_encoder, "embed_sentences", lambda t, n: seen.append(len(t)) or original(t, n)
+    )
+    again = model.encode_texts(tokens[[2, 0]], lengths[[2, 0]])
+    torch.testing.assert_close(again, first[[2, 0]])
+    assert seen == []  # both kept from the first call
+    model.encode_texts(*pad_tokens([tokenizer.encode("a dog"), tokenizer.encode("a cat")]))
+    assert seen == [1]  # only the new caption
+    model.load_state_dict(model.state_dict())  # new weights: nothing kept is trusted
+    assert model.text_encoder.sentences == {}

@@ -239,7 +239,8 @@ def _train(
     state = TrainState(objective, torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay))
     if saved is not None:
         state.load_state_dict(saved)
-    augmentation = Augmentation(dc.region_drop, dc.token_prob, crop_scale=dc.crop_scale)
+    token_prob = dc.token_prob if model.AUGMENTS_TEXT else 0.0
+    augmentation = Augmentation(dc.region_drop, token_prob, crop_scale=dc.crop_scale)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     schedule = make_schedule(tc, len(dataset), job.world_size)
     train_data = fingerprint(train_split)

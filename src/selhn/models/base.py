@@ -30,6 +30,8 @@ class DualEncoder(nn.Module):
     architecture: ClassVar[str]
     Settings: ClassVar[type]
     FROM_DATA: ClassVar[tuple[str, ...]] = ("vocab_size", "img_dim")
+    AUGMENTS_TEXT: ClassVar[bool] = True  # whether training perturbs caption tokens
+    # (data.token_prob); a model whose text side is fixed features may say no
     settings: Any
     image_encoder: nn.Module
     text_encoder: nn.Module

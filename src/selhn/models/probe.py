@@ -73,7 +73,11 @@ class PooledImageProbe(nn.Module):
 
 
 class SentenceProbe(nn.Module):
-    """Frozen transformer -> mean of its token features -> Linear -> L2 norm."""
+    """Frozen transformer -> mean of its token features -> Linear -> L2 norm.
+
+    The frozen part gives each caption the same sentence embedding every time, so each is
+    computed once and kept (per distinct caption: training does not perturb the probe's tokens).
+    """
 
     def __init__(self, model_dir: str | Path | None, embed_size: int) -> None:
         super().__init__()
@@ -81,6 +85,9 @@ class SentenceProbe(nn.Module):
         self.transformer = build_transformer(self.model_dir).requires_grad_(False)
         self.fc = nn.Linear(self.transformer.config.hidden_size, embed_size)
         self.cls_id, self.sep_id = WordPieceTokenizer(self.model_dir).boundary_ids()
+        self.sentences: dict[tuple[int, ...], Tensor] = {}  # piece ids -> sentence embedding
+        # new transformer weights make the kept embeddings stale
+        self.register_load_state_dict_post_hook(lambda module, _: module.sentences.clear())
 
     def train(self, mode: bool = True) -> SentenceProbe:
         super().train(mode)
@@ -89,12 +96,24 @@ class SentenceProbe(nn.Module):
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """(B, T) piece ids (no special tokens), (B,) lengths -> (B, embed_size) unit vectors."""
+        keys = [tuple(row[:n]) for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]
+        new = [i for i, key in enumerate(keys) if key not in self.sentences]
+        if new:
+            rows = torch.tensor(new, device=tokens.device)
+            for i, sentence in zip(
+                new, self.embed_sentences(tokens[rows], lengths[rows]), strict=True
+            ):
+                self.sentences[keys[i]] = sentence.cpu()
+        kept = torch.stack([self.sentences[k] for k in keys]).to(self.fc.weight.device)
+        return F.normalize(self.fc(kept), dim=-1)
+
+    @torch.no_grad()
+    def embed_sentences(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """(B, hidden) mean token features of the frozen transformer."""
         ids, mask = with_boundaries(tokens, lengths, self.cls_id, self.sep_id)
-        with torch.no_grad():
-            hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-            weights = mask[..., None].to(hidden.dtype)
-            sentence = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
-        return F.normalize(self.fc(sentence), dim=-1)
+        hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        weights = mask[..., None].to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 @register_model
@@ -102,6 +121,7 @@ class Probe(DualEncoder):
     """Frozen pooled features and sentence embeddings, one linear map per side."""
 
     architecture = "probe"
+    AUGMENTS_TEXT = False
     Settings = ProbeSettings
     settings: ProbeSettings
 
@@ -130,4 +150,5 @@ class Probe(DualEncoder):
 
     def load_pretrained(self, vocab: TextVocabulary) -> list[str]:
         load_pretrained_transformer(self.text_encoder.transformer, self.text_encoder.model_dir)
+        self.text_encoder.sentences.clear()
         return [f"loaded the frozen text transformer {self.text_encoder.model_dir}"]

@@ -1,0 +1,127 @@
+"""selhn on real image-caption sets with default settings, as a user runs it: the full model
+against the probe baseline, over seeds.
+
+For each set of ``benchmarks/real_sets.py``: build it, ``selhn features`` (timed), then for each
+model and seed ``selhn train --data FEATURES --out RUN --seed S`` with no tuning flags (the probe
+adds only ``--architecture probe``), timed, and ``selhn eval`` on the test split. Prints one table
+(test rSum mean ± std, train minutes) and, per set, the full model's rSum over the probe's and its
+time per 1,000 images, features included. ``--losses`` also compares losses on the full model
+with ``selhn experiment``.
+
+Everything is written under ``--work`` and reused: a rerun measures only what is missing.
+
+Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
+           [--models full,probe] [--losses all,hardest,hardest+warmup,selhn,infonce]
+           [--work runs/real_data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from real_sets import build
+
+MODELS = {"full": [], "probe": ["--architecture", "probe"]}
+
+
+def selhn(*argv: str) -> float:
+    """Run ``selhn ARGV``, failing loudly; return its wall time in seconds."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "selhn", *argv], check=True)
+    return time.perf_counter() - started
+
+
+def timed_once(path: Path, work) -> float:
+    """Seconds of ``work()``, recorded in ``path`` so a rerun does not repeat it."""
+    if not path.exists():
+        path.write_text(json.dumps({"seconds": work()}))
+    return json.loads(path.read_text())["seconds"]
+
+
+def prepare(name: str, work: Path) -> tuple[Path, float, int]:
+    """(features directory, seconds to compute them, images) of a set."""
+    manifest = work / name / "images" / "manifest.jsonl"
+    if not manifest.exists():
+        build(name, manifest.parent)
+    features = work / name / "features"
+    seconds = timed_once(
+        work / name / "features_time.json",
+        lambda: selhn("features", "--manifest", str(manifest), "--out", str(features),
+                      "--no-progress"),
+    )  # fmt: skip
+    images = sum(1 for line in manifest.read_text().splitlines() if line.strip())
+    return features, seconds, images
+
+
+def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> dict[str, float]:
+    """Train (if not done), evaluate on test; return test rSum and train seconds."""
+    seconds = timed_once(
+        run.parent / f"{run.name}_time.json",
+        lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
+                      "--no-progress", *flags),
+    )  # fmt: skip
+    report = run.parent / f"{run.name}_test.json"
+    if not report.exists():
+        selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
+              "--json", str(report))  # fmt: skip
+    return {"rsum": json.loads(report.read_text())["metrics"]["rsum"], "seconds": seconds}
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="openclipart,emoji,samples")
+    parser.add_argument("--models", default="full,probe")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--losses", help="also compare these losses (selhn experiment)")
+    parser.add_argument("--work", default="runs/real_data")
+    args = parser.parse_args()
+    work = Path(args.work)
+
+    rows, summary = [], []
+    for name in args.sets.split(","):
+        features, feature_s, images = prepare(name, work)
+        results = {}
+        for model in args.models.split(","):
+            runs = [
+                train_and_test(features, work / name / "runs" / f"{model}-seed{seed}",
+                               MODELS[model], seed)
+                for seed in range(args.seeds)
+            ]  # fmt: skip
+            results[model] = runs
+            rsums = [r["rsum"] for r in runs]
+            minutes = statistics.mean(r["seconds"] for r in runs) / 60
+            rows.append(f"| {name} | {model} | {mean_std(rsums)} | {minutes:.1f} |")
+        if {"full", "probe"} <= results.keys():
+            ratio = statistics.mean(r["rsum"] for r in results["full"]) / statistics.mean(
+                r["rsum"] for r in results["probe"]
+            )
+            full_s = statistics.mean(r["seconds"] for r in results["full"]) + feature_s
+            summary.append(
+                f"{name}: {images} images; full / probe test rSum {ratio:.2f} (target >= 1.10); "
+                f"features {feature_s / 60:.1f} min + full training = "
+                f"{full_s / 60 * 1000 / images:.1f} min per 1,000 images (target <= 10)"
+            )
+        if args.losses:
+            selhn("experiment", "--data", str(features), "--out", str(work / name / "losses"),
+                  "--losses", args.losses, "--seeds", str(args.seeds), "--no-progress")  # fmt: skip
+            print((work / name / "losses" / "results.md").read_text())
+
+    print(f"\n{args.seeds} seeds, default settings, test split")
+    print("| set | model | test rSum | train min |\n|---|---|---|---|")
+    print("\n".join(rows))
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()
