@@ -124,6 +124,9 @@ TINY = [
     "--train.batch_size=16",
     "--train.lr=2e-3",
     "--train.log_every=1",
+    "--train.warmup_steps=0",  # a constant learning rate: no schedule to follow
+    "--train.lr_decay_epoch=100",
+    "--train.patience=0",
     "--no-progress",
 ]
 

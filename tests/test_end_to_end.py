@@ -35,6 +35,9 @@ TINY = {
     "train.eval_batch_size": 32,
     "train.lr": 1e-3,
     "train.log_every": 1,
+    "train.warmup_steps": 0,  # a constant learning rate: no schedule to follow
+    "train.lr_decay_epoch": 100,
+    "train.patience": 0,
 }
 
 

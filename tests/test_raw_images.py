@@ -59,7 +59,8 @@ def test_the_manifest_is_read_with_its_splits_and_caption_counts(samples):
 def test_manifest_errors_name_the_line(samples, tmp_path):
     image = str(samples.parent / "images" / "chelsea.png")
     good = {"image": image, "captions": ["a cat"], "split": "train", "extra": 1}
-    assert len(read_manifest(write_lines(tmp_path / "ok.jsonl", [good, "", good]))) == 2
+    other = {**good, "image": str(samples.parent / "images" / "coffee.png")}
+    assert len(read_manifest(write_lines(tmp_path / "ok.jsonl", [good, "", other]))) == 2
     cases = [
         ({**good, "image": "missing.png"}, r"bad.jsonl:2: image file .*missing.png not found"),
         ({**good, "captions": []}, r"bad.jsonl:2: no captions"),

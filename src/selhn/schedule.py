@@ -50,15 +50,14 @@ class Schedule:
         return lr
 
     def describe(self) -> str:
-        """One line of the schedule and one per choice of the rule."""
-        lines = [
-            f"{self.pairs} pairs, {self.steps_per_epoch} steps per epoch, {self.epochs} epochs "
-            f"= {self.total_steps} steps; warm-up {self.warmup_steps} steps; lr x{self.lr_decay:g}"
-            f" from step {self.decay_step}; "
-            + (f"stop after {self.patience} epochs without a better dev rSum"
-               if self.patience else "no early stop")
-        ]  # fmt: skip
-        return "\n".join(lines + [f"  {why}" for why in self.chosen])
+        """The learning-rate plan and the stopping rule, in one line."""
+        warmup = f"warm-up {self.warmup_steps} steps" if self.warmup_steps else "no warm-up"
+        stop = (
+            f"early stop after {self.patience} epochs without a better dev rSum"
+            if self.patience
+            else "no early stop"
+        )
+        return f"{warmup}; lr x{self.lr_decay:g} from step {self.decay_step}; {stop}"
 
 
 def make_schedule(train: TrainConfig, pairs: int, world_size: int = 1) -> Schedule:

@@ -192,6 +192,7 @@ def train(
     job = from_environment()
     device = device_for(job, resolve_device(config.train.device))
     created = init_process_group(job, device)
+    _check_parallel_settings(config, device, job)
     run = RunDirectory(run)
     try:
         if job.is_main:  # the only writer of the run directory
@@ -215,7 +216,6 @@ def _train(
     device: torch.device,
 ) -> dict[str, Any]:
     tc, lc, dc = config.train, config.loss, config.data
-    _check_parallel_settings(config, device, job)
     # Rank 0 reads the start and sends it to every rank, so only rank 0 needs to see the run
     # directory (and a resume works with any number of processes).
     model, vocab, saved = job.from_main(
@@ -349,7 +349,8 @@ def _summary(
         f" {dev_split.name} {dev_split.num_images} images, {len(dev_split.captions)} captions",
         f"  steps  {schedule.steps_per_epoch} per epoch (global batch {tc.batch_size}),"
         f" {schedule.total_steps} in {schedule.epochs} epochs",
-        f"  plan   {schedule.describe()}".replace("\n", "\n       "),
+        f"  plan   {schedule.describe()}",
+        *(f"         {why}" for why in schedule.chosen),
         f"  model  image encoder {count(model.image_encoder)} parameters, text encoder"
         f" {count(model.text_encoder)}; loss {config.loss.name}",
         f"  run    {run.path} ({start})",
