@@ -14,12 +14,15 @@ def test_the_paper_recipe_is_one_argument_away():
     assert (paper.loss.margin, paper.loss.epsilon, paper.loss.warmup_epochs) == (0.2, 0.01, 0)
     assert (paper.model.embed_size, paper.model.word_dim) == (1024, 300)
     assert (paper.data.region_drop, paper.data.token_prob) == (0.2, 0.2)
-    # the defaults leave the schedule to the data, and are the paper's recipe otherwise
+    # the defaults leave the schedule and the text encoder to the data, and are the paper's
+    # recipe otherwise
     defaults = Config()
     schedule = {"epochs": 30, "lr_decay_epoch": 15, "warmup_steps": 0, "patience": 0}
     assert all(getattr(defaults.train, key) is None for key in schedule)
     for key, value in schedule.items():
         setattr(defaults.train, key, value)
+    assert defaults.model.text_encoder == "auto" and paper.model.text_encoder == "bigru"
+    defaults.model.text_encoder = "bigru"
     assert paper == defaults
 
 
@@ -44,7 +47,7 @@ def test_file_then_overrides(tmp_path):
         ({"loss.epsilon": -1}, r"loss.epsilon must be >= 0; got -1.0"),
         ({"loss.name": "triplet"}, r"loss.name must be one of .*got 'triplet'"),
         ({"train.batch_size": 1}, r"train.batch_size must be >= 2; got 1"),
-        ({"model.text_encoder": "bert"}, r"model.text_encoder must be \('bigru', 'transformer'\)"),
+        ({"model.text_encoder": "bert"}, r"model.text_encoder must be \('auto', 'bigru', 'transformer'\)"),
         ({"model.text_model": "/m"}, r"model.text_model must be None unless .*=transformer"),
         ({"model.word_vectors": "word2vec"}, r"model.word_vectors must be None or glove"),
         (
@@ -154,3 +157,29 @@ def test_a_config_written_by_0_1_0_still_loads(tmp_path):
     path.write_text("model:\n  architecture: vsepp\n  mlp_hidden: 256\n")
     with pytest.raises(ValueError, match=r"model.mlp_hidden does not apply to .*=vsepp"):
         load_config(path)
+
+
+def test_the_text_encoder_is_chosen_from_the_data(tmp_path, monkeypatch):
+    import selhn.defaults
+    from selhn.defaults import choose_for_data
+
+    features, regions = tmp_path / "features", tmp_path / "regions"
+    features.mkdir()
+    regions.mkdir()
+    (features / "features.json").write_text("{}")  # written by selhn features
+
+    def chosen(data, overrides=None):
+        config = load_config(None, overrides)
+        lines = choose_for_data(config, data)
+        assert choose_for_data(config, data) == []  # nothing left to choose
+        return getattr(config.model, "text_encoder", None), lines
+
+    encoder, [line] = chosen(features)
+    assert encoder == "transformer" and "holds features of selhn features" in line
+    assert chosen(regions)[0] == "bigru"
+    assert chosen(features, {"model.word_vectors": "glove"})[0] == "bigru"
+    assert chosen(features, {"model.text_encoder": "bigru"}) == ("bigru", [])  # given: kept
+    assert chosen(features, {"model.architecture": "vsepp"})[1] == []  # no text_encoder there
+    monkeypatch.setattr(selhn.defaults, "installed", lambda extra: False)
+    encoder, [line] = chosen(features)
+    assert encoder == "bigru" and "pip install 'selhn[text]'" in line

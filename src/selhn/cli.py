@@ -127,6 +127,7 @@ TRAIN_SHORTCUTS = {
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
+    from selhn.defaults import choose_for_data
     from selhn.distributed import from_environment
     from selhn.run_dir import resume_config
     from selhn.trainer import train
@@ -147,6 +148,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
         config = resume_config(args.out, overrides)
     else:
         config = load_config(args.config, overrides)
+        for line in choose_for_data(config, args.data):
+            print(line, flush=True)
     require_all(config.model.extras(pretrained=not args.resume), "this model")
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if from_environment().is_main:

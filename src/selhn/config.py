@@ -218,12 +218,17 @@ def _floats(config: Config) -> list[tuple[str, float]]:
     ]
 
 
+FORMER_DEFAULTS = {"text_encoder": "bigru"}  # selhn 0.1.0's, written into its configs
+
+
 def _default_elsewhere(key: str, value: Any, dotted: str, source: str) -> bool | None:
-    """Whether ``value`` is the default of the architecture that has ``key`` (None: none has)."""
+    """Whether ``value`` is the default (now or in 0.1.0) of the architecture that has ``key``
+    (None: none has)."""
     for cls in ARCHITECTURES.values():
         hints = typing.get_type_hints(cls.Settings)
         if key in hints:
-            return _coerce(value, hints[key], dotted, source) == getattr(cls.Settings(), key)
+            value = _coerce(value, hints[key], dotted, source)
+            return value in (getattr(cls.Settings(), key), FORMER_DEFAULTS.get(key))
     return None
 
 

@@ -24,6 +24,11 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def installed(extra: str) -> bool:
+    """Whether every module of ``extra`` is installed."""
+    return all(_installed(m) for m in EXTRAS[extra])
+
+
 def require(extra: str, purpose: str, modules: tuple[str, ...] | None = None) -> None:
     """Raise ImportError naming ``extra`` if any of its modules (or of ``modules``, the part of
     it that ``purpose`` needs) is missing."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from selhn.config import LossConfig, TrainConfig
 
-TARGET_STEPS = 3000
+TARGET_STEPS = 1000
 MIN_EPOCHS, MAX_EPOCHS = 30, 300
 WARMUP_SHARE = 0.05
 PATIENCE_SHARE, MIN_PATIENCE = 0.1, 5

@@ -26,6 +26,7 @@ from selhn.data.caption_checks import caption_warnings
 from selhn.data.datasets import PairDataset
 from selhn.data.inputs import Split, fingerprint
 from selhn.data.vocab import TextVocabulary
+from selhn.defaults import choose_for_data
 from selhn.distributed import (
     Distributed,
     device_for,
@@ -188,8 +189,12 @@ def train(
     Under ``torchrun`` this joins the job's process group (unless the caller already did) and
     trains with DistributedDataParallel; rank 0 evaluates and writes the run directory.
     """
-    config.validate()
     job = from_environment()
+    choices = choose_for_data(config, data)
+    config.validate()
+    if job.is_main:
+        for line in choices:
+            print(line, flush=True)
     device = device_for(job, resolve_device(config.train.device))
     created = init_process_group(job, device)
     _check_parallel_settings(config, device, job)

@@ -25,7 +25,7 @@ from selhn.models.transformer import (
     save_tokenizer,
 )
 
-TEXT_ENCODERS = ("bigru", "transformer")
+TEXT_ENCODERS = ("auto", "bigru", "transformer")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class RVSEPPSettings:
     embed_size: int = 1024  # joint embedding dimension
     word_dim: int = 300  # word embedding dimension (bigru)
     mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP
-    text_encoder: str = "bigru"  # bigru | transformer (a pretrained text transformer)
+    text_encoder: str = "auto"  # bigru | transformer (a pretrained text transformer) | auto:
+    # transformer for features of selhn features (with the text extra), else bigru
     text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
     # packaged all-MiniLM-L6-v2 (text extra)
     word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
@@ -103,6 +104,8 @@ class RVSEPP(DualEncoder):
         """``backbone``: images in, through this backbone's grid (untrained here: see
         ``load_pretrained``); ``img_dim`` must then be None or its channels."""
         super().__init__(settings, **overrides)
+        if self.settings.text_encoder == "auto":  # no data to choose by: the paper's
+            self.settings = replace(self.settings, text_encoder="bigru")
         s = self.settings
         if s.vocab_size is None:
             raise ValueError("vocab_size (words of the vocabulary) is needed")
