@@ -436,7 +436,7 @@ def test_kill_9_at_random_moments_then_resume_exactly(data, run, tmp_path):
     finished run equals the uninterrupted one, and every kill left loadable ``last``/``best``.
 
     A moment is a random record of the log (of the 2 x 20 steps and 2 evaluations) plus a
-    random delay of up to 0.3 s, so kills land in steps, evaluations and checkpoint writes."""
+    random delay of up to 20 ms, so kills land in steps, evaluations and checkpoint writes."""
     out, moments = tmp_path / "killed", random.Random(0)
     total = len(read_log(run)[0]) + len(read_log(run)[1])
     kills, resumes = 0, 0
@@ -450,8 +450,8 @@ def test_kill_9_at_random_moments_then_resume_exactly(data, run, tmp_path):
         if kills < 4 and log_records(out) < total - 1:
             target = moments.randint(log_records(out) + 1, total - 1)
             while log_records(out) < target and process.poll() is None:
-                time.sleep(0.01)
-            time.sleep(moments.uniform(0, 0.3))
+                time.sleep(0.002)
+            time.sleep(moments.uniform(0, 0.02))  # less than a step: the kill lands near it
             if process.poll() is None:
                 process.kill()
                 process.wait()
