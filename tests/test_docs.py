@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from selhn.cli import TRAIN_SHORTCUTS, build_parser
+from selhn.cli import TRAIN_SHORTCUTS, build_parser, config_overrides
 from selhn.config import load_config
 from selhn.experiment import parse_losses
 
@@ -140,21 +140,6 @@ def leaf_commands(parser=None, prefix=("selhn",)) -> dict[str, argparse.Argument
     for name, child in children.items():
         found |= leaf_commands(child, (*prefix, name))
     return found
-
-
-def config_overrides(extra: list[str]) -> dict[str, str]:
-    """`--section.key=value` or `--section.key value`, as `selhn train` reads what is left."""
-    out, items = {}, iter(extra)
-    for item in items:
-        key, sep, value = item[2:].partition("=")
-        if not item.startswith("--") or "." not in key:
-            raise ValueError(f"unrecognised argument {item!r}")
-        if not sep:
-            value = next(items, None)
-            if value is None:
-                raise ValueError(f"{item} needs a value")
-        out[key] = value
-    return out
 
 
 def check_selhn(args: list[str]) -> None:

@@ -21,18 +21,18 @@ from selhn.models import ARCHITECTURES
 from selhn.models.rvsepp import TEXT_ENCODERS
 
 
-def _overrides(extra: list[str]) -> dict[str, str]:
+def config_overrides(extra: list[str]) -> dict[str, str]:
     """``--section.key=value`` or ``--section.key value`` pairs left over by argparse."""
     out: dict[str, str] = {}
     items = iter(extra)
     for item in items:
         if not item.startswith("--") or "." not in item.split("=", 1)[0]:
-            raise SystemExit(f"selhn: unrecognised argument {item!r}")
+            raise ValueError(f"unrecognised argument {item!r}")
         key, sep, value = item[2:].partition("=")
         if not sep:
             value = next(items, None)
             if value is None:
-                raise SystemExit(f"selhn: {item} needs a value")
+                raise ValueError(f"{item} needs a value")
         out[key] = value
     return out
 
@@ -139,7 +139,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     }
     if args.log is not None:
         overrides["train.tensorboard"] = args.log == "tensorboard"
-    overrides |= _overrides(extra)
+    overrides |= config_overrides(extra)
     if args.resume:
         if args.config is not None:
             raise SystemExit(
@@ -166,14 +166,15 @@ def _cmd_experiment(args: argparse.Namespace, extra: list[str], command: str) ->
     from selhn.experiment import parse_losses, run_experiment
 
     require("plot", "selhn experiment")
-    require_all(load_config(args.config, _overrides(extra)).model.extras(), "this model")
+    overrides = config_overrides(extra)
+    require_all(load_config(args.config, overrides).model.extras(), "this model")
     results = run_experiment(
         args.data,
         args.out,
         parse_losses(args.losses),
         seeds=args.seeds,
         config_file=args.config,
-        overrides=_overrides(extra),
+        overrides=overrides,
         command=command,
         plot_epochs=args.plot_epochs,
         progress=not args.no_progress,

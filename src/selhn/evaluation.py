@@ -112,8 +112,8 @@ def _check_finite_scores(sims: Tensor) -> None:
         )
 
 
-def _check_embeddings(embs: Sequence[Tensor], side: str) -> None:
-    """Every row finite, and small enough that no score (a dot product) can overflow."""
+def check_finite_embeddings(embs: Sequence[Tensor], side: str) -> None:
+    """Raise ValueError naming how many rows of each (N, D) matrix are not finite."""
     for model, emb in enumerate(embs):
         of = f" of ensemble member {model}" if len(embs) > 1 else ""
         bad = int((~torch.isfinite(emb)).any(dim=1).sum())
@@ -279,8 +279,8 @@ def embedding_metrics(
             raise ValueError(
                 f"no images or no captions to evaluate: {tuple(img.shape)}, {tuple(txt.shape)}"
             )
-    _check_embeddings(img_embs, "image")
-    _check_embeddings(txt_embs, "caption")
+    check_finite_embeddings(img_embs, "image")
+    check_finite_embeddings(txt_embs, "caption")
     for img, txt in zip(img_embs, txt_embs, strict=True):
         # |score| <= |img row| * |txt row|: below the dtype's range, no score can overflow
         bound = img.norm(dim=1).max().double() * txt.norm(dim=1).max().double()

@@ -12,7 +12,7 @@ from selhn.data.batch import pad_tokens
 from selhn.data.datasets import CaptionDataset, ImageDataset
 from selhn.data.inputs import Split
 from selhn.data.vocab import TextVocabulary
-from selhn.evaluation import embedding_metrics
+from selhn.evaluation import check_finite_embeddings, embedding_metrics
 from selhn.extras import require
 from selhn.models import DualEncoder
 
@@ -91,13 +91,8 @@ def top_k(
         )
     if not 1 <= k <= gallery.shape[0]:
         raise ValueError(f"k must be in [1, {gallery.shape[0]}] (the gallery size); got {k}")
-    for name, emb in (("query", queries), ("gallery", gallery)):
-        bad = int((~torch.isfinite(emb)).any(dim=1).sum())
-        if bad:
-            raise ValueError(
-                f"{bad} of {emb.shape[0]} {name} embeddings are not finite (NaN or infinite); "
-                "they cannot be ranked"
-            )
+    check_finite_embeddings([queries], "query")
+    check_finite_embeddings([gallery], "gallery")
     if backend == "faiss":
         require("faiss", "backend='faiss'")
         import faiss

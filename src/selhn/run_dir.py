@@ -4,6 +4,7 @@ symlinks ``last`` and ``best`` that point at them."""
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -121,10 +122,9 @@ RESUMABLE = (
 )
 
 
-def saved_config(checkpoint: Path) -> Config:
-    """The configuration a checkpoint was trained with (its ``config.json``)."""
+def saved_config(checkpoint: Path, meta: dict[str, Any]) -> Config:
+    """The configuration a checkpoint was trained with (``meta``: its ``config.json``)."""
     path = checkpoint / "config.json"
-    meta = read_meta(checkpoint)
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path}: no training configuration ('config'); not a run's checkpoint")
     config = Config()
@@ -139,8 +139,8 @@ def resume_config(run: str | Path, overrides: dict[str, Any]) -> Config:
     last = RunDirectory(run).last
     if not last.exists():
         raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-    saved = saved_config(last)
-    config = saved_config(last)
+    saved = saved_config(last, read_meta(last))
+    config = copy.deepcopy(saved)
     for key, value in overrides.items():
         config.set(key, value)
     check_resumable(saved, config, last)

@@ -88,7 +88,7 @@ def _start_model(
     model for the configured architecture, sized from the training split."""
     if resume:
         model, vocab, meta, state = run.load_last()
-        check_resumable(saved_config(run.last), config, run.last)
+        check_resumable(saved_config(run.last, meta), config, run.last)
         trained_on = meta.get("train_data")  # none in runs of selhn 0.1.0
         if trained_on is not None and fingerprint(model.reads().open(data, "train")) != trained_on:
             raise ValueError(

@@ -15,6 +15,12 @@ def length_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def masked_mean(items: Tensor, lengths: Tensor) -> Tensor:
+    """(B, K, D) padded items, (B,) valid counts -> (B, D) mean of each row's valid items."""
+    mask = length_mask(lengths, items.shape[1])[..., None]
+    return (items * mask).sum(dim=1) / lengths[:, None]
+
+
 def positional_encoding(length: int, dim: int) -> Tensor:
     """(length, dim) sinusoidal encodings of positions 0..length-1."""
     position = torch.arange(length, dtype=torch.float32)[:, None]

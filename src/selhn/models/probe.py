@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
 from selhn.models.base import DualEncoder
-from selhn.models.pooling import length_mask
+from selhn.models.pooling import masked_mean
 from selhn.models.registry import register_model
 from selhn.models.transformer import (
     WordPieceTokenizer,
@@ -67,9 +67,7 @@ class PooledImageProbe(nn.Module):
         """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
         if lengths is None:
             return F.normalize(self.fc(regions.mean(dim=1)), dim=-1)
-        mask = length_mask(lengths, regions.shape[1])[..., None]
-        pooled = (regions * mask).sum(dim=1) / lengths[:, None]
-        return F.normalize(self.fc(pooled), dim=-1)
+        return F.normalize(self.fc(masked_mean(regions, lengths)), dim=-1)
 
 
 class SentenceProbe(nn.Module):
@@ -112,8 +110,7 @@ class SentenceProbe(nn.Module):
         """(B, hidden) mean token features of the frozen transformer."""
         ids, mask = with_boundaries(tokens, lengths, self.cls_id, self.sep_id)
         hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        weights = mask[..., None].to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+        return masked_mean(hidden, lengths + 2)  # [CLS] and [SEP] count, as in sentence models
 
 
 @register_model

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from selhn.extras import EXTRAS
 from selhn.models.base import DualEncoder
-from selhn.models.pooling import length_mask
+from selhn.models.pooling import masked_mean
 from selhn.models.registry import register_model
 
 
@@ -60,9 +60,7 @@ class MeanRegionEncoder(nn.Module):
         """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
         if lengths is None:
             lengths = regions.new_full((regions.shape[0],), regions.shape[1], dtype=torch.long)
-        mask = length_mask(lengths, regions.shape[1])[..., None]
-        mean = (self.fc(regions) * mask).sum(dim=1) / lengths[:, None]
-        return F.normalize(mean, dim=-1)
+        return F.normalize(masked_mean(self.fc(regions), lengths), dim=-1)
 
 
 class LastStateTextEncoder(nn.Module):
