@@ -1,5 +1,5 @@
-"""The ``selhn`` command: data, features, train, experiment, eval, encode, search. The only
-module that reads the command line."""
+"""The ``selhn`` command: data, features, train, experiment, eval, encode, search, index, serve.
+The only module that reads the command line."""
 
 from __future__ import annotations
 
@@ -293,7 +293,6 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> None:
     from selhn.data.batch import pad_tokens
-    from selhn.data.vocab import Vocabulary
     from selhn.retrieval import top_k
 
     if args.backend == "faiss":
@@ -304,7 +303,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if args.query is not None:
         if not args.query.strip():
             raise ValueError("--query is empty; give a caption to search for")
-        unknown = vocab.unknown_words(args.query) if isinstance(vocab, Vocabulary) else []
+        unknown = vocab.unknown_words(args.query)
         if unknown:
             warnings.append(f"words the model does not know, read as <unk>: {', '.join(unknown)}")
         tokens, lengths = pad_tokens([vocab.encode(args.query)])
@@ -358,6 +357,70 @@ def _cmd_search(args: argparse.Namespace) -> None:
         where += f" ({hit['file']})" if "file" in hit else ""
         mark = " (ground truth)" if hit.get("match") else ""
         print(f"{rank:3d}. {hit['score']:.3f}  {where}: {hit['caption']}{mark}")
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
+    from selhn.distributed import device_for, from_environment, init_process_group, resolve_device
+    from selhn.encoder import Encoder
+    from selhn.index.build import SKIPPED, IndexJob, build_index
+    from selhn.index.collection import from_folder, from_manifest
+
+    require("faiss", "selhn index")
+    require("images", "selhn index")
+    job = IndexJob(args.shard_size, args.dtype, args.batch_size, args.exact_limit)
+    collection = from_folder(args.images) if args.images else from_manifest(args.manifest)
+    process = from_environment()
+    device = device_for(process, resolve_device(args.device))
+    encoder = Encoder.load(args.checkpoint, device)
+    created = init_process_group(process, device)
+    try:
+        report = build_index(
+            encoder, collection, args.out, job, args.workers, not args.no_progress, process
+        )
+    finally:
+        if created:
+            dist.destroy_process_group()
+    if report is None:  # another process of a torchrun job: rank 0 reports
+        return
+    faiss = report["faiss"]
+    kind = "exact inner product" if faiss["kind"] == "exact" else (
+        f"IVF, {faiss['nlist']} lists, nprobe {faiss['nprobe']} (recall@10 "
+        f"{faiss['calibration_recall_at_10']:.3f} on stored vectors)"
+    )  # fmt: skip
+    rate = report["encoded_now"] / report["seconds"]
+    print(
+        f"wrote {args.out}: {report['images']} images indexed ({report['encoded_now']} files "
+        f"read now, {rate:.1f} files/s), {report['skipped']} skipped (listed in "
+        f"{Path(args.out) / SKIPPED}); faiss: {kind}"
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from selhn.distributed import resolve_device
+    from selhn.index.store import ImageIndex
+
+    require("serve", "selhn serve")
+    require("faiss", "selhn serve")
+    import uvicorn
+
+    from selhn.encoder import Encoder
+    from selhn.serve.app import Limits, create_app
+
+    index = ImageIndex(args.index)
+    model = index.meta["model"]
+    checkpoint = args.checkpoint or model["checkpoint"]
+    encoder = Encoder.load(checkpoint, resolve_device(args.device))
+    if encoder.reference()["weights_sha256"] != model["weights_sha256"]:
+        raise ValueError(
+            f"{checkpoint}: not the model that built {args.index} (its weights differ from "
+            f"those of {model['checkpoint']}); queries would not match the index"
+        )
+    limits = Limits(max_k=args.max_k, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    app = create_app(index, encoder, limits)
+    print(f"serving {len(index)} images of {args.index} at http://{args.host}:{args.port}/")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -539,6 +602,39 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--embeddings", help="a file from selhn encode, instead of encoding")
     search.add_argument("--backend", choices=("torch", "faiss"), default="torch")
     search.add_argument("--json", action="store_true", help="print JSON")
+
+    index = _command(
+        commands, "index", "encode a folder or manifest of images into a searchable index"
+    )
+    index.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
+    source = index.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="an image folder, indexed recursively")
+    source.add_argument(
+        "--manifest", help="JSON-lines: image (relative to the manifest), captions (optional)"
+    )
+    index.add_argument("--out", required=True, help="index directory (resumed if unfinished)")
+    index.add_argument("--batch-size", type=int, default=32)
+    index.add_argument("--shard-size", type=int, default=4096, help="images per stored shard")
+    index.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                       help="stored embeddings")  # fmt: skip
+    index.add_argument(
+        "--exact-limit",
+        type=int,
+        default=100_000,
+        help="largest index searched exactly; above it an IVF index, sized and calibrated",
+    )
+    index.add_argument("--device", default="auto")
+    index.add_argument("--workers", type=int, default=0, help="image-decoding processes")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    serve = _command(commands, "serve", "a web page and JSON API to search an index")
+    serve.add_argument("--index", required=True, help="index directory of selhn index")
+    serve.add_argument("--checkpoint", help="the index's model, if it has moved")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0: reachable from other hosts")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--max-k", type=int, default=100, help="most results per query")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload")
     return parser
 
 
@@ -567,6 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_eval(args)
         elif args.command == "encode":
             _cmd_encode(args)
+        elif args.command == "index":
+            _cmd_index(args)
+        elif args.command == "serve":
+            _cmd_serve(args)
         else:
             _cmd_search(args)
     except (ValueError, OSError, ImportError) as err:  # OSError: missing files, a full disk

@@ -32,6 +32,9 @@ from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
 from selhn.textfiles import read_json
 
 JOB_FILE = "features.json"
+# How an image becomes backbone input (``load_image``): recorded with the features, so images
+# encoded later are read the same way.
+PREPROCESSING = "rgb, bicubic resize to image_size x image_size, backbone normalisation"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,20 @@ def _fingerprint(records: list[ImageRecord], job: FeatureJob) -> dict[str, Any]:
     for r in records:
         digest.update(json.dumps([str(r.image), r.captions, r.split]).encode())
     return {**asdict(job), "images": len(records), "records_sha256": digest.hexdigest()}
+
+
+def feature_job(data: str | Path) -> dict[str, Any] | None:
+    """How the features of a data directory were made (backbone, weights, image size,
+    preprocessing), from its ``features.json``; None where selhn did not compute them."""
+    path = Path(data) / JOB_FILE
+    if not path.is_file():
+        return None
+    saved = read_json(path, "the record of a selhn features job")
+    try:
+        job = {name: saved[name] for name in ("backbone", "image_size", "weights")}
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not the record of a selhn features job ({err!r})") from None
+    return {**job, "preprocessing": PREPROCESSING}
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -24,7 +24,7 @@ from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
 from selhn.data.caption_checks import caption_warnings
 from selhn.data.datasets import PairDataset
-from selhn.data.inputs import Split, fingerprint
+from selhn.data.inputs import RegionFeatures, Split, fingerprint
 from selhn.data.vocab import TextVocabulary
 from selhn.defaults import choose_for_data
 from selhn.distributed import (
@@ -34,6 +34,7 @@ from selhn.distributed import (
     init_process_group,
     resolve_device,
 )
+from selhn.features import feature_job
 from selhn.models import DualEncoder
 from selhn.models.registry import create_model, model_class
 from selhn.objective import TrainingObjective, make_loss
@@ -248,7 +249,10 @@ def _train(
     augmentation = Augmentation(dc.region_drop, token_prob, crop_scale=dc.crop_scale)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     schedule = make_schedule(tc, len(dataset), job.world_size)
-    train_data = fingerprint(train_split)
+    provenance = {  # which data made the model, recorded in every checkpoint
+        "train_data": fingerprint(train_split),
+        "image_features": feature_job(data) if isinstance(reads, RegionFeatures) else None,
+    }
     warnings = (
         caption_warnings(train_split.captions, train_split.captions_path, vocab)
         if job.is_main
@@ -296,7 +300,7 @@ def _train(
             if job.is_main:
                 last_step = step - 1  # of this epoch: the evaluation is logged with it
                 best = _finish_epoch(
-                    run, log, model, vocab, dev_split, config, state, clock, last_step, train_data,
+                    run, log, model, vocab, dev_split, config, state, clock, last_step, provenance,
                     schedule,
                 )  # fmt: skip
             # the others wait for rank 0
@@ -372,7 +376,7 @@ def _finish_epoch(
     state: TrainState,
     clock: _EpochClock,
     step: int,
-    train_data: dict[str, Any],
+    provenance: dict[str, Any],
     schedule: Schedule,
 ) -> tuple[float, int, bool]:
     """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum and its
@@ -392,7 +396,7 @@ def _finish_epoch(
         "config": config.to_dict(),
         "epoch": epoch,
         "dev_metrics": metrics,
-        "train_data": train_data,
+        **provenance,
         "finished": state.stopped or state.epoch == schedule.epochs,
     }
     run.save_epoch(epoch, model, vocab, meta, state.state_dict(), is_best)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -28,8 +29,11 @@ from selhn.extras import require
 from selhn.textfiles import read_lines
 
 
-def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None) -> Tensor:
-    """(3, size, size) uint8 RGB tensor: the image (or its ``crop``) resized, bicubic."""
+def load_image(
+    path: Path | IO[bytes], size: int, source: str = "", crop: Crop | None = None
+) -> Tensor:
+    """(3, size, size) uint8 RGB tensor: the image (or its ``crop``) resized, bicubic.
+    ``path``: a file name or an open binary file; ValueError if it is not a readable image."""
     require("images", "reading image files", ("PIL",))
     from PIL import Image, UnidentifiedImageError
 
@@ -40,8 +44,11 @@ def load_image(path: Path, size: int, source: str = "", crop: Crop | None = None
                 width, height = image.size
                 box = (crop[0] * width, crop[1] * height, crop[2] * width, crop[3] * height)
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box)
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{source or path}: cannot read image {path} ({err})") from err
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        if isinstance(path, str | Path):
+            raise ValueError(f"{source or path}: cannot read image {path} ({err})") from err
+        why = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else err
+        raise ValueError(f"{source or 'the file'}: cannot read the image ({why})") from err
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 

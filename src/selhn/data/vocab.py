@@ -42,6 +42,9 @@ class TextVocabulary(Protocol):
 
     def encode(self, caption: str) -> list[int]: ...
 
+    def unknown_words(self, caption: str) -> list[str]:
+        """The caption's words read as the unknown token."""
+
     def save(self, path: Path) -> None: ...
 
 

@@ -86,6 +86,11 @@ class WordPieceTokenizer:
         ids = self.tokenizer.encode(caption, add_special_tokens=False)[: self.max_pieces]
         return ids or [self.tokenizer.unk_token_id]
 
+    def unknown_words(self, caption: str) -> list[str]:
+        """The caption's words that the tokenizer reads as its unknown token."""
+        unk = self.tokenizer.unk_token
+        return [w for w in caption.split() if unk in self.tokenizer.tokenize(w)]
+
     def save(self, target: Path) -> None:
         """Write the model's configuration and tokenizer files (no weights) into ``target``."""
         target.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Image collections indexed for search: encode once (``build``), search fast (``store``)."""

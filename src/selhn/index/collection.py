@@ -1,0 +1,80 @@
+"""The images an index is built from: every image file under a folder, or a manifest's images.
+
+A manifest for an index holds one JSON object per line, ``{"image": "path", "captions": [...]}``,
+with ``captions`` optional and other keys (``split``) ignored; image paths are relative to the
+manifest's folder (or ``images``). Listed files that are missing are not an error here: the
+index reports them with the unreadable ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selhn.textfiles import read_lines
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+
+@dataclass
+class Collection:
+    """Image files (absolute paths, in a fixed order) and, where given, their captions."""
+
+    files: list[Path]
+    captions: list[list[str]] | None = None  # per file, where the source gives captions
+    ignored: list[str] = field(default_factory=list)  # folder files whose names are not images
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the file list and captions: which collection an index holds."""
+        digest = hashlib.sha256(json.dumps([list(map(str, self.files)), self.captions]).encode())
+        return digest.hexdigest()
+
+
+def from_folder(root: str | Path) -> Collection:
+    """Every file under ``root`` (recursively, sorted) whose suffix is an image format's."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found")
+    files, ignored = [], []
+    for path in sorted(p for p in root.resolve().rglob("*") if p.is_file()):
+        if path.name.startswith("."):
+            continue
+        (files if path.suffix.lower() in IMAGE_SUFFIXES else ignored).append(path)
+    if not files:
+        raise ValueError(f"{root}: no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return Collection(files, None, [str(p) for p in ignored])
+
+
+def from_manifest(path: str | Path, images: str | Path | None = None) -> Collection:
+    """The images of a JSON-lines manifest, with their captions where lines give them."""
+    path = Path(path)
+    root = Path(images) if images is not None else path.parent
+    files: list[Path] = []
+    captions: list[list[str]] = []
+    first: dict[Path, int] = {}
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"{source}: not a JSON object ({err})") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise ValueError(f"{source}: expected an object with an 'image' path")
+        given = entry.get("captions", [])
+        if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
+            raise ValueError(f"{source}: 'captions' must be a list of strings")
+        image = (root / entry["image"]).resolve()
+        if image in first:
+            raise ValueError(f"{source}: image {image} is already listed at line {first[image]}")
+        first[image] = number
+        files.append(image)
+        captions.append([" ".join(c.split()) for c in given if c.strip()])
+    if not files:
+        raise ValueError(f"{path}: no images")
+    return Collection(files, captions if any(captions) else None)
