@@ -24,7 +24,13 @@ demo: $(BIN)/.installed
 	$(BIN)/selhn train --data $(DEMO_DATA) --out $(DEMO_RUN) $$resume
 	$(BIN)/selhn eval --checkpoint $(DEMO_RUN)/best --data $(DEMO_DATA) --split test
 
-test: $(BIN)/.installed
+# The browser test of selhn serve drives Debian's Chromium through its ChromeDriver.
+BROWSER := /usr/bin/chromedriver
+
+$(BROWSER):
+	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+
+test: $(BIN)/.installed $(BROWSER)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

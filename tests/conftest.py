@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from selhn.cli import main
 from selhn.data.samples import write_samples
 
 # The benchmarks' baseline implementations are tested against the references here.
@@ -13,3 +14,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 def samples(tmp_path_factory):
     """manifest.jsonl of 14 photos + 40 train, 12 dev and 12 test digit-pair images."""
     return write_samples(tmp_path_factory.mktemp("samples"), train=40, dev=12, test=12)
+
+
+FEATURE_SIZE = 64  # pixels: 2 x 2 grid cells, fast on the CPU
+
+
+@pytest.fixture(scope="session")
+def features_model(samples, tmp_path_factory):
+    """(features directory, checkpoint) of a small model trained one epoch on selhn features of
+    the samples at 64 px (BiGRU text encoder, 32-d embeddings)."""
+    root = tmp_path_factory.mktemp("features_model")
+    features, run = root / "features", root / "run"
+    command = ["features", "--manifest", str(samples), "--out", str(features)]
+    assert main([*command, "--image-size", str(FEATURE_SIZE), "--no-progress"]) == 0
+    train = ["train", "--data", str(features), "--out", str(run), "--epochs", "1", "--no-progress"]
+    tiny = ["--text-encoder", "bigru", "--model.embed_size=32", "--model.word_dim=16"]
+    assert main([*train, *tiny, "--train.batch_size=32"]) == 0
+    return features, run / "best"

@@ -1,0 +1,237 @@
+"""``selhn serve`` as users meet it: a real server on loopback, its JSON API, and its page in
+headless Chromium (Debian's chromium and chromium-driver, which ``make test`` installs)."""
+
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selhn.cli import build_parser, main
+from selhn.encoder import Encoder
+from selhn.index.store import ImageIndex
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def index(samples, features_model, tmp_path_factory):
+    """An index of the sample images (with their captions) by the small features model."""
+    out = tmp_path_factory.mktemp("serve") / "index"
+    command = ["index", "--checkpoint", str(features_model[1]), "--manifest", str(samples)]
+    assert main([*command, "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(index):
+    """``selhn serve`` in a subprocess: (host, port); uploads above 20 KB are refused."""
+    port = free_port()
+    command = [sys.executable, "-m", "selhn", "serve", "--index", str(index), "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--max-upload-mb", str(20 / 1024), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if request(("127.0.0.1", port), "GET", "/api/info")[0] == 200:
+                break
+        except OSError:
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail(f"selhn serve did not start: {process.stdout.read()}")
+    yield ("127.0.0.1", port)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def request(address, method, path, body=None, headers=None):
+    """(status, parsed JSON or raw bytes, content type); ``path`` is sent as written."""
+    connection = http.client.HTTPConnection(*address, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data, kind = response.read(), response.getheader("content-type", "")
+        return response.status, json.loads(data) if "json" in kind else data, kind
+    finally:
+        connection.close()
+
+
+def upload(address, path: Path | None, k=5, data=None, name="image.png"):
+    """POST /api/search with a multipart ``file``."""
+    boundary = uuid.uuid4().hex
+    content = path.read_bytes() if path is not None else data
+    filename = path.name if path is not None else name
+    body = (
+        (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return request(address, "POST", f"/api/search?k={k}", body, headers)
+
+
+def stored_embeddings(index) -> np.ndarray:
+    return np.concatenate(
+        [np.load(p).astype(np.float32) for p in sorted((index / "shards").glob("shard-*.npy"))]
+    )
+
+
+def test_text_search_returns_the_models_ranking_with_captions(server, index, features_model):
+    status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20seven&k=5")
+    assert status == 200 and answer["warnings"] == []
+    query = Encoder.load(features_model[1]).encode_texts(["a red seven"]).numpy()[0]
+    scores = stored_embeddings(index) @ query
+    best = np.argsort(-scores, kind="stable")[:5]
+    files = ImageIndex(index).files
+    assert [h["image"] for h in answer["hits"]] == [files[i] for i in best]
+    np.testing.assert_allclose([h["score"] for h in answer["hits"]], scores[best], atol=1e-5)
+    captions = [json.loads(line) for line in (index / "captions.jsonl").open()]
+    assert answer["hits"][0]["captions"] == captions[best[0]]
+
+
+def test_query_words_the_model_does_not_know_are_named(server):
+    status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20zebra%20qwxz&k=3")
+    assert status == 200 and len(answer["hits"]) == 3
+    assert answer["warnings"] == ["words the model does not know: zebra, qwxz"]
+
+
+def test_an_uploaded_image_finds_itself_first(server, index):
+    files = ImageIndex(index).files
+    digits = next(f for f in files if "digits" in f)
+    status, answer, _ = upload(server, Path(digits))
+    assert status == 200 and answer["upload"] == Path(digits).name
+    assert answer["hits"][0]["image"] == digits and answer["hits"][0]["score"] > 0.999
+
+
+def test_bad_requests_get_a_json_error(server, tmp_path):
+    big = tmp_path / "big.png"
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big)  # about 49 KB: over the 20 KB limit
+    cases = [
+        (request(server, "GET", "/api/search?text=&k=3"), 400, "query is empty"),
+        (request(server, "GET", "/api/search?text=%20%20&k=3"), 400, "query is empty"),
+        (request(server, "GET", "/api/search?text=cat&k=0"), 400, "k must be in [1, 78]"),
+        (request(server, "GET", "/api/search?text=cat&k=79"), 400, "k must be in [1, 78]"),
+        (request(server, "GET", "/api/search?text=cat&k=ten"), 422, "k: Input should be"),
+        (request(server, "GET", "/api/search?text=" + "a" * 1001), 400, "at most 1000"),
+        (upload(server, None, data=b"GIF89a not really"), 400, "not an image"),
+        (upload(server, None, data=b""), 400, "empty"),
+        (upload(server, big), 413, "larger than 0.0195312 MiB"),
+        (request(server, "POST", "/api/search?k=3"), 422, "file: Field required"),
+    ]
+    for (status, answer, kind), expected, words in cases:
+        assert (status, kind) == (expected, "application/json"), answer
+        assert words in answer["error"], answer
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/thumb/../../../../etc/passwd",
+        "/image/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/image/%2Fetc%2Fpasswd",
+        "/thumb/-1",
+        "/image/78",
+        "/etc/passwd",
+        "/index.json",
+        "/files.txt",
+        "/shards/shard-00000.npy",
+        "/static/../../etc/passwd",
+    ],
+)
+def test_no_request_reads_a_file_outside_the_index(server, path):
+    status, answer, kind = request(server, "GET", path)
+    assert status in (404, 422) and kind == "application/json"
+    assert "root:" not in json.dumps(answer)
+
+
+def test_thumbnails_and_images_are_the_indexed_files(server, index):
+    files = ImageIndex(index).files
+    status, data, kind = request(server, "GET", "/thumb/0")
+    assert status == 200 and kind == "image/jpeg"
+    with Image.open(io.BytesIO(data)) as thumb, Image.open(files[0]) as original:
+        assert max(thumb.size) <= 256
+        assert thumb.size[0] / thumb.size[1] == pytest.approx(
+            original.width / original.height, 0.02
+        )
+    status, data, _ = request(server, "GET", "/image/0")
+    assert status == 200 and data == Path(files[0]).read_bytes()
+
+
+def test_serve_binds_to_loopback_unless_told():
+    args = build_parser().parse_args(["serve", "--index", "x"])
+    assert args.host == "127.0.0.1"
+
+
+def test_the_page_searches_by_text_and_by_upload_in_chromium(
+    server, index, features_model, tmp_path
+):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), (
+        "install Debian's chromium and chromium-driver (make test does, as root)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-sync",
+                 "--disable-component-update", "--window-size=1200,900",
+                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    files = ImageIndex(index).files
+    query = "a blue four next to a blue one"
+    embedded = Encoder.load(features_model[1]).encode_texts([query]).numpy()[0]
+    expected = files[int(np.argmax(stored_embeddings(index) @ embedded))]
+    try:
+        browser.get(f"http://{server[0]}:{server[1]}/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: "78 images" in b.find_element(By.ID, "info").text)
+        browser.find_element(By.ID, "query").send_keys(query)
+        browser.find_element(By.ID, "search").click()
+        wait.until(lambda b: "results for" in b.find_element(By.ID, "status").text)
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .hit")
+        assert len(cards) == 20 and cards[0].get_attribute("data-file") == expected
+        wait.until(lambda b: b.execute_script(
+            "return [...document.images].every((i) => i.complete && i.naturalWidth > 0)"
+        ))  # fmt: skip
+        target = next(f for f in files if "digits" in f and f != expected)
+        browser.find_element(By.ID, "upload").send_keys(target)
+        wait.until(lambda b: Path(target).name in b.find_element(By.ID, "status").text)
+        first = browser.find_elements(By.CSS_SELECTOR, "#results .hit")[0]
+        assert first.get_attribute("data-file") == target
+        assert first.find_element(By.CSS_SELECTOR, ".score").text == "1.000"
+        browser.find_element(By.ID, "query").clear()
+        browser.find_element(By.ID, "search").click()
+        wait.until(lambda b: "query is empty" in b.find_element(By.ID, "status").text)
+        assert browser.find_elements(By.CSS_SELECTOR, "#results .hit") == []
+    finally:
+        browser.quit()
