@@ -45,7 +45,7 @@ SHELL = {"bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->$")
 SEPARATORS = {";", "&&", "||", "|", "&"}
-HARMLESS = {"ls", "cd", "cat", "mkdir", "echo", "tensorboard"}  # nothing to check in these
+HARMLESS = {"ls", "cd", "cat", "mkdir", "echo", "tensorboard", "curl"}  # nothing to check in these
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 TORCH_PIN = re.search(r"^TORCH := (\S+)", MAKEFILE, re.M).group(1)
 OPTIONAL = re.search(  # the extras: pyproject.toml's [project.optional-dependencies] keys

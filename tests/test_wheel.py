@@ -68,3 +68,9 @@ def test_the_wheel_installs_and_runs_outside_the_clone(tmp_path):
     paper = run([command, "config", "show", "paper"], work, env)  # a packaged configuration
     for line in ("embed_size: 1024", "word_dim: 300", "epochs: 30", "batch_size: 128"):
         assert f"  {line}" in paper
+
+    page = "from importlib.resources import files; print(files('selhn.serve') / 'page.html')"
+    assert Path(run([python, "-c", page], work, env).strip()).read_text().startswith("<!doctype")
+    done = subprocess.run([command, "serve", "--index", "index"], cwd=work, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "needs the serve extra" in done.stderr  # not installed here

@@ -67,6 +67,10 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
         )
         return JSONResponse({"error": problems}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+
     @app.middleware("http")
     async def limit_uploads(request: Request, call_next: Any) -> Any:
         declared = request.headers.get("content-length")
