@@ -78,8 +78,10 @@ def test_a_model_of_foreign_region_features_encodes_captions_only(features_model
         encoder.encode_image_files(files)
     older = {k: v for k, v in meta.items() if k != "image_features"}  # as selhn 0.1.0 saved
     save_model(tmp_path / "old", model, vocab, older)
+    older_encoder = Encoder.load(tmp_path / "old")  # captions still encode
+    assert older_encoder.encode_texts(["a red seven"]).shape == (1, 32)
     with pytest.raises(ValueError, match="does not record how its image features were made"):
-        Encoder.load(tmp_path / "old")
+        older_encoder.encode_image_files(files)
     declared = Encoder.load(tmp_path / "old", image_features=FeatureJob(image_size=SIZE))
     expected = Encoder.load(checkpoint).encode_image_files(files)
     torch.testing.assert_close(declared.encode_image_files(files), expected)
@@ -186,11 +188,12 @@ def _index_command(processes, checkpoint, folder, out):
 def test_two_gloo_processes_build_the_same_index_as_one(features_model, folder, tmp_path):
     one = _index_command(1, features_model[1], folder, tmp_path / "one")
     two = _index_command(2, features_model[1], folder, tmp_path / "two")
-    assert one.count("wrote") == two.count("wrote") == 1  # rank 0 reports
+    assert one.count("wrote") == two.count("wrote") == 1  # rank 0 reports for all
+    assert "78 images indexed (79 files read now" in two  # broken.png read too
     for name in ("files.txt", "skipped.jsonl"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
     shards = sorted((tmp_path / "one" / "shards").glob("shard-*.npy"))
-    assert len(shards) == 10  # 80 files in shards of 8, encoded by turns
+    assert len(shards) == 10  # 79 image files in shards of 8, by turns
     for shard in shards:
         np.testing.assert_array_equal(np.load(shard), np.load(tmp_path / "two/shards" / shard.name))
     first, second = ImageIndex(tmp_path / "one"), ImageIndex(tmp_path / "two")

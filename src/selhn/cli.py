@@ -389,9 +389,9 @@ def _cmd_index(args: argparse.Namespace) -> None:
         f"IVF, {faiss['nlist']} lists, nprobe {faiss['nprobe']} (recall@10 "
         f"{faiss['calibration_recall_at_10']:.3f} on stored vectors)"
     )  # fmt: skip
-    rate = report["encoded_now"] / report["seconds"]
+    rate = report["read_now"] / report["seconds"]
     print(
-        f"wrote {args.out}: {report['images']} images indexed ({report['encoded_now']} files "
+        f"wrote {args.out}: {report['images']} images indexed ({report['read_now']} files "
         f"read now, {rate:.1f} files/s), {report['skipped']} skipped (listed in "
         f"{Path(args.out) / SKIPPED}); faiss: {kind}"
     )

@@ -81,17 +81,17 @@ class Encoder:
         model, vocab, meta = load_model(checkpoint, device)
         if image_features is not None:
             job = {**asdict(image_features), "preprocessing": PREPROCESSING}
-        elif "image_features" in meta:
-            job = meta["image_features"]
-        elif isinstance(model.reads(), ImageFiles):
-            job = None
         else:
-            raise ValueError(
+            job = meta.get("image_features")
+        encoder = cls(model, vocab, job, checkpoint)
+        if encoder.image_problem and "image_features" not in meta and image_features is None:
+            encoder.image_problem = (
                 f"{checkpoint}: the checkpoint does not record how its image features were made "
-                "(it predates that record); pass image_features=FeatureJob(backbone, "
-                "image_size) as given to selhn features"
+                "(it predates that record), so it cannot encode image files; "
+                "Encoder.load(..., image_features=FeatureJob(backbone, image_size)) with the "
+                "values given to selhn features declares them"
             )
-        return cls(model, vocab, job, checkpoint)
+        return encoder
 
     @property
     def embed_size(self) -> int:

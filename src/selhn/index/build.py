@@ -128,8 +128,9 @@ def _encode_shard(
     job: IndexJob,
     workers: int,
     bar: Any,
-) -> None:
-    """Encode shard ``number`` (resuming its partial file) and write it."""
+) -> int:
+    """Encode shard ``number`` (resuming its partial file) and write it; return the number of
+    files read by this call."""
     shards = out / "shards"
     name = _shard_name(number)
     first = number * job.shard_size
@@ -168,6 +169,7 @@ def _encode_shard(
     os.replace(tmp, shards / f"{name}.npy")
     partial.unlink()
     progress.unlink()
+    return len(files) - done
 
 
 def _finished(out: Path, number: int) -> bool:
@@ -189,8 +191,8 @@ def build_index(
     Args:
         process: this process's place in a torchrun job (whose process group is joined).
     Returns:
-        on rank 0 the index's ``index.json`` contents plus ``seconds`` and ``encoded_now``;
-        None on the other ranks.
+        on rank 0 the index's ``index.json`` contents plus ``seconds`` and ``read_now`` (the
+        files all processes read in this call); None on the other ranks.
     """
     encoder.check_images()
     out, job = Path(out), job or IndexJob()
@@ -204,22 +206,26 @@ def build_index(
         _check_job(out, record)  # every process checks what rank 0 wrote
     shards = math.ceil(len(collection.files) / job.shard_size)
     mine = [n for n in range(process.rank, shards, process.world_size) if not _finished(out, n)]
-    todo = sum(len(collection.files[n * job.shard_size :][: job.shard_size]) for n in mine)
+    count = len(collection.files)
+    todo = sum(min(job.shard_size, count - n * job.shard_size) for n in mine)
     bar = None
     if progress and sys.stderr.isatty() and todo:
         from tqdm import tqdm
 
         bar = tqdm(total=todo, desc=f"encoding (process {process.rank})", unit="image")
+    read_now = 0
     for number in mine:
-        _encode_shard(encoder, collection, number, out, job, workers, bar)
+        read_now += _encode_shard(encoder, collection, number, out, job, workers, bar)
     if bar is not None:
         bar.close()
-    if process.enabled:
-        dist.barrier()
+    if process.enabled:  # waits for every process: then all shards are written
+        total = torch.tensor([read_now], device=encoder.device)
+        dist.all_reduce(total)
+        read_now = int(total.item())
     if not process.is_main:
         return None
     meta = _join(out, collection, shards, job, encoder)
-    return {**meta, "seconds": time.perf_counter() - started, "encoded_now": todo}
+    return {**meta, "seconds": time.perf_counter() - started, "read_now": read_now}
 
 
 def _join(
