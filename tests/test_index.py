@@ -160,7 +160,7 @@ def test_an_interrupted_index_resumes_without_encoding_anything_twice(
     with pytest.raises(Interrupt):
         build_index(encoder, collection, tmp_path / "idx", job, progress=False)
     assert not (tmp_path / "idx" / "index.json").exists()
-    with pytest.raises(FileNotFoundError, match="not a finished index"):
+    with pytest.raises(FileNotFoundError, match="is an unfinished index"):
         ImageIndex(tmp_path / "idx")
     encoder.encode_pixels = counting
     build_index(encoder, collection, tmp_path / "idx", job, progress=False)
@@ -171,7 +171,7 @@ def test_an_interrupted_index_resumes_without_encoding_anything_twice(
         resumed = np.load(tmp_path / "idx" / "shards" / shard.name)
         np.testing.assert_array_equal(resumed, np.load(shard))
     assert ImageIndex(tmp_path / "idx").files == ImageIndex(tmp_path / "whole").files
-    with pytest.raises(FileExistsError, match=r"another job .*shard_size"):
+    with pytest.raises(FileExistsError, match=r"another job \(it differs in --shard-size\)"):
         build_index(encoder, collection, tmp_path / "idx", IndexJob(shard_size=8), progress=False)
 
 
@@ -242,3 +242,49 @@ def test_above_the_exact_limit_a_calibrated_ivf_index_is_built(tmp_path):
     stored = np.concatenate(parts).astype(np.float32)
     truth = np.argsort(-(queries @ stored.T), axis=1)[:, :10]
     assert ann.recall_at(found, truth, 10) >= 0.9  # fresh queries, not the calibration's
+
+
+def test_a_folder_follows_links_once_and_keeps_dangling_ones_to_report(tmp_path):
+    root, other = tmp_path / "photos", tmp_path / "elsewhere"
+    (root / "trip").mkdir(parents=True)
+    other.mkdir()
+    for path in (root / "a.png", root / "trip" / "b.JPG", other / "c.png"):
+        path.write_bytes(b"pixels")
+    (root / "linked").symlink_to(other)  # a linked folder is walked
+    (root / "trip" / "loop").symlink_to(root)  # a link back is not walked twice
+    (root / "gone.png").symlink_to(tmp_path / "missing.png")  # dangling: listed, then reported
+    (root / ".hidden.png").write_bytes(b"x")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "d.png").write_bytes(b"x")
+    (root / "notes.txt").write_text("x")
+    collection = from_folder(root)
+    names = [str(p.relative_to(root.absolute())) for p in collection.files]
+    assert names == ["a.png", "gone.png", "linked/c.png", "trip/b.JPG"]
+    assert collection.ignored == [str(root.absolute() / "notes.txt")]
+
+
+def test_an_index_goes_into_a_new_or_empty_folder_only(features_model, folder, tmp_path):
+    encoder = Encoder.load(features_model[1])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("not an index")
+    with pytest.raises(FileExistsError, match="exists and is not an index"):
+        build_index(encoder, from_folder(folder), tmp_path / "data", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["keep.txt"]
+    with pytest.raises(FileNotFoundError, match="no such index directory"):
+        ImageIndex(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match=r"not an index directory \(no index.json\)"):
+        ImageIndex(tmp_path / "data")
+
+
+def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path):
+    import selhn.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selhn.cli, "_cmd_index", interrupted)
+    command = ["index", "--checkpoint", "ck", "--images", str(tmp_path), "--out", "x"]
+    assert main(command) == 130
+    assert "interrupted. The images done are kept: the same command continues" in (
+        capsys.readouterr().err
+    )

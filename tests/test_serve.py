@@ -5,6 +5,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -235,3 +236,18 @@ def test_the_page_searches_by_text_and_by_upload_in_chromium(
         assert browser.find_elements(By.CSS_SELECTOR, "#results .hit") == []
     finally:
         browser.quit()
+
+
+def test_serve_refuses_a_busy_port_and_a_moved_model_clearly(index, tmp_path, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        assert main(["serve", "--index", str(index), "--port", port, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
+    moved = tmp_path / "moved"
+    shutil.copytree(index, moved)
+    meta = json.loads((moved / "index.json").read_text())
+    meta["model"]["checkpoint"] = str(tmp_path / "gone")
+    (moved / "index.json").write_text(json.dumps(meta))
+    assert main(["serve", "--index", str(moved)]) == 2
+    assert "is no longer there; give its new place with --checkpoint" in capsys.readouterr().err

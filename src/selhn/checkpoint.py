@@ -92,6 +92,11 @@ def _umask() -> int:
 def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
     if not path.is_file():
+        if (Path(directory) / "best").is_dir():
+            raise FileNotFoundError(
+                f"{path}: not found; {directory} is a run directory: give {Path(directory, 'best')}"
+                " (or another checkpoint in it)"
+            )
         raise FileNotFoundError(f"{path}: not found; is {directory} a selhn model directory?")
     meta = read_json(path, "a selhn model's configuration")
     if not isinstance(meta, dict):

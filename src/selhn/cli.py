@@ -411,6 +411,11 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     index = ImageIndex(args.index)
     model = index.meta["model"]
     checkpoint = args.checkpoint or model["checkpoint"]
+    if not Path(checkpoint, "config.json").is_file() and not args.checkpoint:
+        raise FileNotFoundError(
+            f"{checkpoint}: the model that built {args.index} is no longer there; give its new "
+            "place with --checkpoint"
+        )
     encoder = Encoder.load(checkpoint, resolve_device(args.device))
     if encoder.reference()["weights_sha256"] != model["weights_sha256"]:
         raise ValueError(
@@ -419,15 +424,30 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         )
     limits = Limits(max_k=args.max_k, max_upload_bytes=int(args.max_upload_mb * 2**20))
     app = create_app(index, encoder, limits)
+    _check_port(args.host, args.port)
     print(f"serving {len(index)} images of {args.index} at http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with a clear error, before announcing anything, if the address cannot be bound."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise OSError(
+            f"cannot listen on {host}:{port} ({err.strerror}); is another server using it? "
+            "choose another --port"
+        ) from None
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown where there is one; descriptions and epilogs kept as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+        if action.default is None or action.default is False or action.help is None:
             return action.help
         return super()._get_help_string(action)
 
@@ -613,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest", help="JSON-lines: image (relative to the manifest), captions (optional)"
     )
     index.add_argument("--out", required=True, help="index directory (resumed if unfinished)")
-    index.add_argument("--batch-size", type=int, default=32)
+    index.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     index.add_argument("--shard-size", type=int, default=4096, help="images per stored shard")
     index.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                        help="stored embeddings")  # fmt: skip
@@ -623,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=100_000,
         help="largest index searched exactly; above it an IVF index, sized and calibrated",
     )
-    index.add_argument("--device", default="auto")
+    index.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     index.add_argument("--workers", type=int, default=0, help="image-decoding processes")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -631,8 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", required=True, help="index directory of selhn index")
     serve.add_argument("--checkpoint", help="the index's model, if it has moved")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0: reachable from other hosts")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="auto")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     serve.add_argument("--max-k", type=int, default=100, help="most results per query")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload")
     return parser
@@ -672,7 +692,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as err:  # OSError: missing files, a full disk
         print(f"selhn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nselhn {args.command}: interrupted. {RESUMING.get(args.command, '')}",
+            file=sys.stderr,
+        )
+        return 130
     return 0
+
+
+RESUMING = {  # what an interrupted command keeps
+    "features": "The images done are kept: the same command continues where it stopped.",
+    "index": "The images done are kept: the same command continues where it stopped.",
+    "train": "Every finished epoch is kept: run it again with --resume to continue.",
+}
 
 
 if __name__ == "__main__":

@@ -105,17 +105,30 @@ def _job_record(encoder: Encoder, collection: Collection, job: IndexJob) -> dict
     }
 
 
+JOB_FIELDS = {  # the job record's fields, as a user knows them
+    "weights_sha256": "the model",
+    "embed_size": "the embedding size",
+    "images": "the number of images",
+    "collection_sha256": "the image files or their captions",
+    "shard_size": "--shard-size",
+    "dtype": "--dtype",
+}
+
+
 def _check_job(out: Path, record: dict[str, Any]) -> None:
+    """Start a new index in an empty or new ``out``, or check that ``out`` holds this job."""
     path = out / JOB
     if path.exists():
         saved = read_json(path, "the record of a selhn index job")
         if saved != record:
-            changed = sorted(k for k in record if saved.get(k) != record[k])
+            changed = ", ".join(JOB_FIELDS[k] for k in record if saved.get(k) != record[k])
             raise FileExistsError(
-                f"{path}: {out} holds an index of another job (differs in {', '.join(changed)}); "
-                "use another --out"
+                f"{path}: {out} holds an index of another job (it differs in {changed}); use "
+                "another --out, or delete it to build anew"
             )
         return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an index; use a new or empty --out")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     _write_atomic(path, json.dumps(record, indent=2))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +36,23 @@ class Collection:
 
 
 def from_folder(root: str | Path) -> Collection:
-    """Every file under ``root`` (recursively, sorted) whose suffix is an image format's."""
+    """Every file under ``root`` (recursively, following links to folders once, sorted) whose
+    suffix is an image format's; a link whose target is missing is kept, so the index lists it
+    as unreadable. Hidden files and folders (``.name``) are left out."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
-    files, ignored = [], []
-    for path in sorted(p for p in root.resolve().rglob("*") if p.is_file()):
-        if path.name.startswith("."):
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root.absolute(), followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back to a folder already walked
+            subfolders[:] = []
             continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder) / n for n in names if not n.startswith(".")]
+    files, ignored = [], []
+    for path in sorted(found):
         (files if path.suffix.lower() in IMAGE_SUFFIXES else ignored).append(path)
     if not files:
         raise ValueError(f"{root}: no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -12,7 +12,7 @@ import torch
 
 from selhn.evaluation import check_finite_embeddings
 from selhn.index import ann
-from selhn.index.build import CAPTIONS, FAISS_FILE, FILES, META
+from selhn.index.build import CAPTIONS, FAISS_FILE, FILES, JOB, META
 from selhn.textfiles import read_json, read_lines
 
 
@@ -30,10 +30,16 @@ class ImageIndex:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         meta_path = self.path / META
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such index directory (made by selhn index)")
+        if not meta_path.is_file() and (self.path / JOB).is_file():
+            raise FileNotFoundError(
+                f"{meta_path}: not found; {self.path} is an unfinished index (run selhn index "
+                "again with the same arguments to finish it)"
+            )
         if not meta_path.is_file():
             raise FileNotFoundError(
-                f"{meta_path}: not found; {self.path} is not a finished index (run selhn index "
-                "again with the same arguments to finish it)"
+                f"{self.path}: not an index directory (no {META}); make one with selhn index"
             )
         self.meta: dict[str, Any] = read_json(meta_path, "a selhn index's description")
         self.files = read_lines(self.path / FILES)

@@ -52,6 +52,7 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
     """The FastAPI application serving ``index``, whose queries ``encoder`` encodes."""
     limits = limits or Limits()
     largest_k = min(limits.max_k, len(index))
+    model = encoder.reference()  # the checkpoint loaded, which may have moved since indexing
     page = package_files("selhn.serve").joinpath("page.html").read_text(encoding="utf-8")
     app = FastAPI(title="selhn search", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -97,7 +98,7 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
             "max_k": largest_k,
             "captions": index.captions is not None,
             "image_queries": encoder.image_problem is None,
-            "model": index.meta["model"],
+            "model": model,
             "faiss": index.meta["faiss"],
         }
 
