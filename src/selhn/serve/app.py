@@ -39,6 +39,10 @@ class Limits:
     max_upload_bytes: int = 10 * 2**20
     thumbnail_px: int = 256
 
+    def __post_init__(self) -> None:
+        if self.max_k < 1 or self.max_query_chars < 1 or self.max_upload_bytes < 1:
+            raise ValueError("--max-k and --max-upload-mb must be positive")
+
 
 def _hit_json(hit: Hit) -> dict[str, Any]:
     out = {"image": hit.file, "score": round(hit.score, 6), "row": hit.row}
