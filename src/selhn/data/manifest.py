@@ -10,6 +10,7 @@ other keys are ignored. Every problem is reported with the line or entry it is i
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,9 @@ def _record(image: Path, captions: Any, split: Any, source: str) -> ImageRecord:
     return ImageRecord(image, tuple(cleaned), SPLIT_NAMES[split], source)
 
 
-def read_manifest(path: str | Path, images: str | Path | None = None) -> list[ImageRecord]:
-    """Records of a JSON-lines manifest; image paths are relative to ``images`` (default: the
-    manifest's folder). Blank lines are skipped."""
-    path = Path(path)
-    root = Path(images) if images is not None else path.parent
-    records = []
+def manifest_entries(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("manifest.jsonl:12", object) of each non-blank line, each checked to be a JSON object
+    with an ``image`` path."""
     for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
@@ -63,6 +61,16 @@ def read_manifest(path: str | Path, images: str | Path | None = None) -> list[Im
             raise ValueError(f"{source}: not a JSON object ({err})") from err
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise ValueError(f"{source}: expected an object with an 'image' path")
+        yield source, entry
+
+
+def read_manifest(path: str | Path, images: str | Path | None = None) -> list[ImageRecord]:
+    """Records of a JSON-lines manifest; image paths are relative to ``images`` (default: the
+    manifest's folder). Blank lines are skipped."""
+    path = Path(path)
+    root = Path(images) if images is not None else path.parent
+    records = []
+    for source, entry in manifest_entries(path):
         image = root / entry["image"]
         records.append(_record(image, entry.get("captions"), entry.get("split"), source))
     if not records:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selhn.textfiles import read_lines
+from selhn.data.manifest import manifest_entries
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -65,24 +65,15 @@ def from_manifest(path: str | Path, images: str | Path | None = None) -> Collect
     root = Path(images) if images is not None else path.parent
     files: list[Path] = []
     captions: list[list[str]] = []
-    first: dict[Path, int] = {}
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        try:
-            entry = json.loads(line)
-        except ValueError as err:
-            raise ValueError(f"{source}: not a JSON object ({err})") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise ValueError(f"{source}: expected an object with an 'image' path")
+    first: dict[Path, str] = {}
+    for source, entry in manifest_entries(path):
         given = entry.get("captions", [])
         if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
             raise ValueError(f"{source}: 'captions' must be a list of strings")
         image = (root / entry["image"]).resolve()
         if image in first:
-            raise ValueError(f"{source}: image {image} is already listed at line {first[image]}")
-        first[image] = number
+            raise ValueError(f"{source}: image {image} is already listed at {first[image]}")
+        first[image] = source
         files.append(image)
         captions.append([" ".join(c.split()) for c in given if c.strip()])
     if not files:
