@@ -260,7 +260,12 @@ def test_a_folder_follows_links_once_and_keeps_dangling_ones_to_report(tmp_path)
     collection = from_folder(root)
     names = [str(p.relative_to(root.absolute())) for p in collection.files]
     assert names == ["a.png", "gone.png", "linked/c.png", "trip/b.JPG"]
-    assert collection.ignored == [str(root.absolute() / "notes.txt")]
+    assert collection.ignored == [(str(root.absolute() / "notes.txt"), "not an image file name")]
+    (root / "two\nlines.png").write_bytes(b"x")
+    (root / b"latin-\xe9.png".decode("utf-8", "surrogateescape")).write_bytes(b"x")
+    ignored = dict(from_folder(root).ignored)
+    assert ignored[str(root.absolute() / "two\\nlines.png")] == "the file name holds a line break"
+    assert ignored[str(root.absolute() / "latin-\\udce9.png")] == "the file name is not UTF-8"
 
 
 def test_an_index_goes_into_a_new_or_empty_folder_only(features_model, folder, tmp_path):

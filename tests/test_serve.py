@@ -115,6 +115,11 @@ def test_text_search_returns_the_models_ranking_with_captions(server, index, fea
     assert answer["hits"][0]["captions"] == captions[best[0]]
 
 
+def test_k_defaults_to_20_results(server):
+    status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20seven")
+    assert status == 200 and answer["k"] == 20 and len(answer["hits"]) == 20
+
+
 def test_query_words_the_model_does_not_know_are_named(server):
     status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20zebra%20qwxz&k=3")
     assert status == 200 and len(answer["hits"]) == 3
@@ -133,6 +138,9 @@ def test_bad_requests_get_a_json_error(server, tmp_path):
     big = tmp_path / "big.png"
     noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
     Image.fromarray(noise).save(big)  # about 49 KB: over the 20 KB limit
+    vast = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(vast, "PNG")  # 6 KB, 48 million pixels
+    chunked = {"Transfer-Encoding": "chunked", "Content-Type": "multipart/form-data; boundary=x"}
     cases = [
         (request(server, "GET", "/api/search?text=&k=3"), 400, "query is empty"),
         (request(server, "GET", "/api/search?text=%20%20&k=3"), 400, "query is empty"),
@@ -143,7 +151,9 @@ def test_bad_requests_get_a_json_error(server, tmp_path):
         (upload(server, None, data=b"GIF89a not really"), 400, "not an image"),
         (upload(server, None, data=b""), 400, "empty"),
         (upload(server, big), 413, "larger than 0.0195312 MiB"),
-        (request(server, "POST", "/api/search?k=3"), 422, "file: Field required"),
+        (request(server, "POST", "/api/search?k=3", b""), 422, "file: Field required"),
+        (upload(server, None, data=vast.getvalue()), 413, "8000 x 6000 pixels; at most 40,000,000"),
+        (request(server, "POST", "/api/search", iter([b"--x--"]), chunked), 411, "Content-Length"),
     ]
     for (status, answer, kind), expected, words in cases:
         assert (status, kind) == (expected, "application/json"), answer

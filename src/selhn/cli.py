@@ -411,13 +411,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     index = ImageIndex(args.index)
     model = index.meta["model"]
     checkpoint = args.checkpoint or model["checkpoint"]
+    if checkpoint is None:
+        raise ValueError(
+            f"{args.index}: its model was not saved as a checkpoint; give --checkpoint"
+        )
     if not Path(checkpoint, "config.json").is_file() and not args.checkpoint:
         raise FileNotFoundError(
             f"{checkpoint}: the model that built {args.index} is no longer there; give its new "
             "place with --checkpoint"
         )
     encoder = Encoder.load(checkpoint, resolve_device(args.device))
-    if encoder.reference()["weights_sha256"] != model["weights_sha256"]:
+    if model["weights_sha256"] and encoder.reference()["weights_sha256"] != model["weights_sha256"]:
         raise ValueError(
             f"{checkpoint}: not the model that built {args.index} (its weights differ from "
             f"those of {model['checkpoint']}); queries would not match the index"
@@ -434,7 +438,8 @@ def _check_port(host: str, port: int) -> None:
     import socket
 
     try:
-        with socket.create_server((host, port)):
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
             pass
     except OSError as err:
         raise OSError(

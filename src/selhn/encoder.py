@@ -94,6 +94,11 @@ class Encoder:
         return encoder
 
     @property
+    def image_features(self) -> dict[str, Any] | None:
+        """How the training features were made, for a model of ``selhn features`` output."""
+        return self._features
+
+    @property
     def embed_size(self) -> int:
         return int(self.model.settings.embed_size)
 

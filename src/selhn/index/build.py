@@ -13,9 +13,10 @@ Layout of an index directory::
 
 Resumable: a shard is encoded into a hidden memory-mapped ``.shard-NNNNN.partial.npy`` whose
 progress (rows done, files skipped) is stored atomically after every batch, so a rerun continues
-where the last one stopped and nothing is encoded twice. Under ``torchrun`` process ``r`` encodes
-shards ``r, r + W, ...``; shards do not depend on which process encodes them, so the joined index
-equals one process's. Rank 0 joins the shards once every process has finished.
+where the last one stopped (only the batch in flight is encoded again). Under ``torchrun``
+process ``r`` encodes shards ``r, r + W, ...`` (``--out`` on storage every process sees);
+shards do not depend on which process encodes them, so the joined index equals one process's.
+Rank 0 joins the shards once every process has finished.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class _Pixels(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             return self.first + i, load_image(self.files[i], self.size), ""
-        except (ValueError, OSError) as err:  # the reader's own words, without the path
-            return self.first + i, None, str(err.__cause__ or err)
+        except Exception as err:  # any failure of the image reader skips the file, named
+            why = err.__cause__ or err  # the reader's own words, without the path
+            return self.first + i, None, str(why) or type(why).__name__
 
 
 def _as_list(items: list) -> list:
@@ -98,6 +100,8 @@ def _job_record(encoder: Encoder, collection: Collection, job: IndexJob) -> dict
     return {
         "weights_sha256": model["weights_sha256"],
         "embed_size": model["embed_size"],
+        "image_size": encoder.image_size,
+        "image_features": encoder.image_features,
         "images": len(collection.files),
         "collection_sha256": collection.fingerprint(),
         "shard_size": job.shard_size,
@@ -108,6 +112,8 @@ def _job_record(encoder: Encoder, collection: Collection, job: IndexJob) -> dict
 JOB_FIELDS = {  # the job record's fields, as a user knows them
     "weights_sha256": "the model",
     "embed_size": "the embedding size",
+    "image_size": "the image size",
+    "image_features": "the backbone of the image features",
     "images": "the number of images",
     "collection_sha256": "the image files or their captions",
     "shard_size": "--shard-size",
@@ -162,7 +168,9 @@ def _encode_shard(
     loader = DataLoader(reader, job.batch_size, num_workers=workers, collate_fn=_as_list)
     for batch in loader:
         readable = [(i, pixels) for i, pixels, _ in batch if pixels is not None]
-        state["skipped"] += [[i, str(collection.files[i]), why] for i, _, why in batch if why]
+        state["skipped"] += [
+            [i, str(collection.files[i]), why] for i, pixels, why in batch if pixels is None
+        ]
         if readable:
             embedded = encoder.encode_pixels(torch.stack([p for _, p in readable]))
             rows = [i - first for i, _ in readable]
@@ -215,8 +223,13 @@ def build_index(
         _check_job(out, record)
     if process.enabled:
         dist.barrier()
-    if not process.is_main:
-        _check_job(out, record)  # every process checks what rank 0 wrote
+    if not process.is_main:  # every process checks what rank 0 wrote, on the same storage
+        if not (out / JOB).is_file():
+            raise FileNotFoundError(
+                f"{out / JOB}: not found by process {process.rank}; under torchrun --out must be "
+                "on storage that every process sees (a shared filesystem across machines)"
+            )
+        _check_job(out, record)
     shards = math.ceil(len(collection.files) / job.shard_size)
     mine = [n for n in range(process.rank, shards, process.world_size) if not _finished(out, n)]
     count = len(collection.files)
@@ -254,7 +267,7 @@ def _join(
         last = min(shard["first"] + job.shard_size, len(collection.files))
         rows += [i for i in range(shard["first"], last) if i not in gone]
         skipped += [{"file": file, "error": why} for _, file, why in shard["skipped"]]
-    skipped += [{"file": f, "error": "not an image file name"} for f in collection.ignored]
+    skipped += [{"file": file, "error": why} for file, why in collection.ignored]
     captions = None if collection.captions is None else [collection.captions[i] for i in rows]
     files = [str(collection.files[i]) for i in rows]
     return write_index(out, parts, files, captions, skipped, encoder.reference(), job)

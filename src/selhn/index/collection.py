@@ -27,7 +27,7 @@ class Collection:
 
     files: list[Path]
     captions: list[list[str]] | None = None  # per file, where the source gives captions
-    ignored: list[str] = field(default_factory=list)  # folder files whose names are not images
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (folder file, why not)
 
     def fingerprint(self) -> str:
         """SHA-256 of the file list and captions: which collection an index holds."""
@@ -53,10 +53,26 @@ def from_folder(root: str | Path) -> Collection:
         found += [Path(folder) / n for n in names if not n.startswith(".")]
     files, ignored = [], []
     for path in sorted(found):
-        (files if path.suffix.lower() in IMAGE_SUFFIXES else ignored).append(path)
+        problem = _unlistable(path)
+        if problem or path.suffix.lower() not in IMAGE_SUFFIXES:
+            ignored.append((repr(str(path))[1:-1], problem or "not an image file name"))
+        else:
+            files.append(path)
     if not files:
         raise ValueError(f"{root}: no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return Collection(files, None, [str(p) for p in ignored])
+    return Collection(files, None, ignored)
+
+
+def _unlistable(path: Path) -> str | None:
+    """Why a file name cannot be one line of UTF-8 text (``files.txt``), if it cannot."""
+    name = str(path)
+    if "\n" in name or "\r" in name:
+        return "the file name holds a line break"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not UTF-8"
+    return None
 
 
 def from_manifest(path: str | Path, images: str | Path | None = None) -> Collection:
@@ -71,6 +87,8 @@ def from_manifest(path: str | Path, images: str | Path | None = None) -> Collect
         if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
             raise ValueError(f"{source}: 'captions' must be a list of strings")
         image = (root / entry["image"]).resolve()
+        if _unlistable(image):
+            raise ValueError(f"{source}: {_unlistable(image)}; rename the file")
         if image in first:
             raise ValueError(f"{source}: image {image} is already listed at {first[image]}")
         first[image] = source

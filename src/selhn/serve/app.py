@@ -6,11 +6,13 @@
 - ``GET /thumb/{row}`` and ``GET /image/{row}``: a thumbnail (JPEG) and the file of an index row;
 - ``GET /``: the page.
 
-Files are reached only by their row in the index, so no request names a path. Every error is a
-4xx response with a JSON ``{"error": ...}`` body.
+Files are reached only by their row in the index, so no request names a path. Every error
+answer has a JSON ``{"error": ...}`` body: 4xx for a bad request, 500 (the details in the
+server's log) for a failure of the server.
 """
 
 import io
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +26,7 @@ require("serve", "selhn serve")  # FastAPI reads the annotations below: imported
 from fastapi import FastAPI, HTTPException, Query, Request, UploadFile  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response  # noqa: E402
+from PIL import Image  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from selhn.encoder import Encoder  # noqa: E402
@@ -37,6 +40,7 @@ class Limits:
     max_k: int = 100
     max_query_chars: int = 1000
     max_upload_bytes: int = 10 * 2**20
+    max_upload_pixels: int = 40_000_000
     thumbnail_px: int = 256
 
     def __post_init__(self) -> None:
@@ -74,18 +78,26 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
 
     @app.exception_handler(Exception)
     async def failed(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+        logging.getLogger("selhn.serve").exception("%s %s failed", request.method, request.url)
+        return JSONResponse({"error": f"internal error ({type(err).__name__})"}, status_code=500)
 
     @app.middleware("http")
     async def limit_uploads(request: Request, call_next: Any) -> Any:
         declared = request.headers.get("content-length")
+        if request.method == "POST" and not (declared and declared.isdigit()):
+            message = "an upload needs a Content-Length header"  # so its size is known first
+            return JSONResponse({"error": message}, status_code=411)
         if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes + 2**16:
             return JSONResponse({"error": _too_large(limits)}, status_code=413)
         return await call_next(request)
 
-    def check_k(k: int) -> None:
+    def check_k(k: int | None) -> int:
+        """``k``, or 20 (at most the index's size) when not given."""
+        if k is None:
+            return min(20, largest_k)
         if not 1 <= k <= largest_k:
             raise HTTPException(400, f"k must be in [1, {largest_k}]; got {k}")
+        return k
 
     def answer(query: dict[str, Any], embedding: Any, k: int, warnings: list[str]) -> dict:
         hits = index.search(embedding, k)[0]
@@ -107,8 +119,8 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
         }
 
     @app.get("/api/search")
-    def search_text(text: str = Query(""), k: int = Query(20)) -> dict[str, Any]:
-        check_k(k)
+    def search_text(text: str = Query(""), k: int | None = Query(None)) -> dict[str, Any]:
+        k = check_k(k)
         if not text.strip():
             raise HTTPException(400, "the query is empty; give text to search for")
         if len(text) > limits.max_query_chars:
@@ -120,8 +132,8 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
         return answer({"text": text}, encoder.encode_texts([text]), k, warnings)
 
     @app.post("/api/search")
-    def search_image(file: UploadFile, k: int = Query(20)) -> dict[str, Any]:
-        check_k(k)
+    def search_image(file: UploadFile, k: int | None = Query(None)) -> dict[str, Any]:
+        k = check_k(k)
         if encoder.image_problem is not None:
             raise HTTPException(400, encoder.image_problem)
         data = file.file.read(limits.max_upload_bytes + 1)
@@ -129,6 +141,16 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
             raise HTTPException(413, _too_large(limits))
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
+        try:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+        except Exception:
+            raise HTTPException(400, "not an image: not an image format Pillow reads") from None
+        if width * height > limits.max_upload_pixels:
+            raise HTTPException(
+                413,
+                f"the image has {width} x {height} pixels; at most {limits.max_upload_pixels:,}",
+            )
         try:
             pixels = encoder.read_image(io.BytesIO(data), file.filename or "the upload")
         except ValueError as err:
@@ -142,9 +164,8 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
 
     @lru_cache(maxsize=1024)
     def thumbnail(row: int) -> bytes:
-        from PIL import Image
-
         with Image.open(row_file(row)) as image:
+            image.draft("RGB", (limits.thumbnail_px, limits.thumbnail_px))  # JPEG: decode small
             image = image.convert("RGB")
             image.thumbnail((limits.thumbnail_px, limits.thumbnail_px))
             out = io.BytesIO()
