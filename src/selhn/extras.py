@@ -15,7 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "samples": ("PIL", "skimage", "sklearn"),
     "timm": ("timm",),
     "tensorboard": ("tensorboard",),
-    "serve": ("fastapi", "uvicorn", "multipart"),
+    "serve": ("fastapi", "uvicorn", "multipart", "PIL"),
 }
 
 
