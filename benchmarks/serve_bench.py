@@ -214,7 +214,7 @@ def main() -> None:
     parts, queries = [everything[: args.vectors]], everything[args.vectors :].astype(np.float32)
     files = [f"/synthetic/{i:07d}.jpg" for i in range(args.vectors)]
     model = make_model(work / "model", args.dim)
-    reference = Encoder.load(model).reference()
+    reference = Encoder.load(model).reference
     built = {}
     for name, limit in (("approximate", ann.EXACT_LIMIT), ("exact", args.vectors)):
         (work / name).mkdir()

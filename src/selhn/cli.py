@@ -292,7 +292,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
-    from selhn.data.batch import pad_tokens
+    from selhn.encoder import Encoder
     from selhn.retrieval import top_k
 
     if args.backend == "faiss":
@@ -306,10 +306,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         unknown = vocab.unknown_words(args.query)
         if unknown:
             warnings.append(f"words the model does not know, read as <unk>: {', '.join(unknown)}")
-        tokens, lengths = pad_tokens([vocab.encode(args.query)])
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            query = model.encode_texts(tokens.to(device), lengths.to(device)).cpu()
+        query = Encoder(model, vocab, image_features=None).encode_texts([args.query])
         scores, indices = top_k(query, img_emb, args.k, args.backend)
         files = split.image_files()
         hits = [
@@ -421,7 +418,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             "place with --checkpoint"
         )
     encoder = Encoder.load(checkpoint, resolve_device(args.device))
-    if model["weights_sha256"] and encoder.reference()["weights_sha256"] != model["weights_sha256"]:
+    if model["weights_sha256"] and encoder.reference["weights_sha256"] != model["weights_sha256"]:
         raise ValueError(
             f"{checkpoint}: not the model that built {args.index} (its weights differ from "
             f"those of {model['checkpoint']}); queries would not match the index"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
@@ -102,8 +103,9 @@ class Encoder:
     def embed_size(self) -> int:
         return int(self.model.settings.embed_size)
 
+    @cached_property
     def reference(self) -> dict[str, Any]:
-        """What identifies the model: its checkpoint, architecture and weights."""
+        """What identifies the model: its checkpoint, architecture and weights (hashed once)."""
         checkpoint = self.checkpoint
         return {
             "checkpoint": str(checkpoint.resolve()) if checkpoint else None,

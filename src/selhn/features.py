@@ -29,7 +29,7 @@ from selhn.data.image_files import load_image, write_image_index
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.data.precomp import features_path
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
-from selhn.textfiles import read_json
+from selhn.textfiles import read_json, write_atomic
 
 JOB_FILE = "features.json"
 # How an image becomes backbone input (``load_image``): recorded with the features, so images
@@ -82,12 +82,6 @@ def feature_job(data: str | Path) -> dict[str, Any] | None:
     return {**job, "preprocessing": PREPROCESSING}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
     path = out / JOB_FILE
     if path.exists():
@@ -99,7 +93,7 @@ def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
             )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(fingerprint, indent=2))
+        write_atomic(path, json.dumps(fingerprint, indent=2))
 
 
 @torch.no_grad()
@@ -140,7 +134,7 @@ def _extract_split(
         array[row : row + len(images)] = grid.flatten(2).transpose(1, 2).float().cpu().numpy()
         array.flush()
         row += len(images)
-        _write_atomic(done_file, str(row))
+        write_atomic(done_file, str(row))
     del array
     write_image_index(out, split, records)
     os.replace(partial, final)

@@ -8,6 +8,7 @@ U+0085, U+2028 and other characters that may sit inside a caption or a JSON stri
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,11 @@ def read_json(path: Path, expected: str) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON, expected {expected} ({err})") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` through a hidden temporary file and a rename, so a reader
+    (or a killed writer) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

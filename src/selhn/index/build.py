@@ -40,7 +40,7 @@ from selhn.distributed import SINGLE_PROCESS, Distributed
 from selhn.encoder import Encoder
 from selhn.index import ann
 from selhn.index.collection import Collection
-from selhn.textfiles import read_json
+from selhn.textfiles import read_json, write_atomic
 
 JOB, META, FAISS_FILE = "job.json", "index.json", "index.faiss"
 FILES, CAPTIONS, SKIPPED = "files.txt", "captions.jsonl", "skipped.jsonl"
@@ -85,18 +85,12 @@ def _as_list(items: list) -> list:
     return items  # a batch stays a list: unreadable files have no pixels to stack
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _shard_name(number: int) -> str:
     return f"shard-{number:05d}"
 
 
 def _job_record(encoder: Encoder, collection: Collection, job: IndexJob) -> dict[str, Any]:
-    model = encoder.reference()
+    model = encoder.reference
     return {
         "weights_sha256": model["weights_sha256"],
         "embed_size": model["embed_size"],
@@ -136,7 +130,7 @@ def _check_job(out: Path, record: dict[str, Any]) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an index; use a new or empty --out")
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(record, indent=2))
+    write_atomic(path, json.dumps(record, indent=2))
 
 
 def _encode_shard(
@@ -177,13 +171,13 @@ def _encode_shard(
             array[rows] = embedded.numpy().astype(DTYPES[job.dtype])
             array.flush()
         state["done"] += len(batch)
-        _write_atomic(progress, json.dumps(state))
+        write_atomic(progress, json.dumps(state))
         if bar is not None:
             bar.update(len(batch))
     skipped_rows = {i - first for i, _, _ in state["skipped"]}
     kept = np.array([r for r in range(len(files)) if r not in skipped_rows], dtype=np.int64)
     record = {"first": first, "skipped": state["skipped"]}
-    _write_atomic(shards / f"{name}.json", json.dumps(record))
+    write_atomic(shards / f"{name}.json", json.dumps(record))
     tmp = shards / f".{name}.tmp.npy"
     np.save(tmp, np.ascontiguousarray(array[kept]))
     del array
@@ -270,7 +264,7 @@ def _join(
     skipped += [{"file": file, "error": why} for file, why in collection.ignored]
     captions = None if collection.captions is None else [collection.captions[i] for i in rows]
     files = [str(collection.files[i]) for i in rows]
-    return write_index(out, parts, files, captions, skipped, encoder.reference(), job)
+    return write_index(out, parts, files, captions, skipped, encoder.reference, job)
 
 
 def write_index(
@@ -288,11 +282,11 @@ def write_index(
         raise ValueError(f"{out}: no image of the collection could be read (see {SKIPPED})")
     if sum(len(p) for p in parts) != len(files):
         raise ValueError(f"{out}: {sum(len(p) for p in parts)} embeddings for {len(files)} files")
-    _write_atomic(out / FILES, "".join(f"{f}\n" for f in files))
-    _write_atomic(out / SKIPPED, "".join(json.dumps(s) + "\n" for s in skipped))
+    write_atomic(out / FILES, "".join(f"{f}\n" for f in files))
+    write_atomic(out / SKIPPED, "".join(json.dumps(s) + "\n" for s in skipped))
     if captions is not None:
         lines = (json.dumps(c, ensure_ascii=False) + "\n" for c in captions)
-        _write_atomic(out / CAPTIONS, "".join(lines))
+        write_atomic(out / CAPTIONS, "".join(lines))
     index, spec = ann.build(parts, ann.choose(len(files), job.exact_limit))
     ann.save(index, out / FAISS_FILE)
     meta = {
@@ -306,5 +300,5 @@ def write_index(
         "job": asdict(job),
         "faiss": spec,
     }
-    _write_atomic(out / META, json.dumps(meta, indent=2))
+    write_atomic(out / META, json.dumps(meta, indent=2))
     return meta

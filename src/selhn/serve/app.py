@@ -60,7 +60,7 @@ def create_app(index: ImageIndex, encoder: Encoder, limits: Limits | None = None
     """The FastAPI application serving ``index``, whose queries ``encoder`` encodes."""
     limits = limits or Limits()
     largest_k = min(limits.max_k, len(index))
-    model = encoder.reference()  # the checkpoint loaded, which may have moved since indexing
+    model = encoder.reference  # the checkpoint loaded, which may have moved since indexing
     page = package_files("selhn.serve").joinpath("page.html").read_text(encoding="utf-8")
     app = FastAPI(title="selhn search", docs_url=None, redoc_url=None, openapi_url=None)
 
