@@ -6,12 +6,13 @@ model and seed ``selhn train --data FEATURES --out RUN --seed S`` with no tuning
 adds only ``--architecture probe``), timed, and ``selhn eval`` on the test split. Prints one table
 (test rSum mean ± std, train minutes) and, per set, the full model's rSum over the probe's and its
 time per 1,000 images, features included. ``--losses`` also compares losses on the full model
-with ``selhn experiment``.
+with ``selhn experiment`` (its InfoNCE runs are the default full runs, linked: the same
+configuration and seed).
 
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
 Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
-           [--models full,full-transformer,probe]
+           [--models full,full-selhn,probe]
            [--losses all,hardest,hardest+warmup,selhn,infonce] [--work runs/real_data]
 """
 
@@ -27,11 +28,11 @@ from pathlib import Path
 
 from real_sets import build
 
-# full: the default model; full-transformer: with the pretrained text transformer instead of the
-# BiGRU (a candidate default for such data); probe: the baseline
+# full: the default model (its text encoder and loss chosen for features of selhn features);
+# full-selhn: with the paper's loss instead; probe: the baseline
 MODELS = {
     "full": [],
-    "full-transformer": ["--text-encoder", "transformer"],
+    "full-selhn": ["--loss", "selhn"],
     "probe": ["--architecture", "probe"],
 }
 
@@ -79,6 +80,19 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
     return {"rsum": json.loads(report.read_text())["metrics"]["rsum"], "seconds": seconds}
 
 
+def link_default_runs(set_dir: Path, losses: list[str], seeds: int) -> None:
+    """Let the loss comparison reuse the default full runs: with the default loss (InfoNCE for
+    these features) and the same seed, its run has exactly their configuration."""
+    if "infonce" not in losses:
+        return
+    for seed in range(seeds):
+        default = set_dir / "runs" / f"full-seed{seed}"
+        link = set_dir / "losses" / "runs" / f"infonce-seed{seed}"
+        if (default / "last").exists() and not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(default.resolve(), target_is_directory=True)
+
+
 def mean_std(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {spread:.1f}"
@@ -119,6 +133,7 @@ def main() -> None:
                 f"{full_s / 60 * 1000 / images:.1f} min per 1,000 images (target <= 10)"
             )
         if args.losses:
+            link_default_runs(work / name, args.losses.split(","), args.seeds)
             selhn("experiment", "--data", str(features), "--out", str(work / name / "losses"),
                   "--losses", args.losses, "--seeds", str(args.seeds), "--no-progress")  # fmt: skip
             print((work / name / "losses" / "results.md").read_text())

@@ -14,15 +14,16 @@ def test_the_paper_recipe_is_one_argument_away():
     assert (paper.loss.margin, paper.loss.epsilon, paper.loss.warmup_epochs) == (0.2, 0.01, 0)
     assert (paper.model.embed_size, paper.model.word_dim) == (1024, 300)
     assert (paper.data.region_drop, paper.data.token_prob) == (0.2, 0.2)
-    # the defaults leave the schedule and the text encoder to the data, and are the paper's
-    # recipe otherwise
+    # the defaults leave the schedule, the text encoder and the loss to the data, and are the
+    # paper's recipe otherwise
     defaults = Config()
     schedule = {"epochs": 30, "lr_decay_epoch": 15, "warmup_steps": 0, "patience": 0}
     assert all(getattr(defaults.train, key) is None for key in schedule)
     for key, value in schedule.items():
         setattr(defaults.train, key, value)
     assert defaults.model.text_encoder == "auto" and paper.model.text_encoder == "bigru"
-    defaults.model.text_encoder = "bigru"
+    assert defaults.loss.name == "auto" and paper.loss.name == "selhn"
+    defaults.model.text_encoder, defaults.loss.name = "bigru", "selhn"
     assert paper == defaults
 
 
@@ -159,7 +160,7 @@ def test_a_config_written_by_0_1_0_still_loads(tmp_path):
         load_config(path)
 
 
-def test_the_text_encoder_is_chosen_from_the_data(tmp_path, monkeypatch):
+def test_the_text_encoder_and_the_loss_are_chosen_from_the_data(tmp_path, monkeypatch):
     import selhn.defaults
     from selhn.defaults import choose_for_data
 
@@ -172,14 +173,20 @@ def test_the_text_encoder_is_chosen_from_the_data(tmp_path, monkeypatch):
         config = load_config(None, overrides)
         lines = choose_for_data(config, data)
         assert choose_for_data(config, data) == []  # nothing left to choose
-        return getattr(config.model, "text_encoder", None), lines
+        return getattr(config.model, "text_encoder", None), config.loss.name, lines
 
-    encoder, [line] = chosen(features)
-    assert encoder == "transformer" and "holds features of selhn features" in line
-    assert chosen(regions)[0] == "bigru"
-    assert chosen(features, {"model.word_vectors": "glove"})[0] == "bigru"
-    assert chosen(features, {"model.text_encoder": "bigru"}) == ("bigru", [])  # given: kept
-    assert chosen(features, {"model.architecture": "vsepp"})[1] == []  # no text_encoder there
+    encoder, loss, [text_line, loss_line] = chosen(features)
+    assert encoder == "transformer" and "holds features of selhn features" in text_line
+    assert loss == "infonce" and loss_line.startswith("loss.name=auto: infonce, as ")
+    encoder, loss, [_, loss_line] = chosen(regions)
+    assert (encoder, loss) == ("bigru", "selhn") and "the paper's loss" in loss_line
+    assert chosen(features, {"model.word_vectors": "glove"})[:2] == ("bigru", "infonce")
+    given = {"model.text_encoder": "bigru", "loss.name": "hardest"}
+    assert chosen(features, given) == ("bigru", "hardest", [])  # given: kept
+    vsepp = chosen(features, {"model.architecture": "vsepp"})  # it has no text_encoder
+    assert vsepp[1] == "infonce" and [line.split(",")[0] for line in vsepp[2]] == [
+        "loss.name=auto: infonce"
+    ]
     monkeypatch.setattr(selhn.defaults, "installed", lambda extra: False)
-    encoder, [line] = chosen(features)
+    encoder, _, [line, _] = chosen(features)
     assert encoder == "bigru" and "pip install 'selhn[text]'" in line

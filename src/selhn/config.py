@@ -16,7 +16,7 @@ import yaml
 
 from selhn.models.registry import ARCHITECTURES, model_class
 
-LOSSES = ("selhn", "hardest", "all", "infonce")
+LOSSES = ("auto", "selhn", "hardest", "all", "infonce")
 
 
 def model_settings(architecture: str = "rvsepp") -> Any:
@@ -42,7 +42,8 @@ class DataConfig:
 class LossConfig:
     """The loss (docs/method.md)."""
 
-    name: str = "selhn"  # selhn | hardest | all | infonce
+    name: str = "auto"  # selhn | hardest | all | infonce | auto: infonce for features of selhn
+    # features, else selhn (the paper's)
     margin: float = 0.2  # triplet margin
     epsilon: float = 0.01  # SelHN gap threshold
     temperature: float = 0.07  # infonce: initial temperature (learned)
