@@ -73,6 +73,11 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
         lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
                       "--no-progress", *flags),
     )  # fmt: skip
+    expected = "selhn" if "--loss" in flags else "infonce"  # the default for these features
+    trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
+    if trained != expected:
+        raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
+                         "version's defaults?); use a new --work")  # fmt: skip
     report = run.parent / f"{run.name}_test.json"
     if not report.exists():
         selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
@@ -88,7 +93,7 @@ def link_default_runs(set_dir: Path, losses: list[str], seeds: int) -> None:
     for seed in range(seeds):
         default = set_dir / "runs" / f"full-seed{seed}"
         link = set_dir / "losses" / "runs" / f"infonce-seed{seed}"
-        if (default / "last").exists() and not link.exists():
+        if (default / "last").exists() and not link.exists():  # loss checked by train_and_test
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(default.resolve(), target_is_directory=True)
 

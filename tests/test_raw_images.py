@@ -228,6 +228,7 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     assert hit["file"] == str(tests[hit["image"]].image.absolute())
     model, vocab, meta = load_model(run / "best")
     assert model.settings.text_encoder == encoder[1]
+    assert meta["config"]["loss"]["name"] == "infonce"  # loss.name=auto, for these features
     best = max(r["rsum"] for r in read_log(run)[1])
     assert meta["dev_metrics"]["rsum"] == best
     if encoder[1] == "transformer":  # self-contained: config and tokenizer, no second weights
