@@ -12,7 +12,7 @@ configuration and seed).
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
 Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
-           [--models full,full-selhn,probe]
+           [--models full,full-selhn,full-hardest,full-hardest-warmup,probe]
            [--losses all,hardest,hardest+warmup,selhn,infonce] [--work runs/real_data]
 """
 
@@ -29,10 +29,13 @@ from pathlib import Path
 from real_sets import build
 
 # full: the default model (its text encoder and loss chosen for features of selhn features);
-# full-selhn: with the paper's loss instead; probe: the baseline
+# full-LOSS: with another loss (hardest-warmup: VSE-infinity's one epoch of the mean loss first);
+# probe: the baseline
 MODELS = {
     "full": [],
     "full-selhn": ["--loss", "selhn"],
+    "full-hardest": ["--loss", "hardest"],
+    "full-hardest-warmup": ["--loss", "hardest", "--warmup-epochs", "1"],
     "probe": ["--architecture", "probe"],
 }
 
@@ -73,7 +76,8 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
         lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
                       "--no-progress", *flags),
     )  # fmt: skip
-    expected = "selhn" if "--loss" in flags else "infonce"  # the default for these features
+    # the loss given, else the default for these features
+    expected = flags[flags.index("--loss") + 1] if "--loss" in flags else "infonce"
     trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
     if trained != expected:
         raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
