@@ -53,7 +53,10 @@ def _loss(config: Config, data: str | Path, from_features: bool) -> list[str]:
         return []
     if from_features:
         loss.name = "infonce"
-        why = f"{data} holds features of selhn features (small real data: see docs/training.md)"
+        why = (
+            f"{data} holds features of selhn features (best on real sets of about 1,000 "
+            "images: docs/training.md)"
+        )
     else:
         loss.name = "selhn"
         why = "the data are not features of selhn features (the paper's loss)"

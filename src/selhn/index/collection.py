@@ -87,8 +87,8 @@ def from_manifest(path: str | Path, images: str | Path | None = None) -> Collect
         if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
             raise ValueError(f"{source}: 'captions' must be a list of strings")
         image = (root / entry["image"]).resolve()
-        if _unlistable(image):
-            raise ValueError(f"{source}: {_unlistable(image)}; rename the file")
+        if problem := _unlistable(image):
+            raise ValueError(f"{source}: {problem}; rename the file")
         if image in first:
             raise ValueError(f"{source}: image {image} is already listed at {first[image]}")
         first[image] = source
