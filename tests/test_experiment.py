@@ -30,7 +30,11 @@ def test_experiment_end_to_end(tmp_path, capsys):
             {"all", "hardest"} if loss == "hardest+warmup" else {entry["changes"]["loss.name"]}
         )
         assert objectives == expected, loss
+    # the shared configuration is recorded as the runs resolved it: synthetic data get the BiGRU
+    assert results["config"]["model"]["text_encoder"] == "bigru"
+    assert results["config"]["loss"]["name"] == "selhn"
     markdown = (exp / "results.md").read_text()
+    assert "text_encoder: auto" not in markdown and "name: auto" not in markdown
     assert "selhn experiment --data" in markdown and "| hardest+warmup |" in markdown
 
     # a second call reuses the finished runs: nothing is trained again

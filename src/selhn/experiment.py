@@ -17,6 +17,7 @@ import yaml
 
 from selhn.checkpoint import load_model, read_meta
 from selhn.config import load_config
+from selhn.defaults import choose_for_data
 from selhn.distributed import resolve_device
 from selhn.evaluation import METRIC_NAMES
 from selhn.retrieval import evaluate, split_for
@@ -81,6 +82,7 @@ def run_experiment(
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(config_file, overrides)
+    choose_for_data(base, data)  # recorded as each run resolves it, not as "auto"
     runs: dict[str, list[Path]] = {}
     results: dict[str, Any] = {"command": command, "config": base.to_dict(), "losses": {}}
     for loss in losses:
