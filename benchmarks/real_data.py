@@ -6,8 +6,8 @@ model and seed ``selhn train --data FEATURES --out RUN --seed S`` with no tuning
 adds only ``--architecture probe``), timed, and ``selhn eval`` on the test split. Prints one table
 (test rSum mean ± std, train minutes) and, per set, the full model's rSum over the probe's and its
 time per 1,000 images, features included. ``--losses`` also compares losses on the full model
-with ``selhn experiment`` (its InfoNCE runs are the default full runs, linked: the same
-configuration and seed).
+with ``selhn experiment`` (its runs of the default loss are the default full runs, linked: the
+same configuration and seed).
 
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 from real_sets import build
+
+from selhn.config import Config
+from selhn.defaults import choose_for_data
 
 # full: the default model (its text encoder and loss chosen for features of selhn features);
 # full-LOSS: with another loss (hardest-warmup: VSE-infinity's one epoch of the mean loss first);
@@ -76,8 +79,7 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
         lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
                       "--no-progress", *flags),
     )  # fmt: skip
-    # the loss given, else the default for these features
-    expected = flags[flags.index("--loss") + 1] if "--loss" in flags else "infonce"
+    expected = flags[flags.index("--loss") + 1] if "--loss" in flags else default_loss(features)
     trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
     if trained != expected:
         raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
@@ -89,14 +91,21 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
     return {"rsum": json.loads(report.read_text())["metrics"]["rsum"], "seconds": seconds}
 
 
-def link_default_runs(set_dir: Path, losses: list[str], seeds: int) -> None:
-    """Let the loss comparison reuse the default full runs: with the default loss (InfoNCE for
-    these features) and the same seed, its run has exactly their configuration."""
-    if "infonce" not in losses:
+def default_loss(features: Path) -> str:
+    """The loss ``selhn train`` picks for ``features`` when no ``--loss`` is given."""
+    config = Config()
+    choose_for_data(config, features)
+    return config.loss.name
+
+
+def link_default_runs(set_dir: Path, loss: str, losses: list[str], seeds: int) -> None:
+    """Let the loss comparison reuse the default full runs: with the default ``loss`` and the
+    same seed, its run has exactly their configuration."""
+    if loss not in losses:
         return
     for seed in range(seeds):
         default = set_dir / "runs" / f"full-seed{seed}"
-        link = set_dir / "losses" / "runs" / f"infonce-seed{seed}"
+        link = set_dir / "losses" / "runs" / f"{loss}-seed{seed}"
         if (default / "last").exists() and not link.exists():  # loss checked by train_and_test
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(default.resolve(), target_is_directory=True)
@@ -142,7 +151,8 @@ def main() -> None:
                 f"{full_s / 60 * 1000 / images:.1f} min per 1,000 images (target <= 10)"
             )
         if args.losses:
-            link_default_runs(work / name, args.losses.split(","), args.seeds)
+            link_default_runs(work / name, default_loss(features), args.losses.split(","),
+                              args.seeds)  # fmt: skip
             selhn("experiment", "--data", str(features), "--out", str(work / name / "losses"),
                   "--losses", args.losses, "--seeds", str(args.seeds), "--no-progress")  # fmt: skip
             print((work / name / "losses" / "results.md").read_text())
