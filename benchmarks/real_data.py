@@ -12,7 +12,7 @@ same configuration and seed).
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
 Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
-           [--models full,full-selhn,full-hardest,full-hardest-warmup,probe]
+           [--models full,full-selhn,full-selhn-eps0.2,full-hardest,full-hardest-warmup,probe]
            [--losses all,hardest,hardest+warmup,selhn,infonce] [--work runs/real_data]
 """
 
@@ -32,11 +32,13 @@ from selhn.config import Config
 from selhn.defaults import choose_for_data
 
 # full: the default model (its text encoder and loss chosen for features of selhn features);
-# full-LOSS: with another loss (hardest-warmup: VSE-infinity's one epoch of the mean loss first);
+# full-LOSS: with another loss (hardest-warmup: VSE-infinity's one epoch of the mean loss first;
+# selhn-eps0.2: SelHN with a larger gap threshold);
 # probe: the baseline
 MODELS = {
     "full": [],
     "full-selhn": ["--loss", "selhn"],
+    "full-selhn-eps0.2": ["--loss", "selhn", "--epsilon", "0.2"],
     "full-hardest": ["--loss", "hardest"],
     "full-hardest-warmup": ["--loss", "hardest", "--warmup-epochs", "1"],
     "probe": ["--architecture", "probe"],
