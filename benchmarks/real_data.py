@@ -5,9 +5,10 @@ For each set of ``benchmarks/real_sets.py``: build it, ``selhn features`` (timed
 model and seed ``selhn train --data FEATURES --out RUN --seed S`` with no tuning flags (the probe
 adds only ``--architecture probe``), timed, and ``selhn eval`` on the test split. Prints one table
 (test rSum mean ± std, train minutes) and, per set, the full model's rSum over the probe's and its
-time per 1,000 images, features included. ``--losses`` also compares losses on the full model
-with ``selhn experiment`` (its runs of the default loss are the default full runs, linked: the
-same configuration and seed).
+time per 1,000 images, features included; then one line per run (best dev rSum, its epoch, the
+epochs trained, the peak share of anchors in the vanishing regime). ``--losses`` also compares
+losses on the full model with ``selhn experiment`` (its runs of the default loss are the default
+full runs, linked: the same configuration and seed).
 
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
@@ -30,6 +31,7 @@ from real_sets import build
 
 from selhn.config import Config
 from selhn.defaults import choose_for_data
+from selhn.run_dir import read_log
 
 # full: the default model (its text encoder and loss chosen for features of selhn features);
 # full-LOSS: with another loss (hardest-warmup: VSE-infinity's one epoch of the mean loss first;
@@ -93,6 +95,24 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
     return {"rsum": json.loads(report.read_text())["metrics"]["rsum"], "seconds": seconds}
 
 
+def run_summary(run: Path) -> str:
+    """Best dev rSum, its epoch and the epochs trained (1-based); for the triplet losses, the
+    peak over the logged steps of the share of anchors in the vanishing regime (gap below the
+    run's epsilon, both directions averaged; epochs of the mean loss's warm-up left out)."""
+    steps, evals = read_log(run)
+    best = max(evals, key=lambda record: record["rsum"])
+    shares = [
+        (record["vanishing_i2t"] + record["vanishing_t2i"]) / 2
+        for record in steps
+        if "vanishing_i2t" in record and record["objective"] != "all"
+    ]
+    vanishing = f"; vanishing peak {max(shares):.2f}" if shares else ""
+    return (
+        f"best dev rSum {best['rsum']:.1f} at epoch {best['epoch'] + 1} of "
+        f"{evals[-1]['epoch'] + 1}{vanishing}"
+    )
+
+
 def default_loss(features: Path) -> str:
     """The loss ``selhn train`` picks for ``features`` when no ``--loss`` is given."""
     config = Config()
@@ -128,16 +148,17 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
 
-    rows, summary = [], []
+    rows, summary, per_run = [], [], []
     for name in args.sets.split(","):
         features, feature_s, images = prepare(name, work)
         results = {}
         for model in args.models.split(","):
-            runs = [
-                train_and_test(features, work / name / "runs" / f"{model}-seed{seed}",
-                               MODELS[model], seed)
-                for seed in range(args.seeds)
-            ]  # fmt: skip
+            runs = []
+            for seed in range(args.seeds):
+                run = work / name / "runs" / f"{model}-seed{seed}"
+                runs.append(train_and_test(features, run, MODELS[model], seed))
+                per_run.append(f"{name} {model} seed {seed}: test rSum {runs[-1]['rsum']:.1f}; "
+                               f"{run_summary(run)}")  # fmt: skip
             results[model] = runs
             rsums = [r["rsum"] for r in runs]
             minutes = statistics.mean(r["seconds"] for r in runs) / 60
@@ -163,6 +184,7 @@ def main() -> None:
     print("| set | model | test rSum | train min |\n|---|---|---|---|")
     print("\n".join(rows))
     print("\n".join(summary))
+    print("\n".join(per_run))
 
 
 if __name__ == "__main__":
