@@ -13,7 +13,8 @@ full runs, linked: the same configuration and seed).
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
 Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
-           [--models full,full-selhn,full-selhn-eps0.2,full-hardest,full-hardest-warmup,probe]
+           [--models full,full-selhn,full-selhn-eps0.05,full-selhn-eps0.2,full-all,full-hardest,
+                     full-hardest-warmup,probe]
            [--losses all,hardest,hardest+warmup,selhn,infonce] [--work runs/real_data]
 """
 
@@ -35,12 +36,15 @@ from selhn.run_dir import read_log
 
 # full: the default model (its text encoder and loss chosen for features of selhn features);
 # full-LOSS: with another loss (hardest-warmup: VSE-infinity's one epoch of the mean loss first;
-# selhn-eps0.2: SelHN with a larger gap threshold);
+# selhn-epsE: SelHN with the gap threshold E; all: the mean of the hinges over all negatives,
+# which SelHN becomes as epsilon grows);
 # probe: the baseline
 MODELS = {
     "full": [],
     "full-selhn": ["--loss", "selhn"],
+    "full-selhn-eps0.05": ["--loss", "selhn", "--epsilon", "0.05"],
     "full-selhn-eps0.2": ["--loss", "selhn", "--epsilon", "0.2"],
+    "full-all": ["--loss", "all"],
     "full-hardest": ["--loss", "hardest"],
     "full-hardest-warmup": ["--loss", "hardest", "--warmup-epochs", "1"],
     "probe": ["--architecture", "probe"],
@@ -98,13 +102,13 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
 def run_summary(run: Path) -> str:
     """Best dev rSum, its epoch and the epochs trained (1-based); for the triplet losses, the
     peak over the logged steps of the share of anchors in the vanishing regime (gap below the
-    run's epsilon, both directions averaged; epochs of the mean loss's warm-up left out)."""
+    run's epsilon, both directions averaged; the steps of a warm-up loss left out)."""
     steps, evals = read_log(run)
     best = max(evals, key=lambda record: record["rsum"])
     shares = [
         (record["vanishing_i2t"] + record["vanishing_t2i"]) / 2
         for record in steps
-        if "vanishing_i2t" in record and record["objective"] != "all"
+        if "vanishing_i2t" in record and record["objective"] == steps[-1]["objective"]
     ]
     vanishing = f"; vanishing peak {max(shares):.2f}" if shares else ""
     return (

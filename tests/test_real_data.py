@@ -37,3 +37,11 @@ def test_run_summary_of_a_loss_without_gaps_has_no_vanishing_share(tmp_path):
              for e in range(2)]  # fmt: skip
     _write_log(run, [steps[0], _eval(0, 80.0), steps[1], _eval(1, 70.0)])
     assert run_summary(run) == "best dev rSum 80.0 at epoch 1 of 2"
+
+
+def test_run_summary_of_the_mean_loss_counts_its_own_steps(tmp_path):
+    run = tmp_path / "run"
+    _write_log(run, [_step(0, "all", 0.1, 0.3), _eval(0, 90.0), _step(1, "all", 0.5, 0.1),
+                     _eval(1, 95.0)])  # fmt: skip
+    # no warm-up: every step is the run's loss; peak of (0.1+0.3)/2=0.2 and (0.5+0.1)/2=0.3
+    assert run_summary(run) == "best dev rSum 95.0 at epoch 2 of 2; vanishing peak 0.30"
