@@ -144,6 +144,7 @@ class StageImageSide(nn.Module):
 
 
 def rsum(image_side: nn.Module, text_side: nn.Module, split: dict[str, Tensor]) -> float:
+    """rSum of a split's images against its captions (the image side left in train mode)."""
     image_side.eval()
     with torch.no_grad():
         images = torch.cat([image_side(a) for a in split["trunk"].split(256)])
