@@ -30,22 +30,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from real_sets import build
+from real_data import mean_std, report_path, set_manifest
 from torch import Tensor, nn
 
+from selhn.data.batch import pad_tokens
 from selhn.data.image_files import load_image
 from selhn.data.manifest import by_split, read_manifest
 from selhn.evaluation import embedding_metrics
 from selhn.losses import InfoNCELoss
-from selhn.models.backbones import build_backbone
-from selhn.models.pooling import masked_mean
-from selhn.models.transformer import (
-    WordPieceTokenizer,
-    build_transformer,
-    load_pretrained_transformer,
-    model_directory,
-    with_boundaries,
-)
+from selhn.models.backbones import GridBackbone, build_backbone
+from selhn.models.probe import SentenceProbe
+from selhn.models.transformer import WordPieceTokenizer, load_pretrained_transformer
 
 # EfficientNet-Lite0's last stage (blocks 11-15, stride 32) and its head learn
 FIRST_LEARNING_BLOCK = 11
@@ -56,51 +51,44 @@ EMBED_SIZE = 1024
 
 
 @torch.no_grad()
-def trunk(net: nn.Module, images: Tensor) -> Tensor:
+def trunk(backbone: GridBackbone, images: Tensor) -> Tensor:
     """(B, 112, 14, 14) float16 input of the first learning block, of (B, 3, S, S) 0..255."""
-    x = (images.float() - 127.0) / 128.0  # EfficientNet-Lite's preprocessing
+    net = backbone.trunk.net
+    x = (images.float() - backbone.mean) / backbone.std
     x = net._swish(net._bn0(net._conv_stem(x)))
     for block in net._blocks[:FIRST_LEARNING_BLOCK]:
         x = block(x)
     return x.half()
 
 
-@torch.no_grad()
 def sentences(captions: list[str]) -> Tensor:
-    """(N, 384) frozen all-MiniLM-L6-v2 sentence embeddings."""
-    model_dir = model_directory(None)
-    tokenizer, transformer = WordPieceTokenizer(model_dir), build_transformer(model_dir)
-    load_pretrained_transformer(transformer, model_dir)
-    transformer.eval()
-    first, last = tokenizer.boundary_ids()
-    out = []
-    for start in range(0, len(captions), 64):
-        pieces = [tokenizer.encode(c) for c in captions[start : start + 64]]
-        lengths = torch.tensor([len(p) for p in pieces])
-        tokens = torch.zeros(len(pieces), int(lengths.max()), dtype=torch.long)
-        for row, p in enumerate(pieces):
-            tokens[row, : len(p)] = torch.tensor(p)
-        ids, mask = with_boundaries(tokens, lengths, first, last)
-        hidden = transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        out.append(masked_mean(hidden, lengths + 2))
-    return torch.cat(out)
+    """(N, 384) frozen all-MiniLM-L6-v2 sentence embeddings, as the probe computes them."""
+    probe = SentenceProbe(None, EMBED_SIZE).eval()  # only its frozen transformer is used
+    load_pretrained_transformer(probe.transformer, probe.model_dir)
+    tokenizer = WordPieceTokenizer(probe.model_dir)
+    chunks = [captions[start : start + 64] for start in range(0, len(captions), 64)]
+    return torch.cat(
+        [probe.embed_sentences(*pad_tokens([tokenizer.encode(c) for c in part])) for part in chunks]
+    )
 
 
-def cached_inputs(manifest: Path, cache: Path) -> dict[str, dict[str, Tensor]]:
+def cached_inputs(
+    manifest: Path, cache: Path, backbone: GridBackbone
+) -> dict[str, dict[str, Tensor]]:
     """Per split: trunk activations ('flipped' too for train), sentence embeddings and the image
-    of each caption; computed once into ``cache``."""
+    of each caption; computed once into ``cache`` (the seconds that took are printed)."""
     if cache.exists():
         return torch.load(cache)
-    net = build_backbone().trunk.net
+    started = time.perf_counter()
     data = {}
     for split, records in by_split(read_manifest(manifest)).items():
         acts, flipped = [], []
         for start in range(0, len(records), 32):
             part = records[start : start + 32]
             images = torch.stack([load_image(r.image, IMAGE_SIZE, r.source) for r in part])
-            acts.append(trunk(net, images))
+            acts.append(trunk(backbone, images))
             if split == "train":
-                flipped.append(trunk(net, images.flip(3)))
+                flipped.append(trunk(backbone, images.flip(3)))
         captions = [(i, c) for i, r in enumerate(records) for c in r.captions]
         data[split] = {
             "trunk": torch.cat(acts),
@@ -110,6 +98,7 @@ def cached_inputs(manifest: Path, cache: Path) -> dict[str, dict[str, Tensor]]:
         if flipped:
             data[split]["flipped"] = torch.cat(flipped)
     torch.save(data, cache)
+    print(f"{manifest}: inputs computed in {time.perf_counter() - started:.0f} s", flush=True)
     return data
 
 
@@ -121,7 +110,7 @@ class StageImageSide(nn.Module):
         super().__init__()
         self.blocks = copy.deepcopy(net._blocks[FIRST_LEARNING_BLOCK:])
         self.head = nn.Sequential(
-            copy.deepcopy(net._conv_head), copy.deepcopy(net._bn1), nn.ReLU6()
+            copy.deepcopy(net._conv_head), copy.deepcopy(net._bn1), copy.deepcopy(net._swish)
         )
         self.fc = nn.Linear(1280, EMBED_SIZE)
         self.blocks.requires_grad_(learning)
@@ -136,11 +125,15 @@ class StageImageSide(nn.Module):
         self.head.eval()
         return self
 
-    def forward(self, acts: Tensor) -> Tensor:
+    def grid(self, acts: Tensor) -> Tensor:
+        """(B, 1280, 7, 7) feature maps of trunk activations: the backbone's grid."""
         x = acts.float()
         for block in self.blocks:
             x = block(x)
-        return F.normalize(self.fc(self.head(x).mean((2, 3))), dim=-1)
+        return self.head(x)
+
+    def forward(self, acts: Tensor) -> Tensor:
+        return F.normalize(self.fc(self.grid(acts).mean((2, 3))), dim=-1)
 
 
 def rsum(image_side: nn.Module, text_side: nn.Module, split: dict[str, Tensor]) -> float:
@@ -196,13 +189,8 @@ def train(data: dict, net: nn.Module, learning: bool, seed: int) -> dict[str, fl
 
 def probe_rsum(work: Path, name: str, seed: int) -> float | None:
     """Test rSum of real_data.py's probe run of this seed, if it is there."""
-    path = work / name / "runs" / f"probe-seed{seed}_test.json"
+    path = report_path(work / name / "runs" / f"probe-seed{seed}")
     return json.loads(path.read_text())["metrics"]["rsum"] if path.exists() else None
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
 
 
 def main() -> None:
@@ -212,17 +200,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/real_data"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    net = build_backbone().trunk.net
+    backbone = build_backbone()
     rows = []
     for name in args.sets.split(","):
-        manifest = args.work / name / "images" / "manifest.jsonl"
-        if not manifest.exists():
-            build(name, manifest.parent)
-        data = cached_inputs(manifest, args.work / name / "backbone_tail_inputs.pt")
+        manifest = set_manifest(name, args.work)
+        data = cached_inputs(manifest, args.work / name / "backbone_tail_inputs.pt", backbone)
         runs = {arm: [] for arm in ("frozen", "learning")}
         for seed in range(args.seeds):
             for arm in runs:
-                run = train(data, net, arm == "learning", seed)
+                run = train(data, backbone.trunk.net, arm == "learning", seed)
                 runs[arm].append(run)
                 print(
                     f"{name} {arm} seed {seed}: test rSum {run['test']:.1f}, best dev "

@@ -65,11 +65,17 @@ def timed_once(path: Path, work) -> float:
     return json.loads(path.read_text())["seconds"]
 
 
-def prepare(name: str, work: Path) -> tuple[Path, float, int]:
-    """(features directory, seconds to compute them, images) of a set."""
+def set_manifest(name: str, work: Path) -> Path:
+    """The manifest of a set under ``work``, built there first if it is missing."""
     manifest = work / name / "images" / "manifest.jsonl"
     if not manifest.exists():
         build(name, manifest.parent)
+    return manifest
+
+
+def prepare(name: str, work: Path) -> tuple[Path, float, int]:
+    """(features directory, seconds to compute them, images) of a set."""
+    manifest = set_manifest(name, work)
     features = work / name / "features"
     seconds = timed_once(
         work / name / "features_time.json",
@@ -78,6 +84,11 @@ def prepare(name: str, work: Path) -> tuple[Path, float, int]:
     )  # fmt: skip
     images = sum(1 for line in manifest.read_text().splitlines() if line.strip())
     return features, seconds, images
+
+
+def report_path(run: Path) -> Path:
+    """Where ``selhn eval`` writes the test metrics of a run (beside it)."""
+    return run.parent / f"{run.name}_test.json"
 
 
 def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> dict[str, float]:
@@ -92,7 +103,7 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
     if trained != expected:
         raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
                          "version's defaults?); use a new --work")  # fmt: skip
-    report = run.parent / f"{run.name}_test.json"
+    report = report_path(run)
     if not report.exists():
         selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
               "--json", str(report))  # fmt: skip

@@ -11,20 +11,13 @@ def _images():
     return torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
 
 
-def _stage(side, acts):
-    x = acts.float()
-    for block in side.blocks:
-        x = block(x)
-    return side.head(x)
-
-
 def test_the_frozen_last_stage_on_trunk_activations_gives_the_grid_of_selhn_features():
     backbone = build_backbone()
     images = _images()
     side = StageImageSide(backbone.trunk.net, learning=False).eval()
     with torch.no_grad():
         grid = backbone(images)  # (2, 1280, 7, 7): what selhn features stores
-        staged = _stage(side, trunk(backbone.trunk.net, images))
+        staged = side.grid(trunk(backbone, images))
     assert staged.shape == grid.shape == (2, 1280, 7, 7)
     # the trunk activations are cached in float16: equal up to that precision
     assert (staged - grid).abs().max() <= 1e-3 * grid.abs().max()
@@ -34,7 +27,7 @@ def test_the_frozen_last_stage_on_trunk_activations_gives_the_grid_of_selhn_feat
 def test_the_learning_stage_gets_gradients_and_keeps_its_batchnorm_statistics():
     backbone = build_backbone()
     side = StageImageSide(backbone.trunk.net, learning=True).train()
-    acts = trunk(backbone.trunk.net, _images())
+    acts = trunk(backbone, _images())
     statistics = {k: v.clone() for k, v in side.state_dict().items() if "running" in k}
     side(acts).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in side.head.parameters())
