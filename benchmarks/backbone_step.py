@@ -31,7 +31,7 @@ from selhn.trainer import train_step
 
 def step_seconds(model: RVSEPP, batch: Batch, device: torch.device, steps: int) -> float:
     objective = TrainingObjective(model.to(device).train(), {"selhn": SelHNLoss()})
-    optimizer = torch.optim.AdamW(objective.param_groups(model, 0.1, 0.01), lr=5e-4)
+    optimizer = torch.optim.AdamW(objective.param_groups(model, 0.1, 0.01, 2.0), lr=5e-4)
     batch = batch.to(device)
     return median_seconds(
         lambda: train_step(objective, objective, model, optimizer, batch, 2.0), device, steps, 2

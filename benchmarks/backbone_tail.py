@@ -40,25 +40,13 @@ from selhn.evaluation import embedding_metrics
 from selhn.losses import InfoNCELoss
 from selhn.models.backbones import GridBackbone, build_backbone
 from selhn.models.probe import SentenceProbe
+from selhn.models.stage import LastStage, trunk_activations
 from selhn.models.transformer import WordPieceTokenizer, load_pretrained_transformer
 
-# EfficientNet-Lite0's last stage (blocks 11-15, stride 32) and its head learn
-FIRST_LEARNING_BLOCK = 11
 IMAGE_SIZE = 224
 BATCH, MAX_EPOCHS, PATIENCE = 128, 60, 8
 LR, STAGE_LR, WEIGHT_DECAY = 5e-4, 1e-3, 0.01
 EMBED_SIZE = 1024
-
-
-@torch.no_grad()
-def trunk(backbone: GridBackbone, images: Tensor) -> Tensor:
-    """(B, 112, 14, 14) float16 input of the first learning block, of (B, 3, S, S) 0..255."""
-    net = backbone.trunk.net
-    x = (images.float() - backbone.mean) / backbone.std
-    x = net._swish(net._bn0(net._conv_stem(x)))
-    for block in net._blocks[:FIRST_LEARNING_BLOCK]:
-        x = block(x)
-    return x.half()
 
 
 def sentences(captions: list[str]) -> Tensor:
@@ -86,9 +74,9 @@ def cached_inputs(
         for start in range(0, len(records), 32):
             part = records[start : start + 32]
             images = torch.stack([load_image(r.image, IMAGE_SIZE, r.source) for r in part])
-            acts.append(trunk(backbone, images))
+            acts.append(trunk_activations(backbone, images).half())
             if split == "train":
-                flipped.append(trunk(backbone, images.flip(3)))
+                flipped.append(trunk_activations(backbone, images.flip(3)).half())
         captions = [(i, c) for i, r in enumerate(records) for c in r.captions]
         data[split] = {
             "trunk": torch.cat(acts),
@@ -106,34 +94,18 @@ class StageImageSide(nn.Module):
     """Trunk activations -> the last stage and head (frozen or learning) -> mean of the 7 x 7
     cells -> Linear -> L2 norm."""
 
-    def __init__(self, net: nn.Module, learning: bool) -> None:
+    def __init__(self, backbone: GridBackbone, learning: bool) -> None:
         super().__init__()
-        self.blocks = copy.deepcopy(net._blocks[FIRST_LEARNING_BLOCK:])
-        self.head = nn.Sequential(
-            copy.deepcopy(net._conv_head), copy.deepcopy(net._bn1), copy.deepcopy(net._swish)
-        )
-        self.fc = nn.Linear(1280, EMBED_SIZE)
-        self.blocks.requires_grad_(learning)
-        self.head.requires_grad_(learning)
-
-    def stage_parameters(self) -> list[nn.Parameter]:
-        return [*self.blocks.parameters(), *self.head.parameters()]
+        self.stage = LastStage(backbone).requires_grad_(learning)
+        self.fc = nn.Linear(backbone.channels, EMBED_SIZE)
 
     def train(self, mode: bool = True) -> StageImageSide:
         super().train(mode)
-        self.blocks.eval()  # BatchNorm statistics stay frozen
-        self.head.eval()
+        self.stage.eval()  # BatchNorm statistics stay frozen
         return self
 
-    def grid(self, acts: Tensor) -> Tensor:
-        """(B, 1280, 7, 7) feature maps of trunk activations: the backbone's grid."""
-        x = acts.float()
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
-
     def forward(self, acts: Tensor) -> Tensor:
-        return F.normalize(self.fc(self.grid(acts).mean((2, 3))), dim=-1)
+        return F.normalize(self.fc(self.stage(acts).mean((2, 3))), dim=-1)
 
 
 def rsum(image_side: nn.Module, text_side: nn.Module, split: dict[str, Tensor]) -> float:
@@ -147,15 +119,15 @@ def rsum(image_side: nn.Module, text_side: nn.Module, split: dict[str, Tensor]) 
     return embedding_metrics(images, texts, caption_to_image=owners)["rsum"]
 
 
-def train(data: dict, net: nn.Module, learning: bool, seed: int) -> dict[str, float]:
+def train(data: dict, backbone: GridBackbone, learning: bool, seed: int) -> dict[str, float]:
     """Train one arm; its test rSum at the best dev epoch, that dev rSum, epochs, seconds."""
     torch.manual_seed(seed)
-    image_side, text_side = StageImageSide(net, learning), nn.Linear(384, EMBED_SIZE)
+    image_side, text_side = StageImageSide(backbone, learning), nn.Linear(384, EMBED_SIZE)
     loss = InfoNCELoss(0.07)
     heads = [*image_side.fc.parameters(), *text_side.parameters(), *loss.parameters()]
     groups = [{"params": heads, "lr": LR}]
     if learning:
-        groups.append({"params": image_side.stage_parameters(), "lr": STAGE_LR})
+        groups.append({"params": list(image_side.stage.parameters()), "lr": STAGE_LR})
     optimiser = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
     train_split, started = data["train"], time.perf_counter()
     best = {"dev": -1.0, "epoch": 0, "state": None}
@@ -208,7 +180,7 @@ def main() -> None:
         runs = {arm: [] for arm in ("frozen", "learning")}
         for seed in range(args.seeds):
             for arm in runs:
-                run = train(data, backbone.trunk.net, arm == "learning", seed)
+                run = train(data, backbone, arm == "learning", seed)
                 runs[arm].append(run)
                 print(
                     f"{name} {arm} seed {seed}: test rSum {run['test']:.1f}, best dev "

@@ -22,12 +22,14 @@ FEATURE_SIZE = 64  # pixels: 2 x 2 grid cells, fast on the CPU
 @pytest.fixture(scope="session")
 def features_model(samples, tmp_path_factory):
     """(features directory, checkpoint) of a small model trained one epoch on selhn features of
-    the samples at 64 px (BiGRU text encoder, 32-d embeddings)."""
+    the samples at 64 px: their grid, not the backbone's last stage (BiGRU text encoder, 32-d
+    embeddings)."""
     root = tmp_path_factory.mktemp("features_model")
     features, run = root / "features", root / "run"
     command = ["features", "--manifest", str(samples), "--out", str(features)]
     assert main([*command, "--image-size", str(FEATURE_SIZE), "--no-progress"]) == 0
     train = ["train", "--data", str(features), "--out", str(run), "--epochs", "1", "--no-progress"]
     tiny = ["--text-encoder", "bigru", "--model.embed_size=32", "--model.word_dim=16"]
+    tiny += ["--model.backbone_stage=null"]
     assert main([*train, *tiny, "--train.batch_size=32"]) == 0
     return features, run / "best"

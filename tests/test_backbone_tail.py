@@ -1,9 +1,10 @@
-"""benchmarks/backbone_tail.py: its last stage on cached trunk activations is the backbone's."""
+"""benchmarks/backbone_tail.py: its image side is the backbone's last stage, learning or not."""
 
 import torch
-from backbone_tail import StageImageSide, trunk
+from backbone_tail import StageImageSide
 
 from selhn.models.backbones import build_backbone
+from selhn.models.stage import trunk_activations
 
 
 def _images():
@@ -11,25 +12,23 @@ def _images():
     return torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
 
 
-def test_the_frozen_last_stage_on_trunk_activations_gives_the_grid_of_selhn_features():
+def test_the_frozen_side_pools_the_backbones_grid():
     backbone = build_backbone()
+    side = StageImageSide(backbone, learning=False).eval()
     images = _images()
-    side = StageImageSide(backbone.trunk.net, learning=False).eval()
     with torch.no_grad():
-        grid = backbone(images)  # (2, 1280, 7, 7): what selhn features stores
-        staged = side.grid(trunk(backbone, images))
-    assert staged.shape == grid.shape == (2, 1280, 7, 7)
-    # the trunk activations are cached in float16: equal up to that precision
-    assert (staged - grid).abs().max() <= 1e-3 * grid.abs().max()
-    assert not any(p.requires_grad for p in side.stage_parameters())
+        pooled = backbone(images).mean((2, 3))  # what the probe's features pool
+        expected = torch.nn.functional.normalize(side.fc(pooled), dim=-1)
+        staged = side(trunk_activations(backbone, images))
+    torch.testing.assert_close(staged, expected)
+    assert not any(p.requires_grad for p in side.stage.parameters())
 
 
 def test_the_learning_stage_gets_gradients_and_keeps_its_batchnorm_statistics():
     backbone = build_backbone()
-    side = StageImageSide(backbone.trunk.net, learning=True).train()
-    acts = trunk(backbone, _images())
+    side = StageImageSide(backbone, learning=True).train()
     statistics = {k: v.clone() for k, v in side.state_dict().items() if "running" in k}
-    side(acts).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in side.head.parameters())
+    side(trunk_activations(backbone, _images()).half()).sum().backward()  # as it caches them
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in side.stage.head.parameters())
     after = side.state_dict()
     assert statistics and all(torch.equal(after[k], v) for k, v in statistics.items())

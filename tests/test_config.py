@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -14,8 +15,8 @@ def test_the_paper_recipe_is_one_argument_away():
     assert (paper.loss.margin, paper.loss.epsilon, paper.loss.warmup_epochs) == (0.2, 0.01, 0)
     assert (paper.model.embed_size, paper.model.word_dim) == (1024, 300)
     assert (paper.data.region_drop, paper.data.token_prob) == (0.2, 0.2)
-    # the defaults leave the schedule, the text encoder and the loss to the data, and are the
-    # paper's recipe otherwise
+    # the defaults leave the schedule, the image side, the text encoder and the loss to the data,
+    # and are the paper's recipe otherwise
     defaults = Config()
     schedule = {"epochs": 30, "lr_decay_epoch": 15, "warmup_steps": 0, "patience": 0}
     assert all(getattr(defaults.train, key) is None for key in schedule)
@@ -23,7 +24,10 @@ def test_the_paper_recipe_is_one_argument_away():
         setattr(defaults.train, key, value)
     assert defaults.model.text_encoder == "auto" and paper.model.text_encoder == "bigru"
     assert defaults.loss.name == "auto" and paper.loss.name == "selhn"
+    assert (defaults.model.backbone_stage, defaults.model.image_head) == ("auto", "auto")
+    assert (paper.model.backbone_stage, paper.model.image_head) == (None, "residual")
     defaults.model.text_encoder, defaults.loss.name = "bigru", "selhn"
+    defaults.model.backbone_stage, defaults.model.image_head = None, "residual"
     assert paper == defaults
 
 
@@ -49,7 +53,7 @@ def test_file_then_overrides(tmp_path):
         ({"loss.name": "triplet"}, r"loss.name must be one of .*got 'triplet'"),
         ({"train.batch_size": 1}, r"train.batch_size must be >= 2; got 1"),
         ({"model.text_encoder": "bert"}, r"model.text_encoder must be \('auto', 'bigru', "),
-        ({"model.text_model": "/m"}, r"model.text_model must be None unless .*=transformer"),
+        ({"model.text_model": "/m"}, r"model.text_model must be None unless .* is transformer or"),
         ({"model.word_vectors": "word2vec"}, r"model.word_vectors must be None or glove"),
         (
             {"model.text_encoder": "transformer", "model.word_vectors": "glove"},
@@ -128,8 +132,6 @@ def test_packaged_configurations_are_found_by_name(tmp_path, capsys):
 
 
 def test_version_is_printed_and_recorded(tmp_path, capsys):
-    import json
-
     import selhn
     from selhn.checkpoint import save_model
     from selhn.cli import main
@@ -167,7 +169,8 @@ def test_the_text_encoder_and_the_loss_are_chosen_from_the_data(tmp_path, monkey
     features, regions = tmp_path / "features", tmp_path / "regions"
     features.mkdir()
     regions.mkdir()
-    (features / "features.json").write_text("{}")  # written by selhn features
+    job = {"backbone": "efficientnet-lite0", "image_size": 224, "weights": None}
+    (features / "features.json").write_text(json.dumps(job))  # written by selhn features
 
     def chosen(data, overrides=None):
         config = load_config(None, overrides)
@@ -175,18 +178,22 @@ def test_the_text_encoder_and_the_loss_are_chosen_from_the_data(tmp_path, monkey
         assert choose_for_data(config, data) == []  # nothing left to choose
         return getattr(config.model, "text_encoder", None), config.loss.name, lines
 
-    encoder, loss, [text_line, loss_line] = chosen(features)
+    encoder, loss, [stage_line, head_line, text_line, loss_line] = chosen(features)
+    assert stage_line.startswith("model.backbone_stage=auto: None, as ")
+    assert "has no trunk activations" in stage_line  # features of an older selhn
+    assert head_line.startswith("model.image_head=auto: residual, as the paper's")
     assert encoder == "transformer" and "holds features of selhn features" in text_line
     assert loss == "infonce" and loss_line.startswith("loss.name=auto: infonce, as ")
-    encoder, loss, [_, loss_line] = chosen(regions)
+    encoder, loss, [*_, loss_line] = chosen(regions)
     assert (encoder, loss) == ("bigru", "selhn") and "the paper's loss" in loss_line
     assert chosen(features, {"model.word_vectors": "glove"})[:2] == ("bigru", "infonce")
     given = {"model.text_encoder": "bigru", "loss.name": "hardest"}
+    given |= {"model.backbone_stage": None, "model.image_head": "residual"}
     assert chosen(features, given) == ("bigru", "hardest", [])  # given: kept
     vsepp = chosen(features, {"model.architecture": "vsepp"})  # it has no text_encoder
     assert vsepp[1] == "infonce" and [line.split(",")[0] for line in vsepp[2]] == [
         "loss.name=auto: infonce"
     ]
     monkeypatch.setattr(selhn.defaults, "installed", lambda extra: False)
-    encoder, _, [line, _] = chosen(features)
+    encoder, _, [_, _, line, _] = chosen(features)
     assert encoder == "bigru" and "pip install 'selhn[text]'" in line

@@ -96,7 +96,7 @@ def test_the_backbone_trains_at_its_own_learning_rate_scale():
     config = load_config(None, TINY)
     model = create_model(replace(config.model, vocab_size=30, img_dim=None))
     assert model.settings.img_dim == 1280
-    groups = model.param_groups(0.1, config.train.backbone_lr_scale)
+    groups = model.param_groups(0.1, config.train.backbone_lr_scale, 2.0)
     backbone = {id(p) for p in model.image_encoder.backbone.parameters()}
     assert {id(p) for p in groups[1]["params"]} == backbone and groups[1]["lr_scale"] == 0.01
     assert len(groups[0]["params"]) + len(backbone) == len(list(model.parameters()))

@@ -90,7 +90,7 @@ def test_the_transformer_trains_at_a_tenth_of_the_learning_rate():
     config = load_config(None, {"model.text_encoder": "transformer", "model.embed_size": 8})
     model, _ = new_model(config, [])
     objective = TrainingObjective(model, {"infonce": make_loss("infonce")})
-    groups = objective.param_groups(model, config.train.pretrained_lr_scale, 0.01)
+    groups = objective.param_groups(model, config.train.pretrained_lr_scale, 0.01, 2.0)
     transformer = {id(p) for p in model.text_encoder.transformer.parameters()}
     assert {id(p) for p in groups[1]["params"]} == transformer and groups[1]["lr_scale"] == 0.1
     assert not transformer & {id(p) for p in groups[0]["params"]}

@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "warmup_epochs": "all-negatives epochs first",
         "global_negatives": "under torchrun: mine negatives over the batches of all processes",
         "text_encoder": "the text encoder",
-        "text_model": "transformer: a local Hugging Face model directory",
+        "text_model": "transformer or sentence: a local Hugging Face model directory",
         "backbone": "train end to end from the listed image files: efficientnet-lite0 or timm:NAME",
         "backbone_weights": "timm backbone: local weights file",
         "image_size": "backbone: square input size in pixels",

@@ -77,6 +77,8 @@ class TrainConfig:
     pretrained_lr_scale: float = 0.1  # learning-rate factor of a pretrained text transformer
     backbone_frozen_epochs: int = 1  # training from images: epochs before the backbone learns
     backbone_lr_scale: float = 0.01  # learning-rate factor of the backbone (VSE-infinity's)
+    stage_lr_scale: float = 2.0  # learning-rate factor of a backbone's last stage learning on
+    # trunk activations (model.backbone_stage)
     global_negatives: bool = False  # torchrun: mine negatives over the batches of all ranks
     sync_batchnorm: bool = False  # torchrun on CUDA: batch statistics over all ranks
     compile: bool = False  # torch.compile the model (CUDA only)
@@ -184,6 +186,7 @@ class Config:
             (self.data.num_workers >= 0, "data.num_workers", ">= 0"),
             (self.train.pretrained_lr_scale > 0, "train.pretrained_lr_scale", "> 0"),
             (self.train.backbone_lr_scale > 0, "train.backbone_lr_scale", "> 0"),
+            (self.train.stage_lr_scale > 0, "train.stage_lr_scale", "> 0"),
             (self.train.backbone_frozen_epochs >= 0, "train.backbone_frozen_epochs", ">= 0"),
             (0 < self.data.crop_scale <= 1, "data.crop_scale", "in (0, 1]"),
             (not self.model.has_tokenizer or self.data.vocab is None, "data.vocab",

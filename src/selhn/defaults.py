@@ -2,14 +2,19 @@
 
 For features of ``selhn features`` (pretrained image features of a user's own images):
 
-- ``model.text_encoder=auto`` is the pretrained text transformer: pretrained image features are
-  matched best by pretrained text features (on real sets of about 1,000 images it beats the
-  BiGRU learned from scratch by far, see docs/training.md);
+- ``model.backbone_stage=auto`` is the features' backbone where its trunk activations are stored:
+  its last stage learns on them, which lifted test rSum over the frozen grid on the real sets of
+  ``benchmarks/real_data.py`` (docs/performance.md, "Real data");
+- ``model.text_encoder=auto`` is then the frozen sentence embeddings of the pretrained text
+  transformer (one linear map: a step costs the image side only), and otherwise the pretrained
+  text transformer, learning: pretrained image features are matched best by pretrained text
+  features (on real sets of about 1,000 images it beats the BiGRU learned from scratch by far,
+  see docs/training.md);
 - ``loss.name=auto`` is InfoNCE: on each real set of ``benchmarks/real_data.py`` it gave the
   full model a higher test rSum than SelHN (docs/performance.md, "Real data").
 
 For anything else (region features such as SCAN's, synthetic data) both are the paper's: the
-BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN.
+BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN, with no backbone stage.
 """
 
 from __future__ import annotations
@@ -17,15 +22,54 @@ from __future__ import annotations
 from pathlib import Path
 
 from selhn.config import Config
+from selhn.data.trunk import trunk_path
 from selhn.extras import installed
-from selhn.features import JOB_FILE
+from selhn.features import JOB_FILE, feature_job
+from selhn.models.stage import has_cut
 
 
 def choose_for_data(config: Config, data: str | Path) -> list[str]:
     """Replace ``auto`` settings of ``config`` by their choice for ``data``; return one line per
     choice, with its reason."""
     from_features = (Path(data) / JOB_FILE).is_file()
-    return _text_encoder(config, data, from_features) + _loss(config, data, from_features)
+    lines = _backbone_stage(config, data, from_features) + _image_head(config)
+    return lines + _text_encoder(config, data, from_features) + _loss(config, data, from_features)
+
+
+def _backbone_stage(config: Config, data: str | Path, from_features: bool) -> list[str]:
+    model = config.model
+    if getattr(model, "backbone_stage", None) != "auto":
+        return []
+    job = feature_job(data) if from_features else None
+    model.backbone_stage = None
+    if job is None:
+        why = "the data are not features of selhn features"
+    elif model.backbone is not None:
+        why = "model.backbone is set (the whole backbone, from image files)"
+    elif not has_cut(job["backbone"]):
+        why = f"backbone {job['backbone']} has no last stage to learn"
+    elif not trunk_path(Path(data), "train").is_file():
+        why = (
+            f"{data} has no trunk activations (features of an older selhn: selhn features on "
+            "the same manifest and --out adds them)"
+        )
+    else:
+        model.backbone_stage, model.image_size = job["backbone"], job["image_size"]
+        why = f"{data} holds the trunk activations of its {job['backbone']} features"
+    return [f"model.backbone_stage=auto: {model.backbone_stage}, as {why}"]
+
+
+def _image_head(config: Config) -> list[str]:
+    model = config.model
+    if getattr(model, "image_head", None) != "auto":
+        return []
+    if model.backbone_stage:
+        model.image_head = "mean"
+        why = "the backbone's last stage learns (a mean of its cells, one linear map)"
+    else:
+        model.image_head = "residual"
+        why = "the paper's image encoder (residual MLP and GPO over the regions)"
+    return [f"model.image_head=auto: {model.image_head}, as {why}"]
 
 
 def _text_encoder(config: Config, data: str | Path, from_features: bool) -> list[str]:
@@ -34,8 +78,11 @@ def _text_encoder(config: Config, data: str | Path, from_features: bool) -> list
         return []
     words = model.word_vectors is not None or config.data.vocab is not None
     if from_features and not words and installed("text"):
-        model.text_encoder = "transformer"
+        stage = getattr(model, "backbone_stage", None)
+        model.text_encoder = "sentence" if stage else "transformer"
         why = f"{data} holds features of selhn features, matched by a pretrained text model"
+        if stage:
+            why += " (frozen: the backbone's last stage learns)"
     else:
         model.text_encoder = "bigru"
         if not from_features:

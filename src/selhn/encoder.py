@@ -4,7 +4,8 @@ embeddings out (what ``selhn index`` and ``selhn serve`` use).
 A model that reads image files itself (it has a backbone) encodes them directly. A model trained
 on features of ``selhn features`` reads them through the backbone its checkpoint records (its
 ``image_features``: backbone, weights, image size and preprocessing), so a new image is encoded
-exactly as its training data was. A model trained on features selhn did not compute (detector
+exactly as its training data was (up to the backbone's cut, for a model that trains its last
+stage on trunk activations). A model trained on features selhn did not compute (detector
 regions such as SCAN's precomp files) encodes captions only.
 """
 
@@ -22,11 +23,12 @@ from torch import Tensor, nn
 from selhn.checkpoint import load_model, weights_sha256
 from selhn.data.batch import pad_tokens
 from selhn.data.image_files import load_image
-from selhn.data.inputs import ImageFiles
+from selhn.data.inputs import ImageFiles, TrunkActivations
 from selhn.data.vocab import TextVocabulary
 from selhn.features import PREPROCESSING, FeatureJob
 from selhn.models import DualEncoder
 from selhn.models.backbones import build_backbone
+from selhn.models.stage import trunk_activations
 
 ImageSource = str | Path | IO[bytes]
 
@@ -50,7 +52,7 @@ class Encoder:
         self._lock = threading.Lock()
         self._features: dict[str, Any] | None = None  # the features job, for such a model
         self._backbone: nn.Module | None = None
-        reads = model.reads()
+        self._reads = reads = model.reads()
         self.image_problem: str | None = None  # why images cannot be encoded, if they cannot
         if isinstance(reads, ImageFiles):
             self.image_size: int | None = reads.size
@@ -156,7 +158,11 @@ class Encoder:
             pixels = pixels.to(self.device)
             if self._features is None:  # the model reads pixels itself
                 return self.model.encode_images(pixels).float().cpu()
-            grid = self._feature_backbone()(pixels)  # (B, C, h, w), as selhn features computes
+            backbone = self._feature_backbone()
+            if isinstance(self._reads, TrunkActivations):  # as selhn features stores them
+                activations = trunk_activations(backbone, pixels).half()
+                return self.model.encode_images(activations).float().cpu()
+            grid = backbone(pixels)  # (B, C, h, w), as selhn features computes
             regions = grid.flatten(2).transpose(1, 2).float()
             return self.model.encode_images(regions).float().cpu()
 

@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from selhn.data.image_files import load_image, write_image_index
 from selhn.data.manifest import ImageRecord, by_split
 from selhn.data.precomp import features_path
-from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
+from selhn.data.trunk import trunk_path
+from selhn.models.backbones import DEFAULT_BACKBONE, GridBackbone, build_backbone, grid_shape
+from selhn.models.stage import finish_stage, has_cut, trunk_activations
 from selhn.textfiles import read_json, write_atomic
 
 JOB_FILE = "features.json"
@@ -96,31 +98,54 @@ def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
         write_atomic(path, json.dumps(fingerprint, indent=2))
 
 
+def _outputs(split: str, trunk: bool) -> list[str]:
+    """What a split's images become: the grid, and with a backbone ``trunk`` cut the activations
+    entering its last stage (flipped left-right too for the training split)."""
+    if not trunk:
+        return ["grid"]
+    return ["grid", "trunk", "flipped"] if split == "train" else ["grid", "trunk"]
+
+
+def _output_path(out: Path, split: str, output: str) -> Path:
+    if output == "grid":
+        return features_path(out, split)
+    return trunk_path(out, split, flipped=output == "flipped")
+
+
 @torch.no_grad()
+def _compute(backbone: nn.Module, images: Tensor, outputs: list[str]) -> dict[str, np.ndarray]:
+    """Each output of a batch: (B, cells, channels) float32 grid, (B, C, s, s) float16 trunk."""
+    if outputs == ["grid"]:
+        grid = backbone(images)  # (B, C, h, w)
+        return {"grid": grid.flatten(2).transpose(1, 2).float().cpu().numpy()}
+    trunk = trunk_activations(backbone, images)
+    grid = finish_stage(backbone, trunk)  # the same operations as backbone(images)
+    arrays = {"grid": grid.flatten(2).transpose(1, 2), "trunk": trunk.half()}
+    if "flipped" in outputs:
+        arrays["flipped"] = trunk_activations(backbone, images.flip(3)).half()
+    return {name: array.cpu().numpy() for name, array in arrays.items()}
+
+
 def _extract_split(
     out: Path,
     split: str,
     records: list[ImageRecord],
     backbone: nn.Module,
-    grid: tuple[int, int],
+    outputs: list[str],
     job: FeatureJob,
     device: torch.device,
     batch_size: int,
     num_workers: int,
     progress: bool,
 ) -> int:
-    """Compute the split's missing images; return how many were computed in this call.
-
-    ``grid``: the backbone's (cells, channels) at this image size.
-    """
-    final = features_path(out, split)
-    partial = final.with_name(f".{final.name}.partial")
+    """Compute the split's missing images; return how many were computed in this call."""
+    finals = {name: _output_path(out, split, name) for name in outputs}
+    partials = {name: path.with_name(f".{path.name}.partial") for name, path in finals.items()}
     done_file = out / f".{split}.done"
-    shape = (len(records), *grid)
-    resuming = partial.exists() and done_file.exists()
+    resuming = done_file.exists() and all(p.exists() for p in partials.values())
     start = int(done_file.read_text()) if resuming else 0
-    mode = "r+" if resuming else "w+"
-    array = np.lib.format.open_memmap(partial, mode, np.float32, None if resuming else shape)
+    arrays: dict[str, np.ndarray] = {}
+    row = start
     loader = DataLoader(
         ImageFiles(records[start:], job.image_size), batch_size, num_workers=num_workers
     )
@@ -128,16 +153,22 @@ def _extract_split(
         from tqdm import tqdm
 
         loader = tqdm(loader, desc=f"{split} from image {start}", leave=False)
-    row = start
     for images in loader:
-        grid = backbone(images.to(device))  # (B, C, h, w)
-        array[row : row + len(images)] = grid.flatten(2).transpose(1, 2).float().cpu().numpy()
-        array.flush()
+        batch = _compute(backbone, images.to(device), outputs)
+        if not arrays:  # shapes known from the first batch
+            for name, values in batch.items():
+                shape = None if resuming else (len(records), *values.shape[1:])
+                mode = "r+" if resuming else "w+"
+                arrays[name] = np.lib.format.open_memmap(partials[name], mode, values.dtype, shape)
+        for name, values in batch.items():
+            arrays[name][row : row + len(images)] = values
+            arrays[name].flush()
         row += len(images)
         write_atomic(done_file, str(row))
-    del array
+    arrays.clear()
     write_image_index(out, split, records)
-    os.replace(partial, final)
+    for name, final in finals.items():
+        os.replace(partials[name], final)
     done_file.unlink()
     return row - start
 
@@ -163,17 +194,24 @@ def extract_features(
     _check_job(out, _fingerprint(records, job))
     started = time.perf_counter()
     splits = by_split(records)
-    todo = {s: part for s, part in splits.items() if not features_path(out, s).exists()}
+    trunk = has_cut(job.backbone) and (backbone is None or isinstance(backbone, GridBackbone))
+    todo_outputs = {
+        split: _outputs(split, trunk)
+        for split in splits
+        if not all(_output_path(out, split, o).exists() for o in _outputs(split, trunk))
+    }
+    todo = {split: splits[split] for split in todo_outputs}
     computed = 0
     if todo:
         model = backbone if backbone is not None else build_backbone(job.backbone, job.weights)
         model = model.to(device).eval()
-        grid = grid_shape(model, job.image_size)
+        grid_shape(model, job.image_size)  # a clear error for a size too small
         show = progress and sys.stderr.isatty()
         for split, part in todo.items():
             computed += _extract_split(
-                out, split, part, model, grid, job, device, batch_size, num_workers, show
-            )
+                out, split, part, model, todo_outputs[split], job, device, batch_size,
+                num_workers, show,
+            )  # fmt: skip
     return {
         "images": {split: len(part) for split, part in splits.items()},
         "computed": computed,

@@ -78,10 +78,14 @@ class TrainingObjective(nn.Module):
         return changed
 
     def param_groups(
-        self, model: DualEncoder, pretrained_lr_scale: float, backbone_lr_scale: float
+        self,
+        model: DualEncoder,
+        pretrained_lr_scale: float,
+        backbone_lr_scale: float,
+        stage_lr_scale: float,
     ):
         """AdamW groups: the model's, then the losses' parameters without weight decay."""
-        groups = model.param_groups(pretrained_lr_scale, backbone_lr_scale)
+        groups = model.param_groups(pretrained_lr_scale, backbone_lr_scale, stage_lr_scale)
         loss_params = list(self.losses.parameters())
         if loss_params:
             groups.append({"params": loss_params, "lr_scale": 1.0, "weight_decay": 0.0})

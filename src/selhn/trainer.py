@@ -24,7 +24,7 @@ from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
 from selhn.data.caption_checks import caption_warnings
 from selhn.data.datasets import PairDataset
-from selhn.data.inputs import RegionFeatures, Split, fingerprint
+from selhn.data.inputs import RegionFeatures, Split, TrunkActivations, fingerprint
 from selhn.data.vocab import TextVocabulary
 from selhn.defaults import choose_for_data
 from selhn.distributed import (
@@ -241,17 +241,21 @@ def _train(
     amp = torch.bfloat16 if tc.amp == "bf16" else None
     network_model = torch.compile(model) if tc.compile else model
     objective = TrainingObjective(network_model, losses, lc.mask_same_image, amp).to(device)
-    groups = objective.param_groups(model, tc.pretrained_lr_scale, tc.backbone_lr_scale)
+    groups = objective.param_groups(
+        model, tc.pretrained_lr_scale, tc.backbone_lr_scale, tc.stage_lr_scale
+    )
     state = TrainState(objective, torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay))
     if saved is not None:
         state.load_state_dict(saved)
-    token_prob = dc.token_prob if model.AUGMENTS_TEXT else 0.0
+    token_prob = dc.token_prob if model.augments_text else 0.0
     augmentation = Augmentation(dc.region_drop, token_prob, crop_scale=dc.crop_scale)
     dataset = PairDataset(train_split, vocab, augmentation, tc.seed)
     schedule = make_schedule(tc, len(dataset), job.world_size)
     provenance = {  # which data made the model, recorded in every checkpoint
         "train_data": fingerprint(train_split),
-        "image_features": feature_job(data) if isinstance(reads, RegionFeatures) else None,
+        "image_features": (
+            feature_job(data) if isinstance(reads, RegionFeatures | TrunkActivations) else None
+        ),
     }
     warnings = (
         caption_warnings(train_split.captions, train_split.captions_path, vocab)

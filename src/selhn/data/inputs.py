@@ -1,7 +1,8 @@
-"""One interface over the two ways a split's images are read, and what a model asks for.
+"""One interface over the three ways a split's images are read, and what a model asks for.
 
-A model says which images it reads (``RegionFeatures`` or ``ImageFiles``); ``open`` returns a
-``Split``. The datasets, the trainer and the evaluation use a split only through this interface.
+A model says which images it reads (``RegionFeatures``, ``ImageFiles`` or ``TrunkActivations``);
+``open`` returns a ``Split``. The datasets, the trainer and the evaluation use a split only
+through this interface.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 from selhn.data.augment import Augmentation
 from selhn.data.image_files import open_image_split
 from selhn.data.precomp import open_split
+from selhn.data.trunk import open_trunk_split
 
 
 class Split(Protocol):
@@ -81,7 +83,20 @@ class ImageFiles:
         return open_image_split(root, split, self.size, self.cells)
 
 
-ImageInput = RegionFeatures | ImageFiles
+@dataclass(frozen=True)
+class TrunkActivations:
+    """Stored activations entering the last stage of ``backbone`` (``{split}_trunk.npy``), each
+    image ``shape`` (channels, side, side), which the stage makes ``cells`` grid cells."""
+
+    backbone: str
+    shape: tuple[int, int, int]
+    cells: int
+
+    def open(self, root: str | Path, split: str) -> Split:
+        return open_trunk_split(root, split, self.shape, self.cells)
+
+
+ImageInput = RegionFeatures | ImageFiles | TrunkActivations
 
 
 def fingerprint(split: Split) -> dict[str, Any]:

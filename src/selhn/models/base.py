@@ -30,8 +30,6 @@ class DualEncoder(nn.Module):
     architecture: ClassVar[str]
     Settings: ClassVar[type]
     FROM_DATA: ClassVar[tuple[str, ...]] = ("vocab_size", "img_dim")
-    AUGMENTS_TEXT: ClassVar[bool] = True  # whether training perturbs caption tokens
-    # (data.token_prob); a model whose text side is fixed features may say no
     settings: Any
     image_encoder: nn.Module
     text_encoder: nn.Module
@@ -90,7 +88,15 @@ class DualEncoder(nn.Module):
 
     # --- optimisation -------------------------------------------------------------------------
 
-    def param_groups(self, pretrained_lr_scale: float, backbone_lr_scale: float) -> list[dict]:
+    @property
+    def augments_text(self) -> bool:
+        """Whether training perturbs caption tokens (data.token_prob); a model whose text side
+        is fixed features says no."""
+        return True
+
+    def param_groups(
+        self, pretrained_lr_scale: float, backbone_lr_scale: float, stage_lr_scale: float
+    ) -> list[dict]:
         """Optimiser groups, each with the ``lr_scale`` its learning rate is multiplied by."""
         return [{"params": list(self.parameters()), "lr_scale": 1.0}]
 

@@ -1,5 +1,6 @@
-"""Image encoders of RVSE++: region features -> joint space -> residual MLP -> GPO -> L2 norm, and
-the same over the grid cells of a pretrained backbone, for end-to-end training from images."""
+"""Image encoders of RVSE++: region features -> joint space -> residual MLP -> GPO -> L2 norm (or
+the mean of the regions -> joint space -> L2 norm), and either over the grid cells of a pretrained
+backbone (or of its last stage), which learns with them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selhn.models.backbones import GridBackbone
-from selhn.models.pooling import GPO, length_mask
+from selhn.models.pooling import GPO, length_mask, masked_mean
+from selhn.models.stage import LastStage
 
 
 class ResidualRegionEncoder(nn.Module):
@@ -47,18 +49,50 @@ class ResidualRegionEncoder(nn.Module):
         return F.normalize(self.pool(feats.view(batch, slots, -1), lengths), dim=-1)
 
 
+class PooledLinearEncoder(nn.Module):
+    """Mean of the valid regions -> Linear -> L2 norm (VSE++'s ``MeanRegionEncoder`` is the same
+    map with the projection first, one per region)."""
+
+    def __init__(self, img_dim: int, embed_size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(img_dim, embed_size)
+
+    def forward(self, regions: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
+        if lengths is None:
+            return F.normalize(self.fc(regions.mean(dim=1)), dim=-1)
+        return F.normalize(self.fc(masked_mean(regions, lengths)), dim=-1)
+
+
+IMAGE_HEADS = ("residual", "mean")
+
+
 class GridImageEncoder(nn.Module):
-    """Images -> pretrained backbone's grid of cells -> ``ResidualRegionEncoder`` over the cells.
+    """Images (or trunk activations) -> a pretrained backbone's (or its last stage's) grid of
+    cells -> ``ResidualRegionEncoder`` (``head="residual"``) or ``PooledLinearEncoder``
+    (``"mean"``) over the cells.
 
     End-to-end training (VSE-infinity's grid path): the cells play the regions. The backbone's
     BatchNorm statistics stay frozen (it is always in eval mode); its weights learn only while
     ``backbone_trainable`` is set, and otherwise it runs without autograd.
     """
 
-    def __init__(self, backbone: GridBackbone, embed_size: int = 1024, mlp_hidden: int = 512):
+    def __init__(
+        self,
+        backbone: GridBackbone | LastStage,
+        embed_size: int = 1024,
+        mlp_hidden: int = 512,
+        head: str = "residual",
+    ) -> None:
         super().__init__()
+        if head not in IMAGE_HEADS:
+            raise ValueError(f"image head must be one of {IMAGE_HEADS}; got {head!r}")
         self.backbone = backbone
-        self.cell_encoder = ResidualRegionEncoder(backbone.channels, embed_size, mlp_hidden)
+        self.cell_encoder: ResidualRegionEncoder | PooledLinearEncoder
+        if head == "residual":
+            self.cell_encoder = ResidualRegionEncoder(backbone.channels, embed_size, mlp_hidden)
+        else:
+            self.cell_encoder = PooledLinearEncoder(backbone.channels, embed_size)
         self.set_backbone_trainable(False)
 
     @property
@@ -74,7 +108,8 @@ class GridImageEncoder(nn.Module):
         return self
 
     def forward(self, images: Tensor, cell_mask: Tensor | None = None) -> Tensor:
-        """(B, 3, S, S) 0..255 images -> (B, embed_size) unit vectors.
+        """(B, 3, S, S) 0..255 images (or the last stage's activations) -> (B, embed_size) unit
+        vectors.
 
         ``cell_mask``: (B, cells) bool, the grid cells each image keeps (training augmentation);
         None keeps them all.
@@ -86,8 +121,8 @@ class GridImageEncoder(nn.Module):
             return self.cell_encoder(grid, grid.new_full((batch,), cells, dtype=torch.long))
         if cell_mask.shape != (batch, cells):
             raise ValueError(
-                f"cell_mask must be (images, cells) = ({batch}, {cells}) for this backbone at "
-                f"{images.shape[-1]} px; got {tuple(cell_mask.shape)}"
+                f"cell_mask must be (images, cells) = ({batch}, {cells}) for this backbone on "
+                f"inputs of side {images.shape[-1]}; got {tuple(cell_mask.shape)}"
             )
         # kept cells first (GPO pools a set, so their order does not matter)
         order = torch.argsort((~cell_mask).to(torch.uint8), dim=1, stable=True)

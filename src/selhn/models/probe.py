@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
 from selhn.models.base import DualEncoder
+from selhn.models.image import PooledLinearEncoder
 from selhn.models.pooling import masked_mean
 from selhn.models.registry import register_model
 from selhn.models.transformer import (
@@ -56,20 +57,6 @@ class ProbeSettings:
         return [(self.embed_size >= 1, "embed_size", ">= 1")]
 
 
-class PooledImageProbe(nn.Module):
-    """Mean of the valid regions -> Linear -> L2 norm."""
-
-    def __init__(self, img_dim: int, embed_size: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(img_dim, embed_size)
-
-    def forward(self, regions: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
-        if lengths is None:
-            return F.normalize(self.fc(regions.mean(dim=1)), dim=-1)
-        return F.normalize(self.fc(masked_mean(regions, lengths)), dim=-1)
-
-
 class SentenceProbe(nn.Module):
     """Frozen transformer -> mean of its token features -> Linear -> L2 norm.
 
@@ -86,6 +73,11 @@ class SentenceProbe(nn.Module):
         self.sentences: dict[tuple[int, ...], Tensor] = {}  # piece ids -> sentence embedding
         # new transformer weights make the kept embeddings stale
         self.register_load_state_dict_post_hook(lambda module, _: module.sentences.clear())
+
+    def load_pretrained(self) -> None:
+        """The transformer's pretrained weights (the kept embeddings are dropped)."""
+        load_pretrained_transformer(self.transformer, self.model_dir)
+        self.sentences.clear()
 
     def train(self, mode: bool = True) -> SentenceProbe:
         super().train(mode)
@@ -118,7 +110,6 @@ class Probe(DualEncoder):
     """Frozen pooled features and sentence embeddings, one linear map per side."""
 
     architecture = "probe"
-    AUGMENTS_TEXT = False
     Settings = ProbeSettings
     settings: ProbeSettings
 
@@ -127,8 +118,12 @@ class Probe(DualEncoder):
         s = self.settings
         if s.img_dim is None:
             raise ValueError("img_dim (region feature channels) is needed")
-        self.image_encoder = PooledImageProbe(s.img_dim, s.embed_size)
+        self.image_encoder = PooledLinearEncoder(s.img_dim, s.embed_size)
         self.text_encoder = SentenceProbe(s.text_model, s.embed_size)
+
+    @property
+    def augments_text(self) -> bool:
+        return False
 
     @classmethod
     def make_vocabulary(
@@ -146,6 +141,5 @@ class Probe(DualEncoder):
         return load_tokenizer(settings, directory)
 
     def load_pretrained(self, vocab: TextVocabulary) -> list[str]:
-        load_pretrained_transformer(self.text_encoder.transformer, self.text_encoder.model_dir)
-        self.text_encoder.sentences.clear()
+        self.text_encoder.load_pretrained()
         return [f"loaded the frozen text transformer {self.text_encoder.model_dir}"]

@@ -1,6 +1,9 @@
-"""RVSE++: the residual region image encoder and the BiGRU text encoder in one joint space; the
-text encoder may instead be a pretrained transformer (``text_encoder="transformer"``), and the
-regions the grid cells of a pretrained CNN trained end to end from images (``backbone=NAME``)."""
+"""RVSE++: the residual region image encoder and the BiGRU text encoder in one joint space.
+
+The text encoder may instead be a pretrained transformer, fine-tuned (``text_encoder=
+"transformer"``) or frozen with one linear map (``"sentence"``). The regions may instead be the
+grid cells of a pretrained CNN, trained end to end from images (``backbone=NAME``), or of its last
+stage, trained on the trunk activations of ``selhn features`` (``backbone_stage=NAME``)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,20 @@ from typing import Any
 
 from torch import nn
 
-from selhn.data.inputs import ImageFiles, ImageInput, RegionFeatures
+from selhn.data.inputs import ImageFiles, ImageInput, RegionFeatures, TrunkActivations
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
 from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
 from selhn.models.base import DualEncoder
-from selhn.models.image import GridImageEncoder, ResidualRegionEncoder
+from selhn.models.image import (
+    IMAGE_HEADS,
+    GridImageEncoder,
+    PooledLinearEncoder,
+    ResidualRegionEncoder,
+)
+from selhn.models.probe import SentenceProbe
 from selhn.models.registry import register_model
+from selhn.models.stage import CUTS, build_stage, stage_shapes
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import (
     TransformerTextEncoder,
@@ -25,7 +35,8 @@ from selhn.models.transformer import (
     save_tokenizer,
 )
 
-TEXT_ENCODERS = ("auto", "bigru", "transformer")
+TEXT_ENCODERS = ("auto", "bigru", "transformer", "sentence")
+TOKENIZED = ("transformer", "sentence")  # text encoders with the transformer's own tokenizer
 
 
 @dataclass
@@ -38,20 +49,27 @@ class RVSEPPSettings:
     embed_size: int = 1024  # joint embedding dimension
     word_dim: int = 300  # word embedding dimension (bigru)
     mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP
-    text_encoder: str = "auto"  # bigru | transformer (a pretrained text transformer) | auto:
-    # transformer for features of selhn features (with the text extra), else bigru
+    text_encoder: str = "auto"  # bigru | transformer (a pretrained text transformer, learning)
+    # | sentence (its frozen sentence embeddings, one linear map) | auto: sentence with
+    # backbone_stage, transformer for other features of selhn features (both with the text
+    # extra), else bigru
     text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
     # packaged all-MiniLM-L6-v2 (text extra)
     word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
     backbone: str | None = None  # end to end from image files: efficientnet-lite0 or timm:NAME
     # (the data directory lists the images: {split}_images.txt); None: features
     backbone_weights: str | None = None  # timm backbone: its local pretrained weights file
-    image_size: int = 224  # backbone: square input size in pixels
+    image_size: int = 224  # backbone (or backbone_stage): square input size in pixels
+    backbone_stage: str | None = "auto"  # the last stage of this backbone learns on the trunk
+    # activations of selhn features ({split}_trunk.npy); auto: the features' backbone where they
+    # are stored, else None (regions or images)
+    image_head: str = "auto"  # residual (the paper's: Linear, residual MLP, GPO over the regions)
+    # | mean (the mean of the regions, one Linear) | auto: mean with backbone_stage, else residual
 
     @property
     def has_tokenizer(self) -> bool:
         """Whether the text side brings its own tokenizer (no word vocabulary)."""
-        return self.text_encoder == "transformer"
+        return self.text_encoder in TOKENIZED
 
     def extras(self, pretrained: bool = True) -> dict[str, tuple[str, ...]]:
         """The optional packages these settings need: extra -> its modules needed. Without
@@ -63,7 +81,7 @@ class RVSEPPSettings:
             needs["text"] = EXTRAS["text"] if packaged else ("transformers",)
         if self.word_vectors == "glove" and pretrained:
             needs["glove"] = EXTRAS["glove"]
-        if self.backbone == DEFAULT_BACKBONE:
+        if DEFAULT_BACKBONE in (self.backbone, self.backbone_stage):
             needs["images"] = (
                 EXTRAS["images"] if pretrained else ("PIL", "efficientnet_lite_pytorch")
             )
@@ -73,22 +91,26 @@ class RVSEPPSettings:
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, key, what is expected) of every constraint on these settings."""
-        transformer, backbone = self.has_tokenizer, self.backbone
+        transformer, backbone, stage = self.has_tokenizer, self.backbone, self.backbone_stage
         return [
             (self.embed_size >= 1, "embed_size", ">= 1"),
             (self.word_dim >= 1, "word_dim", ">= 1"),
             (self.mlp_hidden >= 1, "mlp_hidden", ">= 1"),
             (self.text_encoder in TEXT_ENCODERS, "text_encoder", str(TEXT_ENCODERS)),
+            (self.image_head in ("auto", *IMAGE_HEADS), "image_head", f"auto or {IMAGE_HEADS}"),
             (self.word_vectors in (None, "glove"), "word_vectors", "None or glove"),
             (self.image_size >= 32, "image_size", ">= 32 (the backbone's stride)"),
             (backbone in (None, DEFAULT_BACKBONE) or backbone.startswith("timm:"),
              "backbone", f"None, {DEFAULT_BACKBONE} or timm:NAME"),
             (backbone is not None or self.backbone_weights is None,
              "backbone_weights", "None without model.backbone"),
+            (stage in (None, "auto", *CUTS), "backbone_stage", f"None, auto or one of {[*CUTS]}"),
+            (backbone is None or stage in (None, "auto"), "backbone_stage",
+             "None with model.backbone (images in, not trunk activations)"),
             (transformer or self.text_model is None, "text_model",
-             "None unless model.text_encoder=transformer"),
+             "None unless model.text_encoder is transformer or sentence"),
             (not transformer or self.word_vectors is None, "word_vectors",
-             "None with model.text_encoder=transformer"),
+             "None with model.text_encoder=transformer or sentence"),
         ]  # fmt: skip
 
 
@@ -102,39 +124,65 @@ class RVSEPP(DualEncoder):
 
     def __init__(self, settings: RVSEPPSettings | None = None, **overrides: Any) -> None:
         """``backbone``: images in, through this backbone's grid (untrained here: see
-        ``load_pretrained``); ``img_dim`` must then be None or its channels."""
+        ``load_pretrained``); ``img_dim`` must then be None or its channels. ``backbone_stage``:
+        likewise, trunk activations in, through the backbone's last stage."""
         super().__init__(settings, **overrides)
         if self.settings.text_encoder == "auto":  # no data to choose by: the paper's
             self.settings = replace(self.settings, text_encoder="bigru")
+        if self.settings.backbone_stage == "auto":
+            self.settings = replace(self.settings, backbone_stage=None)
+        if self.settings.image_head == "auto":
+            self.settings = replace(self.settings, image_head="residual")
         s = self.settings
         if s.vocab_size is None:
             raise ValueError("vocab_size (words of the vocabulary) is needed")
-        self.image_encoder: GridImageEncoder | ResidualRegionEncoder
-        if s.backbone is not None:
+        self.image_encoder: GridImageEncoder | ResidualRegionEncoder | PooledLinearEncoder
+        if s.backbone_stage is not None:
+            if s.backbone is not None:
+                raise ValueError("backbone and backbone_stage exclude each other")
+            stage = build_stage(s.backbone_stage)
+            self.settings = s = replace(s, img_dim=stage.channels)
+            self.image_encoder = GridImageEncoder(stage, s.embed_size, s.mlp_hidden, s.image_head)
+        elif s.backbone is not None:
             grid = build_backbone(s.backbone, pretrained=False)
             if s.img_dim not in (None, grid.channels):
                 raise ValueError(
                     f"backbone {s.backbone} has {grid.channels} channels, not {s.img_dim}"
                 )
             self.settings = s = replace(s, img_dim=grid.channels)
-            self.image_encoder = GridImageEncoder(grid, s.embed_size, s.mlp_hidden)
+            self.image_encoder = GridImageEncoder(grid, s.embed_size, s.mlp_hidden, s.image_head)
         elif s.img_dim is None:
             raise ValueError("img_dim (region feature channels) is needed without a backbone")
+        elif s.image_head == "mean":
+            self.image_encoder = PooledLinearEncoder(s.img_dim, s.embed_size)
         else:
             self.image_encoder = ResidualRegionEncoder(s.img_dim, s.embed_size, s.mlp_hidden)
         if s.text_encoder == "bigru":
             self.text_encoder = BiGRUTextEncoder(s.vocab_size, s.word_dim, s.embed_size)
         elif s.text_encoder == "transformer":
             self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
+        elif s.text_encoder == "sentence":
+            self.text_encoder = SentenceProbe(s.text_model, s.embed_size)
         else:
-            raise ValueError(f"text_encoder must be bigru or transformer; got {s.text_encoder!r}")
+            raise ValueError(
+                f"text_encoder must be bigru, transformer or sentence; got {s.text_encoder!r}"
+            )
+
+    @property
+    def augments_text(self) -> bool:
+        """Not with frozen sentence embeddings: each caption's is computed once."""
+        return self.settings.text_encoder != "sentence"
 
     # --- the data -----------------------------------------------------------------------------
 
     @classmethod
     def image_input(cls, settings: RVSEPPSettings, backbone: nn.Module | None = None) -> ImageInput:
         """Image files at ``image_size`` with a backbone (cut into its grid cells, probed on
-        ``backbone`` or a new one), else region features."""
+        ``backbone`` or a new one), trunk activations with a backbone stage, else region
+        features."""
+        stage = settings.backbone_stage
+        if stage not in (None, "auto"):
+            return TrunkActivations(stage, *stage_shapes(stage, settings.image_size))
         if settings.backbone is None:
             return RegionFeatures(settings.img_dim)
         backbone = backbone or build_backbone(settings.backbone, pretrained=False)
@@ -162,35 +210,48 @@ class RVSEPP(DualEncoder):
     def load_vocabulary(
         cls, settings: dict[str, Any], directory: Path
     ) -> tuple[dict[str, Any], TextVocabulary]:
-        if settings.get("text_encoder") != "transformer":
+        if settings.get("text_encoder") not in TOKENIZED:
             return super().load_vocabulary(settings, directory)
         return load_tokenizer(settings, directory)
 
     # --- pretrained parts and optimisation ----------------------------------------------------
 
     def load_pretrained(self, vocab: TextVocabulary) -> list[str]:
-        """The backbone's ImageNet weights, the transformer's weights, or GloVe word vectors."""
+        """The backbone's (or its last stage's) ImageNet weights, the transformer's weights, or
+        GloVe word vectors."""
         loaded = []
         if isinstance(self.image_encoder, GridImageEncoder):
-            self.image_encoder.backbone.load_pretrained(self.settings.backbone_weights)
-            loaded.append(f"loaded the pretrained {self.settings.backbone} backbone")
+            backbone = self.image_encoder.backbone
+            backbone.load_pretrained(self.settings.backbone_weights)
+            part = "the last stage of the" if self.settings.backbone_stage else "the"
+            loaded.append(f"loaded {part} pretrained {backbone.name} backbone")
         if isinstance(self.text_encoder, TransformerTextEncoder):
             self.text_encoder.load_pretrained()
             loaded.append(f"loaded the pretrained text transformer {self.text_encoder.model_dir}")
+        if isinstance(self.text_encoder, SentenceProbe):
+            self.text_encoder.load_pretrained()
+            loaded.append(f"loaded the frozen text transformer {self.text_encoder.model_dir}")
         return loaded + super().load_pretrained(vocab)
 
-    def param_groups(self, pretrained_lr_scale: float, backbone_lr_scale: float) -> list[dict]:
+    def param_groups(
+        self, pretrained_lr_scale: float, backbone_lr_scale: float, stage_lr_scale: float
+    ) -> list[dict]:
         """The model; a pretrained text transformer at ``pretrained_lr_scale`` times the
         learning rate (VSE-infinity's 0.1); an image backbone at ``backbone_lr_scale`` times it
-        (VSE-infinity's 0.01)."""
+        (VSE-infinity's 0.01), or its last stage at ``stage_lr_scale`` times it. A frozen
+        sentence model is in no group."""
         pretrained = []
         if isinstance(self.text_encoder, TransformerTextEncoder):
             pretrained.append(
                 (list(self.text_encoder.transformer.parameters()), pretrained_lr_scale)
             )
         if isinstance(self.image_encoder, GridImageEncoder):
-            pretrained.append((list(self.image_encoder.backbone.parameters()), backbone_lr_scale))
-        taken = {id(p) for params, _ in pretrained for p in params}
+            scale = stage_lr_scale if self.settings.backbone_stage else backbone_lr_scale
+            pretrained.append((list(self.image_encoder.backbone.parameters()), scale))
+        frozen = []
+        if isinstance(self.text_encoder, SentenceProbe):
+            frozen = list(self.text_encoder.transformer.parameters())
+        taken = {id(p) for params, _ in pretrained for p in params} | {id(p) for p in frozen}
         own = [p for p in self.parameters() if id(p) not in taken]
         groups = [{"params": own, "lr_scale": 1.0}]
         return groups + [{"params": params, "lr_scale": scale} for params, scale in pretrained]
