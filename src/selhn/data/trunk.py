@@ -17,6 +17,7 @@ from selhn.textfiles import read_lines
 
 
 def trunk_path(root: Path, split: str, flipped: bool = False) -> Path:
+    """Where a split's trunk activations (or those of its flipped images) are stored."""
     return root / (f"{split}_trunk_flipped.npy" if flipped else f"{split}_trunk.npy")
 
 
