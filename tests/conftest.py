@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 
 from selhn.cli import main
+from selhn.data.manifest import read_manifest
 from selhn.data.samples import write_samples
+from selhn.features import FeatureJob, extract_features
+from selhn.models.backbones import build_backbone
 
 # The benchmarks' baseline implementations are tested against the references here.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -17,6 +20,21 @@ def samples(tmp_path_factory):
 
 
 FEATURE_SIZE = 64  # pixels: 2 x 2 grid cells, fast on the CPU
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    """The pretrained EfficientNet-Lite0 backbone."""
+    return build_backbone()
+
+
+@pytest.fixture(scope="session")
+def features(samples, backbone, tmp_path_factory):
+    """selhn features of the samples at 64 px (the grid and the trunk activations)."""
+    out = tmp_path_factory.mktemp("features")
+    extract_features(read_manifest(samples), out, FeatureJob(image_size=FEATURE_SIZE), 16,
+                     progress=False, backbone=backbone)  # fmt: skip
+    return out
 
 
 @pytest.fixture(scope="session")

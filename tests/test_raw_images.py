@@ -26,21 +26,6 @@ from selhn.run_dir import read_log
 SIZE = 64  # 2 x 2 grid cells: fast on the CPU
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return build_backbone()
-
-
-@pytest.fixture(scope="module")
-def features(samples, backbone, tmp_path_factory):
-    out = tmp_path_factory.mktemp("features")
-    records = read_manifest(samples)
-    extract_features(
-        records, out, FeatureJob(image_size=SIZE), 16, progress=False, backbone=backbone
-    )
-    return out
-
-
 def write_lines(path, entries):
     path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in entries))
     return path

@@ -27,19 +27,6 @@ SIZE = 64  # trunk 4 x 4, grid 2 x 2: fast on the CPU
 SHAPE, CELLS = (112, 4, 4), 4
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return build_backbone()
-
-
-@pytest.fixture(scope="module")
-def features(samples, backbone, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stage_features")
-    extract_features(read_manifest(samples), out, FeatureJob(image_size=SIZE), 16,
-                     progress=False, backbone=backbone)  # fmt: skip
-    return out
-
-
 def test_the_trunk_and_the_last_stage_make_the_backbones_grid(backbone):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
