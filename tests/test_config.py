@@ -19,6 +19,7 @@ def test_the_paper_recipe_is_one_argument_away():
     # and are the paper's recipe otherwise
     defaults = Config()
     schedule = {"epochs": 30, "lr_decay_epoch": 15, "warmup_steps": 0, "patience": 0}
+    schedule |= {"weight_average": 0}
     assert all(getattr(defaults.train, key) is None for key in schedule)
     for key, value in schedule.items():
         setattr(defaults.train, key, value)
@@ -162,7 +163,9 @@ def test_a_config_written_by_0_1_0_still_loads(tmp_path):
         load_config(path)
 
 
-def test_the_text_encoder_and_the_loss_are_chosen_from_the_data(tmp_path, monkeypatch):
+def test_the_text_encoder_the_loss_and_the_weight_average_are_chosen_from_the_data(
+    tmp_path, monkeypatch
+):
     import selhn.defaults
     from selhn.defaults import choose_for_data
 
@@ -178,22 +181,28 @@ def test_the_text_encoder_and_the_loss_are_chosen_from_the_data(tmp_path, monkey
         assert choose_for_data(config, data) == []  # nothing left to choose
         return getattr(config.model, "text_encoder", None), config.loss.name, lines
 
-    encoder, loss, [stage_line, head_line, text_line, loss_line] = chosen(features)
+    encoder, loss, [stage_line, head_line, text_line, loss_line, average_line] = chosen(features)
     assert stage_line.startswith("model.backbone_stage=auto: None, as ")
     assert "has no trunk activations" in stage_line  # features of an older selhn
     assert head_line.startswith("model.image_head=auto: residual, as the paper's")
     assert encoder == "transformer" and "holds features of selhn features" in text_line
     assert loss == "infonce" and loss_line.startswith("loss.name=auto: infonce, as ")
-    encoder, loss, [*_, loss_line] = chosen(regions)
+    assert average_line.startswith("train.weight_average=None: 0.95, as ")
+    encoder, loss, [*_, loss_line, average_line] = chosen(regions)
     assert (encoder, loss) == ("bigru", "selhn") and "the paper's loss" in loss_line
+    assert average_line.startswith("train.weight_average=None: 0, as ")
+    paper = load_config("paper")
+    assert choose_for_data(paper, features) == [] and paper.train.weight_average == 0
     assert chosen(features, {"model.word_vectors": "glove"})[:2] == ("bigru", "infonce")
     given = {"model.text_encoder": "bigru", "loss.name": "hardest"}
     given |= {"model.backbone_stage": None, "model.image_head": "residual"}
+    given |= {"train.weight_average": 0.5}
     assert chosen(features, given) == ("bigru", "hardest", [])  # given: kept
     vsepp = chosen(features, {"model.architecture": "vsepp"})  # it has no text_encoder
     assert vsepp[1] == "infonce" and [line.split(",")[0] for line in vsepp[2]] == [
-        "loss.name=auto: infonce"
+        "loss.name=auto: infonce",
+        "train.weight_average=None: 0.95",
     ]
     monkeypatch.setattr(selhn.defaults, "installed", lambda extra: False)
-    encoder, _, [_, _, line, _] = chosen(features)
+    encoder, _, [_, _, line, _, _] = chosen(features)
     assert encoder == "bigru" and "pip install 'selhn[text]'" in line

@@ -23,11 +23,11 @@ def test_the_plan_of_each_epoch():
     ("pairs", "epochs", "warmup", "decay", "patience"),
     [
         # 652 pairs, batch 128: 6 steps an epoch; 1000 steps need 167 epochs
-        (652, 167, 50, 501, 17),
+        (652, 167, 50, 501, 9),
         # 20,000 pairs: 157 steps an epoch; 1000 steps need 7 epochs, at least 30
         (20_000, 30, 236, 2355, 5),
         # 100 pairs: 1 step an epoch; 1000 steps need 1000 epochs, at most 300
-        (100, 300, 15, 150, 30),
+        (100, 300, 15, 150, 15),
     ],
 )
 def test_the_rule_fits_the_data(pairs, epochs, warmup, decay, patience):

@@ -62,11 +62,16 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
 
 @pytest.mark.parametrize(
     "setup",
-    [{}, {"loss.name": "infonce", "model.architecture": "vsepp"}],
-    ids=["rvsepp-selhn", "vsepp-infonce"],
+    [
+        {},
+        {"loss.name": "infonce", "model.architecture": "vsepp"},
+        {"train.weight_average": 0.9},
+    ],
+    ids=["rvsepp-selhn", "vsepp-infonce", "weight-average"],
 )
 def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
-    tiny = {k: v for k, v in TINY.items() if k != "model.mlp_hidden" or not setup}  # vsepp: none
+    vsepp = setup.get("model.architecture") == "vsepp"  # it has no mlp_hidden
+    tiny = {k: v for k, v in TINY.items() if k != "model.mlp_hidden" or not vsepp}
     settings = {**tiny, **setup, "train.lr_decay_epoch": 2}
     whole = load_config(None, {**settings, "train.epochs": 3})
     train(whole, data, tmp_path / "whole", progress=False)
@@ -241,7 +246,8 @@ def test_tensorboard_events_hold_the_logs_scalars_and_survive_a_resume(data, tmp
 
 
 def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
-    """0.1.0 saved one loss's state as ``loss`` and no epoch in the training state."""
+    """0.1.0 saved one loss's state as ``loss``, no epoch in the training state and none of the
+    keys added since (those chosen from the data now resume as such a run was trained)."""
     settings = {**TINY, "loss.name": "infonce"}
     train(
         load_config(None, {**settings, "train.epochs": 2}), data, tmp_path / "whole", progress=False
@@ -253,6 +259,11 @@ def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
     old = {key: state[key] for key in ("optimizer", "best_rsum", "best_epoch")}
     old["loss"] = {"logit_scale": state["losses"]["infonce.logit_scale"]}
     torch.save(old, path)
+    meta = json.loads((part / "last" / "config.json").read_text())
+    for section, key in [("model", "backbone_stage"), ("model", "image_head"),
+                         ("train", "weight_average")]:  # fmt: skip
+        del meta["config"][section][key]  # keys added after 0.1.0
+    (part / "last" / "config.json").write_text(json.dumps(meta))
     train(
         load_config(None, {**settings, "train.epochs": 2}), data, part, resume=True, progress=False
     )

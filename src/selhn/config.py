@@ -64,7 +64,9 @@ class TrainConfig:
     # epoch on; None: from half of all steps
     lr_decay: float = 0.1  # learning-rate factor after the decay point
     patience: int | None = None  # epochs without a better dev rSum before training stops
-    # early (0: never); None: 10% of the epochs, at least 5
+    # early (0: never); None: 5% of the epochs, at least 5
+    weight_average: float | None = None  # decay per step of the moving average of the weights
+    # that is evaluated and saved (0: the live weights); None: chosen from the data
     weight_decay: float = 0.01  # AdamW weight decay (none for a learned loss temperature)
     grad_clip: float = 2.0  # max gradient norm over all parameters (a learned loss temperature
     # included); 0 disables
@@ -173,6 +175,8 @@ class Config:
             (_none_or(self.train.warmup_steps, 0), "train.warmup_steps", "None or >= 0"),
             (_none_or(self.train.lr_decay_epoch, 0), "train.lr_decay_epoch", "None or >= 0"),
             (_none_or(self.train.patience, 0), "train.patience", "None or >= 0"),
+            (self.train.weight_average is None or 0 <= self.train.weight_average < 1,
+             "train.weight_average", "None or in [0, 1)"),
             (0 < self.train.lr_decay <= 1, "train.lr_decay", "in (0, 1]"),
             (self.train.batch_size >= 2, "train.batch_size", ">= 2"),
             (self.train.lr > 0, "train.lr", "> 0"),

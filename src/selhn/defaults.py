@@ -11,10 +11,14 @@ For features of ``selhn features`` (pretrained image features of a user's own im
   features (on real sets of about 1,000 images it beats the BiGRU learned from scratch by far,
   see docs/training.md);
 - ``loss.name=auto`` is InfoNCE: on each real set of ``benchmarks/real_data.py`` it gave the
-  full model a higher test rSum than SelHN (docs/performance.md, "Real data").
+  full model a higher test rSum than SelHN (docs/performance.md, "Real data");
+- ``train.weight_average=None`` is 0.95: the moving average of the weights is evaluated and
+  saved, since the dev rSum of a few hundred images jumps from epoch to epoch and the best epoch
+  of the live weights is partly chance (docs/performance.md, "Real data").
 
-For anything else (region features such as SCAN's, synthetic data) both are the paper's: the
-BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN, with no backbone stage.
+For anything else (region features such as SCAN's, synthetic data) they are the paper's: the
+BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN, with no backbone stage and
+the live weights.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def choose_for_data(config: Config, data: str | Path) -> list[str]:
     choice, with its reason."""
     from_features = (Path(data) / JOB_FILE).is_file()
     lines = _backbone_stage(config, data, from_features) + _image_head(config)
-    return lines + _text_encoder(config, data, from_features) + _loss(config, data, from_features)
+    lines += _text_encoder(config, data, from_features) + _loss(config, data, from_features)
+    return lines + _weight_average(config, data, from_features)
 
 
 def _backbone_stage(config: Config, data: str | Path, from_features: bool) -> list[str]:
@@ -108,3 +113,19 @@ def _loss(config: Config, data: str | Path, from_features: bool) -> list[str]:
         loss.name = "selhn"
         why = "the data are not features of selhn features (the paper's loss)"
     return [f"loss.name=auto: {loss.name}, as {why}"]
+
+
+FEATURES_WEIGHT_AVERAGE = 0.95
+
+
+def _weight_average(config: Config, data: str | Path, from_features: bool) -> list[str]:
+    train = config.train
+    if train.weight_average is not None:
+        return []
+    if from_features:
+        train.weight_average = FEATURES_WEIGHT_AVERAGE
+        why = f"{data} holds features of selhn features (a small dev split is noisy)"
+    else:
+        train.weight_average = 0.0
+        why = "the data are not features of selhn features (the paper's: the live weights)"
+    return [f"train.weight_average=None: {train.weight_average:g}, as {why}"]

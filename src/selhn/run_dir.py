@@ -122,6 +122,15 @@ RESUMABLE = (
 )
 
 
+# Keys that runs of earlier versions did not save, with the value that behaves as those runs did
+# (where the default has since become a choice from the data), so that they resume as trained.
+BEFORE_THEY_EXISTED = {
+    "model.backbone_stage": None,
+    "model.image_head": "residual",
+    "train.weight_average": 0.0,
+}
+
+
 def saved_config(checkpoint: Path, meta: dict[str, Any]) -> Config:
     """The configuration a checkpoint was trained with (``meta``: its ``config.json``)."""
     path = checkpoint / "config.json"
@@ -129,6 +138,11 @@ def saved_config(checkpoint: Path, meta: dict[str, Any]) -> Config:
         raise ValueError(f"{path}: no training configuration ('config'); not a run's checkpoint")
     config = Config()
     config.update(meta["config"], str(path))
+    for key, value in BEFORE_THEY_EXISTED.items():
+        section, name = key.split(".")
+        unsaved = name not in meta["config"].get(section, {})
+        if unsaved and hasattr(getattr(config, section), name):
+            config.set(key, value, str(path))
     return config
 
 

@@ -21,7 +21,7 @@ from selhn.config import LossConfig, TrainConfig
 TARGET_STEPS = 1000
 MIN_EPOCHS, MAX_EPOCHS = 30, 300
 WARMUP_SHARE = 0.05
-PATIENCE_SHARE, MIN_PATIENCE = 0.1, 5
+PATIENCE_SHARE, MIN_PATIENCE = 0.05, 5
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from selhn.objective import TrainingObjective
+from selhn.weight_average import WeightAverage
 
 
 @dataclass
@@ -20,6 +21,7 @@ class TrainState:
     best_rsum: float = -math.inf
     best_epoch: int = -1
     stopped: bool = False  # stopped early: dev rSum stopped improving
+    average: WeightAverage | None = None  # the weights evaluated and saved; None: the live ones
 
     def finish_epoch(self, rsum: float) -> bool:
         """Record the dev rSum of the epoch just trained; True if it is the best so far."""
@@ -31,7 +33,8 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the model's weights (those are the checkpoint's ``weights.pt``)."""
-        return {
+        average = {"weight_average": self.average.state_dict()} if self.average else {}
+        return average | {
             "optimizer": self.optimizer.state_dict(),
             "losses": self.objective.losses.state_dict(),
             "epoch": self.epoch,
@@ -46,3 +49,5 @@ class TrainState:
         self.epoch = state["epoch"]
         self.best_rsum, self.best_epoch = state["best_rsum"], state["best_epoch"]
         self.stopped = state.get("stopped", False)  # not saved before early stopping existed
+        if self.average is not None and "weight_average" in state:  # else it starts here
+            self.average.load_state_dict(state["weight_average"])

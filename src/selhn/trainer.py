@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from selhn.config import Config
+from selhn.config import Config, TrainConfig
 from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
 from selhn.data.caption_checks import caption_warnings
@@ -42,6 +43,7 @@ from selhn.retrieval import evaluate
 from selhn.run_dir import RunDirectory, RunLog, check_resumable, rounded, saved_config
 from selhn.schedule import Schedule, make_schedule, plan_epoch, steps_per_epoch
 from selhn.train_state import TrainState
+from selhn.weight_average import WeightAverage
 
 
 def grad_norm(module: nn.Module) -> Tensor:
@@ -244,7 +246,8 @@ def _train(
     groups = objective.param_groups(
         model, tc.pretrained_lr_scale, tc.backbone_lr_scale, tc.stage_lr_scale
     )
-    state = TrainState(objective, torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay))
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    state = TrainState(objective, optimizer, average=_weight_average(model, optimizer, tc))
     if saved is not None:
         state.load_state_dict(saved)
     token_prob = dc.token_prob if model.augments_text else 0.0
@@ -293,6 +296,8 @@ def _train(
                 values = train_step(
                     network, objective, model, state.optimizer, batch.to(device), tc.grad_clip
                 )
+                if state.average is not None:
+                    state.average.update()
                 if step % tc.log_every == 0:  # .item() synchronises with the device
                     record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
                     record |= {"objective": plan.objective, **phase}
@@ -303,10 +308,11 @@ def _train(
             best = None
             if job.is_main:
                 last_step = step - 1  # of this epoch: the evaluation is logged with it
-                best = _finish_epoch(
-                    run, log, model, vocab, dev_split, config, state, clock, last_step, provenance,
-                    schedule,
-                )  # fmt: skip
+                with state.average.applied() if state.average else nullcontext():
+                    best = _finish_epoch(
+                        run, log, model, vocab, dev_split, config, state, clock, last_step,
+                        provenance, schedule,
+                    )  # fmt: skip
             # the others wait for rank 0
             state.best_rsum, state.best_epoch, state.stopped = job.from_main(best)
             state.epoch = epoch + 1
@@ -314,6 +320,17 @@ def _train(
         if job.is_main:
             log.close()
     return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum, "epochs": state.epoch}
+
+
+def _weight_average(
+    model: DualEncoder, optimizer: torch.optim.Optimizer, tc: TrainConfig
+) -> WeightAverage | None:
+    """The moving average of the model's weights that the optimiser updates, if configured."""
+    if not tc.weight_average:
+        return None
+    updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    learning = [p for p in model.parameters() if id(p) in updated]
+    return WeightAverage(learning, tc.weight_average)
 
 
 class _EpochClock:
@@ -364,10 +381,20 @@ def _summary(
         f" {schedule.total_steps} in {schedule.epochs} epochs",
         f"  plan   {schedule.describe()}",
         *(f"         {why}" for why in schedule.chosen),
+        *_averaged(tc),
         f"  model  image encoder {count(model.image_encoder)} parameters, text encoder"
         f" {count(model.text_encoder)}; loss {config.loss.name}",
         f"  run    {run.path} ({start})",
     ])  # fmt: skip
+
+
+def _averaged(tc: TrainConfig) -> list[str]:
+    if not tc.weight_average:
+        return []
+    return [
+        f"  eval   a moving average of the weights (decay {tc.weight_average:g} per step) is"
+        " evaluated and saved"
+    ]
 
 
 def _finish_epoch(
