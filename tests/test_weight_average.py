@@ -92,3 +92,10 @@ def test_a_checkpoint_holds_the_average_of_the_weights_after_each_step(data, tmp
     logged = read_log(tmp_path / "averaged")[1][-1]["rsum"]
     dev = evaluate(saved, open_split(data, "dev"), vocab, 64, torch.device("cpu"))
     assert logged == pytest.approx(dev["rsum"], abs=1e-6)
+
+
+def test_a_decay_outside_0_to_1_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"train.weight_average.*None or in \[0, 1\)"):
+        load_config(None, {"train.weight_average": 1.0}).validate()
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\); got -0.5"):
+        WeightAverage([nn.Parameter(torch.zeros(1))], -0.5)
