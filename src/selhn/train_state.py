@@ -32,7 +32,8 @@ class TrainState:
         return is_best
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the model's weights (those are the checkpoint's ``weights.pt``)."""
+        """Everything but the model's weights (those are the checkpoint's ``weights.pt``; with a
+        weight average they are the average, and the live weights are here)."""
         average = {"weight_average": self.average.state_dict()} if self.average else {}
         return average | {
             "optimizer": self.optimizer.state_dict(),
