@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from selhn.data.vocab import TextVocabulary
 
@@ -27,6 +29,12 @@ class Augmentation:
         if not keep.any():
             keep[rng.integers(len(regions))] = True
         return regions[keep]
+
+    def cells(self, count: int, rng: np.random.Generator) -> Tensor:
+        """(count,) bool: the grid cells an image keeps (``regions`` over the cell indices)."""
+        keep = torch.zeros(count, dtype=torch.bool)
+        keep[self.regions(np.arange(count), rng)] = True
+        return keep
 
     def tokens(self, ids: list[int], vocab: TextVocabulary, rng: np.random.Generator) -> list[int]:
         out = []

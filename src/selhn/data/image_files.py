@@ -52,8 +52,23 @@ def load_image(
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
+class GridCellBatches:
+    """Batches of a split whose images a model cuts into grid cells: the images stacked, and in
+    training the (B, cells) bool cells each keeps."""
+
+    @staticmethod
+    def collate_images(items: list[Tensor]) -> tuple[Tensor]:
+        """``encode_images`` arguments of a list of images, every cell."""
+        return (torch.stack(items),)
+
+    @staticmethod
+    def collate_training_images(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        images, keep = zip(*items, strict=True)
+        return torch.stack(images), torch.stack(keep)
+
+
 @dataclass
-class ImageSplit:
+class ImageSplit(GridCellBatches):
     """One split as image files, read at ``image_size`` x ``image_size`` pixels; ``cells`` is the
     number of grid cells the model's backbone makes of an image (its training augmentation drops
     some)."""
@@ -92,25 +107,11 @@ class ImageSplit:
     ) -> tuple[Tensor, Tensor]:
         """(pixels, kept grid cells): with ``rng``, each cell dropped with probability
         ``region_drop`` (one always kept) and, if ``crop_scale`` < 1, a random crop."""
-        keep = torch.ones(self.cells, dtype=torch.bool)
-        crop = None
-        if rng is not None:
-            keep[:] = False
-            keep[augmentation.regions(np.arange(self.cells), rng)] = True
-            if augmentation.crop_scale < 1:
-                crop = random_crop(augmentation.crop_scale, rng)
+        if rng is None:
+            return self.image(index), torch.ones(self.cells, dtype=torch.bool)
+        keep = augmentation.cells(self.cells, rng)
+        crop = random_crop(augmentation.crop_scale, rng) if augmentation.crop_scale < 1 else None
         return self.image(index, crop), keep
-
-    @staticmethod
-    def collate_images(items: list[Tensor]) -> tuple[Tensor]:
-        """``encode_images`` arguments of a list of images: (B, 3, S, S) uint8, every cell."""
-        return (torch.stack(items),)
-
-    @staticmethod
-    def collate_training_images(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """(B, 3, S, S) uint8 images and (B, cells) kept cells."""
-        images, keep = zip(*items, strict=True)
-        return torch.stack(images), torch.stack(keep)
 
 
 def open_image_split(root: str | Path, split: str, image_size: int, cells: int = 0) -> ImageSplit:

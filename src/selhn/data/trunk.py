@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from selhn.data.augment import Augmentation
+from selhn.data.image_files import GridCellBatches
 from selhn.data.layout import caption_images, images_path, read_captions, split_name
 from selhn.textfiles import read_lines
 
@@ -22,7 +23,7 @@ def trunk_path(root: Path, split: str, flipped: bool = False) -> Path:
 
 
 @dataclass
-class TrunkSplit:
+class TrunkSplit(GridCellBatches):
     """One split: memory-mapped (N, C, s, s) float16 activations, its captions and the image of
     each caption; ``cells`` is the number of grid cells the last stage makes of them."""
 
@@ -66,24 +67,10 @@ class TrunkSplit:
         """(activations, kept grid cells): with ``rng``, the image flipped left-right with
         probability 0.5 (where stored) and each cell dropped with probability ``region_drop``
         (one always kept)."""
-        keep = torch.ones(self.cells, dtype=torch.bool)
         if rng is None:
-            return self.image(index), keep
+            return self.image(index), torch.ones(self.cells, dtype=torch.bool)
         flip = self.flipped is not None and rng.random() < 0.5
-        keep[:] = False
-        keep[augmentation.regions(np.arange(self.cells), rng)] = True
-        return self.image(index, flip), keep
-
-    @staticmethod
-    def collate_images(items: list[Tensor]) -> tuple[Tensor]:
-        """``encode_images`` arguments: (B, C, s, s) activations, every cell."""
-        return (torch.stack(items),)
-
-    @staticmethod
-    def collate_training_images(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """(B, C, s, s) activations and (B, cells) kept cells."""
-        activations, keep = zip(*items, strict=True)
-        return torch.stack(activations), torch.stack(keep)
+        return self.image(index, flip), augmentation.cells(self.cells, rng)
 
 
 def _open_trunk(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
