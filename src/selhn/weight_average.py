@@ -34,7 +34,7 @@ class WeightAverage:
     def update(self) -> None:
         """Move the average towards the current weights (after an optimiser step)."""
         weight = 1.0 - self.rate()
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.parameters], weight)
+        torch._foreach_lerp_(self.average, self.parameters, weight)
         self.updates += 1
 
     @contextmanager
