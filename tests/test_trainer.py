@@ -303,3 +303,42 @@ def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
     assert [r["lr"] for r in steps] == [5e-4 * (0.1 if r["epoch"] >= 15 else 1) for r in steps]
     assert {r["objective"] for r in steps} == {"selhn"}
     assert [r["epoch"] for r in evals] == list(range(30))
+
+
+def test_a_checkpoint_holds_the_average_of_the_weights_after_each_step(data, tmp_path, monkeypatch):
+    from test_weight_average import moving_average
+
+    from selhn import trainer as trainer_module
+
+    weights = []  # the image map's live weight at the start and after each step
+    start_model, step = trainer_module._start_model, trainer_module.train_step
+
+    def started(*args):
+        model, vocab, saved = start_model(*args)
+        weights.append(model.image_encoder.fc.weight.detach().clone())
+        return model, vocab, saved
+
+    def recorded(network, objective, model, *args):
+        values = step(network, objective, model, *args)
+        weights.append(model.image_encoder.fc.weight.detach().clone())
+        return values
+
+    monkeypatch.setattr(trainer_module, "_start_model", started)
+    monkeypatch.setattr(trainer_module, "train_step", recorded)
+    config = load_config(None, {**TINY, "train.epochs": 2, "train.weight_average": 0.8})
+    train(config, data, tmp_path / "averaged", progress=False)
+    averaged_run = list(weights)
+    weights.clear()
+    config = load_config(None, {**TINY, "train.epochs": 2, "train.weight_average": 0.0})
+    train(config, data, tmp_path / "live", progress=False)
+    assert len(weights) == 1 + 40 and all(map(torch.equal, averaged_run, weights))
+
+    saved, vocab, _ = load_model(tmp_path / "averaged" / "last")
+    live, _, _ = load_model(tmp_path / "live" / "last")
+    assert torch.equal(live.image_encoder.fc.weight, weights[-1])
+    expected = moving_average(weights[0], weights[1:], 0.8)
+    torch.testing.assert_close(saved.image_encoder.fc.weight.detach(), expected)
+    assert not torch.allclose(expected, weights[-1], atol=1e-3)  # the average differs
+    logged = read_log(tmp_path / "averaged")[1][-1]["rsum"]
+    dev = evaluate(saved, open_split(data, "dev"), vocab, 64, torch.device("cpu"))
+    assert logged == pytest.approx(dev["rsum"], abs=1e-6)
