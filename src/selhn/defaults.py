@@ -14,8 +14,8 @@ For features of ``selhn features`` (pretrained image features of a user's own im
   full model a higher test rSum than SelHN (docs/performance.md, "Real data");
 - ``train.weight_average=None`` is 0.95: the moving average of the weights is evaluated and
   saved, since the dev rSum of a few hundred images jumps from epoch to epoch and the best epoch
-  of the live weights is partly chance; with it the full model's test rSum rose on emoji and
-  openclipart and held on samples (docs/performance.md, "Real data").
+  of the live weights is partly chance; with it and a shorter patience the full model's test
+  rSum rose on emoji and openclipart and held on samples (docs/performance.md, "Real data").
 
 For anything else (region features such as SCAN's, synthetic data) they are the paper's: the
 BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN, with no backbone stage and
