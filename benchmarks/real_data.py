@@ -35,7 +35,7 @@ from selhn.defaults import choose_for_data
 from selhn.run_dir import read_log
 
 # full: the default model (for features of selhn features: the backbone's last stage learning on
-# the stored trunk activations, frozen sentence embeddings, InfoNCE);
+# the stored trunk activations, frozen sentence embeddings, the class prior, InfoNCE);
 # grid: the default before that, on the frozen grid (the residual head and GPO, the text
 # transformer learning, InfoNCE); grid-LOSS: with another loss (hardest-warmup: VSE-infinity's one
 # epoch of the mean loss first; selhn-epsE: SelHN with the gap threshold E; all: the mean of the

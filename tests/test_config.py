@@ -27,6 +27,8 @@ def test_the_paper_recipe_is_one_argument_away():
     assert defaults.loss.name == "auto" and paper.loss.name == "selhn"
     assert (defaults.model.backbone_stage, defaults.model.image_head) == ("auto", "auto")
     assert (paper.model.backbone_stage, paper.model.image_head) == (None, "residual")
+    assert defaults.model.class_prior is None and paper.model.class_prior == 0
+    defaults.model.class_prior = 0
     defaults.model.text_encoder, defaults.loss.name = "bigru", "selhn"
     defaults.model.backbone_stage, defaults.model.image_head = None, "residual"
     assert paper == defaults
@@ -65,6 +67,15 @@ def test_file_then_overrides(tmp_path):
             r"data.vocab must be None with model.text_encoder=transformer",
         ),
         ({"train.pretrained_lr_scale": 0}, r"train.pretrained_lr_scale must be > 0"),
+        ({"model.class_prior": -1}, r"model.class_prior must be None or a number >= 0"),
+        (
+            {"model.class_prior": 0.3, "model.text_encoder": "bigru"},
+            r"model.class_prior must be 0 unless model.text_encoder is sentence",
+        ),
+        (
+            {"model.class_prior": 0.3, "model.backbone_stage": None},
+            r"model.class_prior must be 0 unless model.backbone or model.backbone_stage is eff",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(overrides, message):
@@ -163,7 +174,7 @@ def test_a_config_written_by_0_1_0_still_loads(tmp_path):
         load_config(path)
 
 
-def test_the_text_encoder_the_loss_and_the_weight_average_are_chosen_from_the_data(
+def test_the_text_encoder_the_prior_the_loss_and_the_weight_average_are_chosen_from_the_data(
     tmp_path, monkeypatch
 ):
     import selhn.defaults
@@ -181,11 +192,13 @@ def test_the_text_encoder_the_loss_and_the_weight_average_are_chosen_from_the_da
         assert choose_for_data(config, data) == []  # nothing left to choose
         return getattr(config.model, "text_encoder", None), config.loss.name, lines
 
-    encoder, loss, [stage_line, head_line, text_line, loss_line, average_line] = chosen(features)
+    encoder, loss, lines = chosen(features)
+    stage_line, head_line, text_line, prior_line, loss_line, average_line = lines
     assert stage_line.startswith("model.backbone_stage=auto: None, as ")
     assert "has no trunk activations" in stage_line  # features of an older selhn
     assert head_line.startswith("model.image_head=auto: residual, as the paper's")
     assert encoder == "transformer" and "holds features of selhn features" in text_line
+    assert prior_line.startswith("model.class_prior=None: 0, as it needs the efficientnet-lite0")
     assert loss == "infonce" and loss_line.startswith("loss.name=auto: infonce, as ")
     assert average_line.startswith("train.weight_average=None: 0.95, as ")
     encoder, loss, [*_, loss_line, average_line] = chosen(regions)
@@ -196,7 +209,7 @@ def test_the_text_encoder_the_loss_and_the_weight_average_are_chosen_from_the_da
     assert chosen(features, {"model.word_vectors": "glove"})[:2] == ("bigru", "infonce")
     given = {"model.text_encoder": "bigru", "loss.name": "hardest"}
     given |= {"model.backbone_stage": None, "model.image_head": "residual"}
-    given |= {"train.weight_average": 0.5}
+    given |= {"train.weight_average": 0.5, "model.class_prior": 0}
     assert chosen(features, given) == ("bigru", "hardest", [])  # given: kept
     vsepp = chosen(features, {"model.architecture": "vsepp"})  # it has no text_encoder
     assert vsepp[1] == "infonce" and [line.split(",")[0] for line in vsepp[2]] == [
@@ -204,5 +217,5 @@ def test_the_text_encoder_the_loss_and_the_weight_average_are_chosen_from_the_da
         "train.weight_average=None: 0.95",
     ]
     monkeypatch.setattr(selhn.defaults, "installed", lambda extra: False)
-    encoder, _, [_, _, line, _, _] = chosen(features)
+    encoder, _, [_, _, line, _, _, _] = chosen(features)
     assert encoder == "bigru" and "pip install 'selhn[text]'" in line

@@ -122,6 +122,13 @@ def test_the_defaults_choose_the_stage_where_the_trunk_is_stored(features, tmp_p
     assert config.model.backbone_stage == "efficientnet-lite0" and config.model.image_size == SIZE
     assert config.model.text_encoder == "sentence" and config.loss.name == "infonce"
     assert lines[0].startswith("model.backbone_stage=auto: efficientnet-lite0, as ")
+    assert config.model.class_prior == 0.5 and lines[3].startswith("model.class_prior=None: 0.5")
+    small = load_config(None, {"model.embed_size": 384})  # the prior takes 384 dimensions
+    prior_line = choose_for_data(small, features)[3]
+    assert (
+        prior_line
+        == "model.class_prior=None: 0, as model.embed_size=384 leaves it no room (it takes 384)"
+    )
     for name in ("features.json", "train_caps.txt", "train_ims.npy"):
         shutil.copy(features / name, tmp_path / name)
     older = Config()
@@ -151,12 +158,13 @@ def test_a_stage_model_trains_evaluates_and_encodes_new_images_as_its_data(
     samples, features, tmp_path, capsys
 ):
     run = tmp_path / "run"
-    tiny = ["--model.embed_size=32", "--train.batch_size=32", "--train.log_every=1"]
+    tiny = ["--model.embed_size=400", "--train.batch_size=32", "--train.log_every=1"]
     tiny += ["--epochs", "2", "--no-progress"]
     assert main(["train", "--data", str(features), "--out", str(run), *tiny]) == 0
     printed = capsys.readouterr().out
     assert "model.backbone_stage=auto: efficientnet-lite0" in printed
     assert "loaded the last stage of the pretrained efficientnet-lite0 backbone" in printed
+    assert "model.class_prior=None: 0.5" in printed and "names (the class prior)" in printed
     assert {r["epoch"]: r["backbone"] for r in read_log(run)[0]} == {0: "frozen", 1: "learning"}
     model, _, meta = load_model(run / "best")
     assert model.settings.backbone_stage == "efficientnet-lite0"

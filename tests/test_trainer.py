@@ -261,7 +261,7 @@ def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
     torch.save(old, path)
     meta = json.loads((part / "last" / "config.json").read_text())
     for section, key in [("model", "backbone_stage"), ("model", "image_head"),
-                         ("train", "weight_average")]:  # fmt: skip
+                         ("model", "class_prior"), ("train", "weight_average")]:  # fmt: skip
         del meta["config"][section][key]  # keys added after 0.1.0
     (part / "last" / "config.json").write_text(json.dumps(meta))
     train(

@@ -71,6 +71,8 @@ def test_the_wheel_installs_and_runs_outside_the_clone(tmp_path):
 
     page = "from importlib.resources import files; print(files('selhn.serve') / 'page.html')"
     assert Path(run([python, "-c", page], work, env).strip()).read_text().startswith("<!doctype")
+    names = "from selhn.models.class_prior import class_names; print(class_names()[281])"
+    assert run([python, "-c", names], work, env).strip() == "tabby, tabby cat"  # package data
     done = subprocess.run([command, "serve", "--index", "index"], cwd=work, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "needs the serve extra" in done.stderr  # not installed here

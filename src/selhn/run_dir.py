@@ -127,6 +127,7 @@ RESUMABLE = (
 BEFORE_THEY_EXISTED = {
     "model.backbone_stage": None,
     "model.image_head": "residual",
+    "model.class_prior": 0.0,
     "train.weight_average": 0.0,
 }
 

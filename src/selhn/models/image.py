@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selhn.models.backbones import GridBackbone
+from selhn.models.class_prior import ClassPrior, with_prior
 from selhn.models.pooling import GPO, length_mask, masked_mean
 from selhn.models.stage import LastStage
 
@@ -75,6 +76,9 @@ class GridImageEncoder(nn.Module):
     End-to-end training (VSE-infinity's grid path): the cells play the regions. The backbone's
     BatchNorm statistics stay frozen (it is always in eval mode); its weights learn only while
     ``backbone_trainable`` is set, and otherwise it runs without autograd.
+
+    With a ``prior`` (``class_prior``), the head's embedding is followed by the prior of the
+    mean of the kept cells, weighted by ``prior_weight`` (``class_prior.with_prior``).
     """
 
     def __init__(
@@ -83,11 +87,14 @@ class GridImageEncoder(nn.Module):
         embed_size: int = 1024,
         mlp_hidden: int = 512,
         head: str = "residual",
+        prior: ClassPrior | None = None,
+        prior_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if head not in IMAGE_HEADS:
             raise ValueError(f"image head must be one of {IMAGE_HEADS}; got {head!r}")
         self.backbone = backbone
+        self.prior, self.prior_weight = prior, prior_weight
         self.cell_encoder: ResidualRegionEncoder | PooledLinearEncoder
         if head == "residual":
             self.cell_encoder = ResidualRegionEncoder(backbone.channels, embed_size, mlp_hidden)
@@ -118,7 +125,7 @@ class GridImageEncoder(nn.Module):
             grid = self.backbone(images).flatten(2).transpose(1, 2)  # (B, cells, C)
         batch, cells, _ = grid.shape
         if cell_mask is None:
-            return self.cell_encoder(grid, grid.new_full((batch,), cells, dtype=torch.long))
+            return self._encode_cells(grid, grid.new_full((batch,), cells, dtype=torch.long))
         if cell_mask.shape != (batch, cells):
             raise ValueError(
                 f"cell_mask must be (images, cells) = ({batch}, {cells}) for this backbone on "
@@ -127,4 +134,10 @@ class GridImageEncoder(nn.Module):
         # kept cells first (GPO pools a set, so their order does not matter)
         order = torch.argsort((~cell_mask).to(torch.uint8), dim=1, stable=True)
         kept = grid.gather(1, order.unsqueeze(2).expand_as(grid))
-        return self.cell_encoder(kept, cell_mask.sum(1))
+        return self._encode_cells(kept, cell_mask.sum(1))
+
+    def _encode_cells(self, cells: Tensor, lengths: Tensor) -> Tensor:
+        embedding = self.cell_encoder(cells, lengths)
+        if self.prior is None:
+            return embedding
+        return with_prior(embedding, self.prior(masked_mean(cells, lengths)), self.prior_weight)

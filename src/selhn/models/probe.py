@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selhn.data.batch import pad_tokens
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
 from selhn.models.base import DualEncoder
+from selhn.models.class_prior import with_prior
 from selhn.models.image import PooledLinearEncoder
 from selhn.models.pooling import masked_mean
 from selhn.models.registry import register_model
@@ -62,14 +64,27 @@ class SentenceProbe(nn.Module):
 
     The frozen part gives each caption the same sentence embedding every time, so each is
     computed once and kept (per distinct caption: training does not perturb the probe's tokens).
+    With ``prior_weight`` (RVSE++'s ``class_prior``) the unit sentence embedding follows the
+    learned one (``class_prior.with_prior``).
     """
 
-    def __init__(self, model_dir: str | Path | None, embed_size: int) -> None:
+    def __init__(
+        self, model_dir: str | Path | None, embed_size: int, prior_weight: float = 0.0
+    ) -> None:
         super().__init__()
         self.model_dir = model_directory(model_dir)
-        self.transformer = build_transformer(self.model_dir).requires_grad_(False)
-        self.fc = nn.Linear(self.transformer.config.hidden_size, embed_size)
-        self.cls_id, self.sep_id = WordPieceTokenizer(self.model_dir).boundary_ids()
+        # frozen: no gradients, and no dropout, in training too (``train``)
+        self.transformer = build_transformer(self.model_dir).requires_grad_(False).eval()
+        hidden = self.transformer.config.hidden_size
+        if prior_weight and embed_size <= hidden:
+            raise ValueError(
+                f"embed_size must exceed the text model's {hidden} dimensions with a class prior "
+                f"(its last {hidden} hold the prior); got {embed_size}"
+            )
+        self.prior_weight = prior_weight
+        self.fc = nn.Linear(hidden, embed_size - hidden if prior_weight else embed_size)
+        self.tokenizer = WordPieceTokenizer(self.model_dir)
+        self.cls_id, self.sep_id = self.tokenizer.boundary_ids()
         self.sentences: dict[tuple[int, ...], Tensor] = {}  # piece ids -> sentence embedding
         # new transformer weights make the kept embeddings stale
         self.register_load_state_dict_post_hook(lambda module, _: module.sentences.clear())
@@ -95,7 +110,10 @@ class SentenceProbe(nn.Module):
             ):
                 self.sentences[keys[i]] = sentence.cpu()
         kept = torch.stack([self.sentences[k] for k in keys]).to(self.fc.weight.device)
-        return F.normalize(self.fc(kept), dim=-1)
+        embedding = F.normalize(self.fc(kept), dim=-1)
+        if not self.prior_weight:
+            return embedding
+        return with_prior(embedding, F.normalize(kept, dim=-1), self.prior_weight)
 
     @torch.no_grad()
     def embed_sentences(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -103,6 +121,16 @@ class SentenceProbe(nn.Module):
         ids, mask = with_boundaries(tokens, lengths, self.cls_id, self.sep_id)
         hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return masked_mean(hidden, lengths + 2)  # [CLS] and [SEP] count, as in sentence models
+
+    def embed_texts(self, texts: list[str], batch_size: int = 256) -> Tensor:
+        """(len(texts), hidden) sentence embeddings of strings, on the CPU."""
+        out = []
+        device = self.fc.weight.device
+        for start in range(0, len(texts), batch_size):
+            pieces = [self.tokenizer.encode(text) for text in texts[start : start + batch_size]]
+            tokens, lengths = pad_tokens(pieces)
+            out.append(self.embed_sentences(tokens.to(device), lengths.to(device)).cpu())
+        return torch.cat(out)
 
 
 @register_model

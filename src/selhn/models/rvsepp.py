@@ -3,10 +3,13 @@
 The text encoder may instead be a pretrained transformer, fine-tuned (``text_encoder=
 "transformer"``) or frozen with one linear map (``"sentence"``). The regions may instead be the
 grid cells of a pretrained CNN, trained end to end from images (``backbone=NAME``), or of its last
-stage, trained on the trunk activations of ``selhn features`` (``backbone_stage=NAME``)."""
+stage, trained on the trunk activations of ``selhn features`` (``backbone_stage=NAME``). With
+EfficientNet-Lite0 and frozen sentence embeddings, ``class_prior`` adds the backbone's ImageNet
+classifier, read through its class names (``class_prior.py``), to the score."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,9 @@ from torch import nn
 from selhn.data.inputs import ImageFiles, ImageInput, RegionFeatures, TrunkActivations
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
-from selhn.models.backbones import DEFAULT_BACKBONE, build_backbone, grid_shape
+from selhn.models.backbones import DEFAULT_BACKBONE, GridBackbone, build_backbone, grid_shape
 from selhn.models.base import DualEncoder
+from selhn.models.class_prior import PRIOR_BACKBONE, ClassPrior
 from selhn.models.image import (
     IMAGE_HEADS,
     GridImageEncoder,
@@ -26,7 +30,7 @@ from selhn.models.image import (
 )
 from selhn.models.probe import SentenceProbe
 from selhn.models.registry import register_model
-from selhn.models.stage import CUTS, build_stage, stage_shapes
+from selhn.models.stage import CUTS, LastStage, build_stage, stage_shapes
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import (
     TransformerTextEncoder,
@@ -65,6 +69,9 @@ class RVSEPPSettings:
     # are stored, else None (regions or images)
     image_head: str = "auto"  # residual (the paper's: Linear, residual MLP, GPO over the regions)
     # | mean (the mean of the regions, one Linear) | auto: mean with backbone_stage, else residual
+    class_prior: float | None = None  # weight of the class-name prior (class_prior.py): the
+    # score is (learned + w * prior) / (1 + w); needs efficientnet-lite0 (backbone or
+    # backbone_stage) and text_encoder=sentence; 0: none; None: chosen from the data (0 without)
 
     @property
     def has_tokenizer(self) -> bool:
@@ -111,6 +118,15 @@ class RVSEPPSettings:
              "None unless model.text_encoder is transformer or sentence"),
             (not transformer or self.word_vectors is None, "word_vectors",
              "None with model.text_encoder=transformer or sentence"),
+            (self.class_prior is None or 0 <= self.class_prior < math.inf, "class_prior",
+             "None or a number >= 0"),
+            (not self.class_prior or PRIOR_BACKBONE in (backbone, stage) or stage == "auto",
+             "class_prior",
+             f"0 unless model.backbone or model.backbone_stage is {PRIOR_BACKBONE} (its "
+             "ImageNet classifier makes the prior)"),
+            (not self.class_prior or self.text_encoder in ("auto", "sentence"), "class_prior",
+             "0 unless model.text_encoder is sentence (the prior's text side is the frozen "
+             "sentence embedding)"),
         ]  # fmt: skip
 
 
@@ -133,40 +149,57 @@ class RVSEPP(DualEncoder):
             self.settings = replace(self.settings, backbone_stage=None)
         if self.settings.image_head == "auto":
             self.settings = replace(self.settings, image_head="residual")
+        if self.settings.class_prior is None:
+            self.settings = replace(self.settings, class_prior=0.0)
         s = self.settings
         if s.vocab_size is None:
             raise ValueError("vocab_size (words of the vocabulary) is needed")
+        if s.class_prior and s.text_encoder != "sentence":
+            raise ValueError(f"class_prior needs text_encoder sentence; got {s.text_encoder!r}")
+        if s.text_encoder == "bigru":
+            self.text_encoder = BiGRUTextEncoder(s.vocab_size, s.word_dim, s.embed_size)
+        elif s.text_encoder == "transformer":
+            self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
+        elif s.text_encoder == "sentence":
+            self.text_encoder = SentenceProbe(s.text_model, s.embed_size, s.class_prior)
+        else:
+            raise ValueError(
+                f"text_encoder must be bigru, transformer or sentence; got {s.text_encoder!r}"
+            )
         self.image_encoder: GridImageEncoder | ResidualRegionEncoder | PooledLinearEncoder
         if s.backbone_stage is not None:
             if s.backbone is not None:
                 raise ValueError("backbone and backbone_stage exclude each other")
-            stage = build_stage(s.backbone_stage)
-            self.settings = s = replace(s, img_dim=stage.channels)
-            self.image_encoder = GridImageEncoder(stage, s.embed_size, s.mlp_hidden, s.image_head)
+            self.image_encoder = self._grid_encoder(build_stage(s.backbone_stage))
         elif s.backbone is not None:
             grid = build_backbone(s.backbone, pretrained=False)
             if s.img_dim not in (None, grid.channels):
                 raise ValueError(
                     f"backbone {s.backbone} has {grid.channels} channels, not {s.img_dim}"
                 )
-            self.settings = s = replace(s, img_dim=grid.channels)
-            self.image_encoder = GridImageEncoder(grid, s.embed_size, s.mlp_hidden, s.image_head)
+            self.image_encoder = self._grid_encoder(grid)
+        elif s.class_prior:
+            raise ValueError(
+                f"class_prior needs backbone or backbone_stage {PRIOR_BACKBONE}; got neither"
+            )
         elif s.img_dim is None:
             raise ValueError("img_dim (region feature channels) is needed without a backbone")
         elif s.image_head == "mean":
             self.image_encoder = PooledLinearEncoder(s.img_dim, s.embed_size)
         else:
             self.image_encoder = ResidualRegionEncoder(s.img_dim, s.embed_size, s.mlp_hidden)
-        if s.text_encoder == "bigru":
-            self.text_encoder = BiGRUTextEncoder(s.vocab_size, s.word_dim, s.embed_size)
-        elif s.text_encoder == "transformer":
-            self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
-        elif s.text_encoder == "sentence":
-            self.text_encoder = SentenceProbe(s.text_model, s.embed_size)
-        else:
-            raise ValueError(
-                f"text_encoder must be bigru, transformer or sentence; got {s.text_encoder!r}"
-            )
+
+    def _grid_encoder(self, backbone: GridBackbone | LastStage) -> GridImageEncoder:
+        """The image encoder over ``backbone``'s cells, with the class prior if configured."""
+        self.settings = s = replace(self.settings, img_dim=backbone.channels)
+        if not s.class_prior:
+            return GridImageEncoder(backbone, s.embed_size, s.mlp_hidden, s.image_head)
+        if backbone.name != PRIOR_BACKBONE:
+            raise ValueError(f"class_prior needs backbone {PRIOR_BACKBONE}; got {backbone.name}")
+        text_dim = self.text_encoder.transformer.config.hidden_size
+        prior = ClassPrior(backbone.channels, text_dim)
+        head = s.embed_size - text_dim  # the prior fills the rest
+        return GridImageEncoder(backbone, head, s.mlp_hidden, s.image_head, prior, s.class_prior)
 
     @property
     def augments_text(self) -> bool:
@@ -218,7 +251,7 @@ class RVSEPP(DualEncoder):
 
     def load_pretrained(self, vocab: TextVocabulary) -> list[str]:
         """The backbone's (or its last stage's) ImageNet weights, the transformer's weights, or
-        GloVe word vectors."""
+        GloVe word vectors; and the class prior's classifier and class names."""
         loaded = []
         if isinstance(self.image_encoder, GridImageEncoder):
             backbone = self.image_encoder.backbone
@@ -231,6 +264,13 @@ class RVSEPP(DualEncoder):
         if isinstance(self.text_encoder, SentenceProbe):
             self.text_encoder.load_pretrained()
             loaded.append(f"loaded the frozen text transformer {self.text_encoder.model_dir}")
+        prior = getattr(self.image_encoder, "prior", None)
+        if prior is not None:
+            prior.load_pretrained(self.text_encoder.embed_texts)
+            loaded.append(
+                f"loaded the ImageNet classifier of {PRIOR_BACKBONE} and embedded its "
+                f"{len(prior.names)} class names (the class prior)"
+            )
         return loaded + super().load_pretrained(vocab)
 
     def param_groups(

@@ -10,6 +10,7 @@ pools them with GPO.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -40,6 +41,12 @@ def model_directory(model_dir: str | Path | None) -> Path:
             "model directory"
         )
     return path
+
+
+def hidden_size(model_dir: str | Path | None) -> int:
+    """The width of the token features of ``model_dir``'s transformer (its config.json)."""
+    path = model_directory(model_dir) / "config.json"
+    return int(json.loads(path.read_text(encoding="utf-8"))["hidden_size"])
 
 
 def read_model_files(source: Path) -> dict[str, bytes]:
