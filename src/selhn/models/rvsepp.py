@@ -35,6 +35,7 @@ from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import (
     TransformerTextEncoder,
     WordPieceTokenizer,
+    hidden_size,
     load_tokenizer,
     save_tokenizer,
 )
@@ -156,16 +157,6 @@ class RVSEPP(DualEncoder):
             raise ValueError("vocab_size (words of the vocabulary) is needed")
         if s.class_prior and s.text_encoder != "sentence":
             raise ValueError(f"class_prior needs text_encoder sentence; got {s.text_encoder!r}")
-        if s.text_encoder == "bigru":
-            self.text_encoder = BiGRUTextEncoder(s.vocab_size, s.word_dim, s.embed_size)
-        elif s.text_encoder == "transformer":
-            self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
-        elif s.text_encoder == "sentence":
-            self.text_encoder = SentenceProbe(s.text_model, s.embed_size, s.class_prior)
-        else:
-            raise ValueError(
-                f"text_encoder must be bigru, transformer or sentence; got {s.text_encoder!r}"
-            )
         self.image_encoder: GridImageEncoder | ResidualRegionEncoder | PooledLinearEncoder
         if s.backbone_stage is not None:
             if s.backbone is not None:
@@ -188,6 +179,17 @@ class RVSEPP(DualEncoder):
             self.image_encoder = PooledLinearEncoder(s.img_dim, s.embed_size)
         else:
             self.image_encoder = ResidualRegionEncoder(s.img_dim, s.embed_size, s.mlp_hidden)
+        s = self.settings
+        if s.text_encoder == "bigru":
+            self.text_encoder = BiGRUTextEncoder(s.vocab_size, s.word_dim, s.embed_size)
+        elif s.text_encoder == "transformer":
+            self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
+        elif s.text_encoder == "sentence":
+            self.text_encoder = SentenceProbe(s.text_model, s.embed_size, s.class_prior)
+        else:
+            raise ValueError(
+                f"text_encoder must be bigru, transformer or sentence; got {s.text_encoder!r}"
+            )
 
     def _grid_encoder(self, backbone: GridBackbone | LastStage) -> GridImageEncoder:
         """The image encoder over ``backbone``'s cells, with the class prior if configured."""
@@ -196,7 +198,12 @@ class RVSEPP(DualEncoder):
             return GridImageEncoder(backbone, s.embed_size, s.mlp_hidden, s.image_head)
         if backbone.name != PRIOR_BACKBONE:
             raise ValueError(f"class_prior needs backbone {PRIOR_BACKBONE}; got {backbone.name}")
-        text_dim = self.text_encoder.transformer.config.hidden_size
+        text_dim = hidden_size(s.text_model)
+        if s.embed_size <= text_dim:
+            raise ValueError(
+                f"embed_size must exceed the text model's {text_dim} dimensions with a class "
+                f"prior (its last {text_dim} hold the prior); got {s.embed_size}"
+            )
         prior = ClassPrior(backbone.channels, text_dim)
         head = s.embed_size - text_dim  # the prior fills the rest
         return GridImageEncoder(backbone, head, s.mlp_hidden, s.image_head, prior, s.class_prior)
