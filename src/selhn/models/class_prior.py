@@ -65,6 +65,17 @@ class ClassPrior(nn.Module):
         return F.normalize(probs @ self.names, dim=-1)
 
 
+def learned_size(embed_size: int, text_dim: int) -> int:
+    """The dimensions of ``embed_size`` left to a learned embedding beside a prior of
+    ``text_dim``; ValueError if none are."""
+    if embed_size <= text_dim:
+        raise ValueError(
+            f"embed_size must exceed the text model's {text_dim} dimensions with a class prior "
+            f"(its last {text_dim} hold the prior); got {embed_size}"
+        )
+    return embed_size - text_dim
+
+
 def with_prior(learned: Tensor, prior: Tensor, weight: float) -> Tensor:
     """``[learned, sqrt(weight) * prior] / sqrt(1 + weight)``: a unit vector when both parts are,
     so the dot product of two such is ``(learned score + weight * prior score) / (1 + weight)``."""

@@ -20,7 +20,7 @@ from selhn.data.batch import pad_tokens
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
 from selhn.models.base import DualEncoder
-from selhn.models.class_prior import with_prior
+from selhn.models.class_prior import learned_size, with_prior
 from selhn.models.image import PooledLinearEncoder
 from selhn.models.pooling import masked_mean
 from selhn.models.registry import register_model
@@ -76,13 +76,9 @@ class SentenceProbe(nn.Module):
         # frozen: no gradients, and no dropout, in training too (``train``)
         self.transformer = build_transformer(self.model_dir).requires_grad_(False).eval()
         hidden = self.transformer.config.hidden_size
-        if prior_weight and embed_size <= hidden:
-            raise ValueError(
-                f"embed_size must exceed the text model's {hidden} dimensions with a class prior "
-                f"(its last {hidden} hold the prior); got {embed_size}"
-            )
         self.prior_weight = prior_weight
-        self.fc = nn.Linear(hidden, embed_size - hidden if prior_weight else embed_size)
+        learned = learned_size(embed_size, hidden) if prior_weight else embed_size
+        self.fc = nn.Linear(hidden, learned)
         self.tokenizer = WordPieceTokenizer(self.model_dir)
         self.cls_id, self.sep_id = self.tokenizer.boundary_ids()
         self.sentences: dict[tuple[int, ...], Tensor] = {}  # piece ids -> sentence embedding

@@ -21,7 +21,7 @@ from selhn.data.vocab import TextVocabulary
 from selhn.extras import EXTRAS
 from selhn.models.backbones import DEFAULT_BACKBONE, GridBackbone, build_backbone, grid_shape
 from selhn.models.base import DualEncoder
-from selhn.models.class_prior import PRIOR_BACKBONE, ClassPrior
+from selhn.models.class_prior import PRIOR_BACKBONE, ClassPrior, learned_size
 from selhn.models.image import (
     IMAGE_HEADS,
     GridImageEncoder,
@@ -199,13 +199,8 @@ class RVSEPP(DualEncoder):
         if backbone.name != PRIOR_BACKBONE:
             raise ValueError(f"class_prior needs backbone {PRIOR_BACKBONE}; got {backbone.name}")
         text_dim = hidden_size(s.text_model)
-        if s.embed_size <= text_dim:
-            raise ValueError(
-                f"embed_size must exceed the text model's {text_dim} dimensions with a class "
-                f"prior (its last {text_dim} hold the prior); got {s.embed_size}"
-            )
+        head = learned_size(s.embed_size, text_dim)  # the prior fills the rest
         prior = ClassPrior(backbone.channels, text_dim)
-        head = s.embed_size - text_dim  # the prior fills the rest
         return GridImageEncoder(backbone, head, s.mlp_hidden, s.image_head, prior, s.class_prior)
 
     @property
