@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from real_data import mean_std, report_path, set_manifest
 from torch import Tensor, nn
 
-from selhn.data.batch import pad_tokens
 from selhn.data.image_files import load_image
 from selhn.data.manifest import by_split, read_manifest
 from selhn.evaluation import embedding_metrics
@@ -41,7 +40,6 @@ from selhn.losses import InfoNCELoss
 from selhn.models.backbones import GridBackbone, build_backbone
 from selhn.models.probe import SentenceProbe
 from selhn.models.stage import LastStage, trunk_activations
-from selhn.models.transformer import WordPieceTokenizer, load_pretrained_transformer
 
 IMAGE_SIZE = 224
 BATCH, MAX_EPOCHS, PATIENCE = 128, 60, 8
@@ -51,13 +49,9 @@ EMBED_SIZE = 1024
 
 def sentences(captions: list[str]) -> Tensor:
     """(N, 384) frozen all-MiniLM-L6-v2 sentence embeddings, as the probe computes them."""
-    probe = SentenceProbe(None, EMBED_SIZE).eval()  # only its frozen transformer is used
-    load_pretrained_transformer(probe.transformer, probe.model_dir)
-    tokenizer = WordPieceTokenizer(probe.model_dir)
-    chunks = [captions[start : start + 64] for start in range(0, len(captions), 64)]
-    return torch.cat(
-        [probe.embed_sentences(*pad_tokens([tokenizer.encode(c) for c in part])) for part in chunks]
-    )
+    probe = SentenceProbe(None, EMBED_SIZE)  # only its frozen transformer is used
+    probe.load_pretrained()
+    return probe.embed_texts(captions, batch_size=64)
 
 
 def cached_inputs(

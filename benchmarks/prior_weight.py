@@ -15,12 +15,12 @@ Usage: python benchmarks/prior_weight.py [--sets emoji,openclipart,samples] [--s
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from real_data import mean_std
 from torch import Tensor
 
 from selhn.checkpoint import load_model
@@ -60,11 +60,6 @@ def zero_shot(prior: ClassPrior, text: SentenceProbe, features: Path, split: str
     pooled = torch.from_numpy(np.load(features / f"{split}_ims.npy")).float().mean(dim=1)
     captions = (features / f"{split}_caps.txt").read_text(encoding="utf-8").splitlines()
     return prior(pooled) @ F.normalize(text.embed_texts(captions), dim=-1).T
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
 
 
 @torch.no_grad()
