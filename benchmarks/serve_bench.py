@@ -14,8 +14,11 @@
    same distribution (not the calibration's queries).
 4. Latency through the HTTP API on loopback (``selhn serve`` in its own process; text queries
    encoded by a 1024-d RVSE++ model): p50/p99 of 200 sequential queries for each index.
-5. A bounded load test on the approximate index: 2,000 text queries from 16 concurrent
-   clients in 4 rounds; errors, throughput, and the server's resident memory after each round.
+5. A bounded load test on the approximate index: 2,000 requests from 16 concurrent clients in
+   4 rounds, one in ten an upload of a 2400 x 1800 JPEG photo (the others text queries);
+   errors, throughput, p50/p99 latency, and the server's resident memory after each round
+   (the first round makes the server's worker threads: its last three rounds are compared with
+   the memory after it).
 
 Usage: python benchmarks/serve_bench.py [--vectors 1000000] [--work DIR]
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
 import shutil
 import socket
@@ -37,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from selhn.checkpoint import save_model
 from selhn.data.samples import write_samples
@@ -146,10 +151,22 @@ def latency(server: Server, queries: int, seed: int) -> tuple[float, float]:
     return float(np.percentile(times, 50)) * 1e3, float(np.percentile(times, 99)) * 1e3
 
 
+def photo_upload() -> tuple[bytes, dict[str, str]]:
+    """A multipart upload of a smooth 2400 x 1800 JPEG (about a photo's size)."""
+    pixels = np.random.default_rng(1).integers(0, 255, (18, 24, 3), dtype=np.uint8)
+    photo = io.BytesIO()
+    Image.fromarray(pixels).resize((2400, 1800), Image.Resampling.BICUBIC).save(photo, "JPEG")
+    boundary = "selhnbenchboundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n\r\n'
+    body = head.encode() + photo.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
 def load_test(server: Server, requests: int, clients: int, rounds: int = 4) -> dict:
-    """``requests`` text queries from ``clients`` threads with a connection each, in ``rounds``
-    equal rounds; the server's resident memory after each round."""
-    errors, lock = [], threading.Lock()
+    """``requests`` requests from ``clients`` threads with a connection each, in ``rounds``
+    equal rounds, one in ten an image upload; the server's resident memory after each round."""
+    errors, times, lock = [], [], threading.Lock()
+    upload, headers = photo_upload()
 
     def client(number: int, left: list[int]) -> None:
         rng = np.random.default_rng(1000 + number)
@@ -159,13 +176,22 @@ def load_test(server: Server, requests: int, clients: int, rounds: int = 4) -> d
                 if left[0] == 0:
                     break
                 left[0] -= 1
+                image = left[0] % 10 == 0
+            start = time.perf_counter()
             try:
-                status, body = server.get(query_path(rng), connection)
+                if image:
+                    connection.request("POST", "/api/search?k=10", upload, headers)
+                    response = connection.getresponse()
+                    status, body = response.status, response.read()
+                else:
+                    status, body = server.get(query_path(rng), connection)
                 if status != 200 or not json.loads(body)["hits"]:
                     errors.append(status)
             except (OSError, http.client.HTTPException) as err:
                 errors.append(repr(err))
                 connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            with lock:
+                times.append(time.perf_counter() - start)
         connection.close()
 
     memory = [rss_of(server.process.pid) / 2**20]
@@ -179,7 +205,9 @@ def load_test(server: Server, requests: int, clients: int, rounds: int = 4) -> d
             t.join()
         memory.append(rss_of(server.process.pid) / 2**20)
     seconds = time.perf_counter() - start
-    return {"errors": len(errors), "per_second": requests / seconds, "rss_mb": memory}
+    p50, p99 = (float(np.percentile(times, q)) * 1e3 for q in (50, 99))
+    return {"errors": len(errors), "per_second": requests / seconds, "rss_mb": memory,
+            "p50_ms": p50, "p99_ms": p99}  # fmt: skip
 
 
 def main() -> None:
@@ -212,7 +240,10 @@ def main() -> None:
     everything = np.concatenate(vectors)
     del vectors
     parts, queries = [everything[: args.vectors]], everything[args.vectors :].astype(np.float32)
-    files = [f"/synthetic/{i:07d}.jpg" for i in range(args.vectors)]
+    files = [
+        {"name": f"{i:07d}.jpg", "target": f"{i:07d}.jpg", "size": 0, "mtime_ns": 0, "sha256": ""}
+        for i in range(args.vectors)
+    ]
     model = make_model(work / "model", args.dim)
     reference = Encoder.load(model).reference
     built = {}
@@ -220,7 +251,7 @@ def main() -> None:
         (work / name).mkdir()
         start = time.perf_counter()
         meta = write_index(work / name, parts, files, None, [], reference,
-                           IndexJob(exact_limit=limit))  # fmt: skip
+                           IndexJob(exact_limit=limit), work / "synthetic")  # fmt: skip
         built[name] = meta
         print(f"{name} index of {args.vectors:,} x {args.dim}: built in "
               f"{time.perf_counter() - start:.1f} s; {json.dumps(meta['faiss'])}")  # fmt: skip
@@ -247,9 +278,12 @@ def main() -> None:
             if name == "approximate":
                 load = load_test(server, args.requests, args.clients)
                 memory = " -> ".join(f"{m:.0f}" for m in load["rss_mb"])
-                print(f"load test: {args.requests} requests from {args.clients} clients in 4 "
-                      f"rounds, {load['errors']} errors, {load['per_second']:.0f} requests/s; "
-                      f"server RSS before and after each round {memory} MB")  # fmt: skip
+                ratio = load["rss_mb"][-1] / load["rss_mb"][1]
+                print(f"load test: {args.requests} requests (10% image uploads) from "
+                      f"{args.clients} clients in 4 rounds, {load['errors']} errors, "
+                      f"{load['per_second']:.0f} requests/s, p50 {load['p50_ms']:.0f} ms, p99 "
+                      f"{load['p99_ms']:.0f} ms; server RSS before and after each round {memory} "
+                      f"MB: last / after the first round {ratio:.2f}x")  # fmt: skip
         finally:
             server.stop()
     if not args.work:

@@ -28,6 +28,7 @@ from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
 from selhn.data.vocab import Vocabulary
 from selhn.evaluation import embedding_metrics, retrieval_metrics
+from selhn.losses import AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
 from selhn.retrieval import top_k
 from selhn.run_dir import read_log
 
@@ -217,7 +218,7 @@ def test_a_run_directory_has_one_writer(data, tmp_path):
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.05)
     code, _, err = finish(selhn(*train_argv(data, out, "--epochs", "3")))
-    assert code == 2 and f"another training writes this run (process {first.pid} on" in err
+    assert code == 2 and f"another training writes it (process {first.pid} on" in err
     code, _, err = finish(first)
     assert code == 0, err
     evals = read_log(out)[1]
@@ -282,11 +283,9 @@ def test_small_silent_cases_now_speak(data, run, tmp_path, capsys):
     model = ["--checkpoint", str(run / "best"), "--data", str(data), "--json"]
     code, out, _ = cli(capsys, "search", *model, "--query", "a tiny zyzzyva and a quokka")
     warnings = json.loads(out)["warnings"]
-    assert code == 0 and warnings == [
-        "words the model does not know, read as <unk>: zyzzyva, quokka"
-    ]
+    assert code == 0 and warnings == ["words the model does not know: zyzzyva, quokka"]
     code, _, err = cli(capsys, "search", *model, "--query", "  ")
-    assert code == 2 and "--query is empty" in err
+    assert code == 2 and "--query: the query is empty" in err
 
     specials = tmp_path / "vocab.json"
     Vocabulary(["<pad>", "<start>", "<end>", "<unk>"]).save(specials)
@@ -312,6 +311,42 @@ def test_small_silent_cases_now_speak(data, run, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- tracebacks, now clear errors
+
+
+LOSSES = [SelHNLoss(), HardestNegativeLoss(), AllNegativesLoss(), InfoNCELoss()]
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_losses_and_metrics_refuse_tensors_that_are_not_real_floats(dtype):
+    values = torch.ones(4, 3, dtype=dtype)
+    square = torch.ones(4, 4, dtype=dtype)
+    named = f"must be a floating-point tensor; got {dtype}"
+    for loss in LOSSES:
+        with pytest.raises(TypeError, match=f"img_emb {named}"):
+            loss(values, torch.randn(4, 3))
+        with pytest.raises(TypeError, match=f"txt_emb {named}"):
+            loss(torch.randn(4, 3), values)
+        with pytest.raises(TypeError, match=f"scores {named}"):
+            loss.from_scores(square)
+    with pytest.raises(TypeError, match=f"sims {named}"):
+        retrieval_metrics(torch.ones(2, 10, dtype=dtype))
+    with pytest.raises(TypeError, match=f"img_emb {named}"):
+        embedding_metrics(torch.ones(2, 3, dtype=dtype), torch.randn(10, 3))
+    with pytest.raises(TypeError, match=f"gallery {named}"):
+        top_k(torch.randn(1, 3), values, 2)
+
+
+def test_losses_refuse_scores_that_overflow():
+    torch.manual_seed(0)
+    huge = torch.randn(4, 8) * 1e20  # finite; its scores overflow (unchecked: every loss NaN)
+    large = (torch.randn(4, 8) * 1e17, torch.randn(4, 8) * 1e18)  # scores up to about 1e36
+    for loss in LOSSES:
+        for img, txt in ((huge, huge), large):
+            with pytest.raises(ValueError, match=r"img_emb and txt_emb are too large"):
+                loss(img, txt)
+        with pytest.raises(ValueError, match=r"scores are too large: \|score\| reaches 1e\+37"):
+            loss.from_scores(torch.eye(4) * 1e37)
+        assert torch.isfinite(loss(torch.randn(4, 8) * 1e3, torch.randn(4, 8) * 1e3))
 
 
 @pytest.mark.parametrize(
@@ -406,6 +441,56 @@ def test_features_at_a_size_too_small_for_the_backbone(samples, tmp_path, capsys
     argv = ["features", "--manifest", str(samples), "--out", str(tmp_path / "f"), "--no-progress"]
     code, _, err = cli(capsys, *argv, "--image-size", "8")
     assert code == 2 and "image size 8 px is too small for the backbone" in err
+    code, out, err = cli(capsys, *argv, "--image-size", "64")  # the refusal left nothing behind
+    assert code == 0 and "(78 computed now)" in out, err
+
+
+def test_features_made_otherwise_than_the_models_are_refused(
+    features_model, samples, tmp_path, capsys
+):
+    features, checkpoint = features_model
+    other = tmp_path / "f96"
+    argv = ["features", "--manifest", str(samples), "--out", str(other), "--no-progress"]
+    assert cli(capsys, *argv, "--image-size", "96")[0] == 0
+    expected = (
+        f"{other}: its features were made by efficientnet-lite0 at 96 px, but the model was "
+        "trained on features made by efficientnet-lite0 at 64 px"
+    )
+    model = ["--checkpoint", str(checkpoint), "--data", str(other)]
+    for command in (
+        ["eval"],
+        ["encode", "--out", str(tmp_path / "e.pt")],
+        ["search", "--query", "a cat"],
+    ):
+        code, _, err = cli(capsys, *command, *model)
+        assert code == 2 and expected in err, err
+    assert cli(capsys, "eval", "--checkpoint", str(checkpoint), "--data", str(features))[0] == 0
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run, symlinks=True)
+    code, _, err = cli(capsys, "train", "--data", str(other), "--out", str(run), "--resume")
+    assert code == 2 and "at 96 px, but" in err and "at 64 px" in err, err
+
+
+def test_resuming_a_finished_or_stopped_run_says_why_nothing_is_trained(
+    data, run, tmp_path, capsys
+):
+    finished = tmp_path / "finished"
+    shutil.copytree(run, finished, symlinks=True)
+    code, out, _ = cli(capsys, "train", "--data", str(data), "--out", str(finished), "--resume")
+    assert code == 0 and "nothing to train: all 2 epochs are done" in out
+    assert "resume with --epochs above 2 to go on" in out
+    stalled = tmp_path / "stalled"  # no learning: the dev rSum of epoch 1 is never beaten
+    argv = train_argv(data, stalled, "--epochs", "4", "--lr=1e-30")
+    code, out, _ = cli(
+        capsys, *[a for a in argv if a != "--train.patience=0"], "--train.patience=1"
+    )
+    assert code == 0 and "stopping early" in out and "epoch 3/4" not in out
+    resume = ["train", "--data", str(data), "--out", str(stalled), "--resume"]
+    code, out, _ = cli(capsys, *resume, "--epochs", "6")
+    assert code == 0 and "nothing to train: the run stopped early after epoch 2 (1 epochs" in out
+    assert "resume with --train.patience above 1 (or 0: never stop) to go on" in out
+    code, out, _ = cli(capsys, *resume, "--train.patience=0")
+    assert code == 0 and "epoch 3/4" in out and "epoch 4/4" in out
 
 
 def test_a_torn_log_line_does_not_block_resume(data, run, tmp_path, capsys):

@@ -1,14 +1,18 @@
 """Encoding from files; indexes of image collections: shards, resume, torchrun, faiss."""
 
+import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from selhn.checkpoint import load_model, save_model
 from selhn.cli import main
@@ -20,6 +24,7 @@ from selhn.index import ann
 from selhn.index.build import IndexJob, build_index, write_index
 from selhn.index.collection import from_folder, from_manifest
 from selhn.index.store import ImageIndex
+from selhn.locks import FolderLock
 from selhn.models import RVSEPP
 from selhn.retrieval import encode_split, split_for
 
@@ -99,13 +104,11 @@ def test_a_folder_index_holds_every_readable_image_and_reports_the_rest(
     report = build_index(encoder, from_folder(folder), tmp_path / "idx", progress=False)
     files = sorted(p for p in folder.rglob("*.png") if p.name != "broken.png")
     index = ImageIndex(tmp_path / "idx")
-    assert index.files == [str(f) for f in sorted(files)] and report["images"] == 78
+    names = [f.relative_to(folder).as_posix() for f in sorted(files)]
+    assert index.files == names and report["images"] == 78
     skipped = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").open()]
-    assert {s["file"] for s in skipped} == {
-        str(folder / "odd/broken.png"),
-        str(folder / "notes.txt"),
-    }
-    assert "cannot identify image file" in skipped[0]["error"]
+    assert {s["file"] for s in skipped} == {"odd/broken.png", "notes.txt"}
+    assert skipped[0]["error"] == "not an image format Pillow reads"
     stored = np.load(tmp_path / "idx" / "shards" / "shard-00000.npy")
     assert stored.dtype == np.float16 and stored.shape == (78, 32)
     expected = encoder.encode_image_files(files).numpy()
@@ -128,10 +131,10 @@ def test_a_manifest_index_keeps_captions_and_lists_missing_files(samples, featur
     assert main(["index", "--checkpoint", str(features_model[1]), "--manifest", str(manifest),
                  "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     index = ImageIndex(out)
-    assert index.files == [str(tmp_path / line["image"]) for i, line in enumerate(lines) if i != 2]
+    assert index.files == [line["image"] for i, line in enumerate(lines) if i != 2]
     assert index.captions == [line.get("captions", []) for i, line in enumerate(lines) if i != 2]
     (skipped,) = [json.loads(line) for line in (out / "skipped.jsonl").open()]
-    assert skipped["file"].endswith("gone.png") and "No such file" in skipped["error"]
+    assert skipped["file"] == "images/gone.png" and "No such file" in skipped["error"]
     manifest.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[0]) + "\n")
     with pytest.raises(ValueError, match=r"m.jsonl:2: image .* already listed at .*m.jsonl:1"):
         from_manifest(manifest)
@@ -189,8 +192,8 @@ def test_two_gloo_processes_build_the_same_index_as_one(features_model, folder, 
     one = _index_command(1, features_model[1], folder, tmp_path / "one")
     two = _index_command(2, features_model[1], folder, tmp_path / "two")
     assert one.count("wrote") == two.count("wrote") == 1  # rank 0 reports for all
-    assert "78 images indexed (79 files read now" in two  # broken.png read too
-    for name in ("files.txt", "skipped.jsonl"):
+    assert "78 images indexed (78 encoded now, 79 files read" in two  # broken.png read too
+    for name in ("files.jsonl", "skipped.jsonl"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
     shards = sorted((tmp_path / "one" / "shards").glob("shard-*.npy"))
     assert len(shards) == 10  # 79 image files in shards of 8, by turns
@@ -227,12 +230,13 @@ def test_exact_top_and_recall_against_a_sort():
 
 def test_above_the_exact_limit_a_calibrated_ivf_index_is_built(tmp_path):
     vectors, queries = np.split(clustered(3200, 32, 2), [3000])  # held-out queries
-    files = [f"/data/{i}.jpg" for i in range(3000)]
+    files = [{"name": f"{i}.jpg", "target": f"{i}.jpg", "size": 1, "mtime_ns": 0, "sha256": ""}
+             for i in range(3000)]  # fmt: skip
     job = IndexJob(exact_limit=1000)
     model = {"checkpoint": None, "architecture": "none", "embed_size": 32, "weights_sha256": None}
     (tmp_path / "idx").mkdir()
     parts = [vectors[:1700].astype(np.float16), vectors[1700:].astype(np.float16)]
-    meta = write_index(tmp_path / "idx", parts, files, None, [], model, job)
+    meta = write_index(tmp_path / "idx", parts, files, None, [], model, job, tmp_path)
     spec = meta["faiss"]
     assert spec["kind"] == "ivf" and spec["nlist"] == 64  # the power of 2 nearest sqrt(3000)
     assert spec["calibration_recall_at_10"] >= ann.RECALL_TARGET
@@ -244,28 +248,34 @@ def test_above_the_exact_limit_a_calibrated_ivf_index_is_built(tmp_path):
     assert ann.recall_at(found, truth, 10) >= 0.9  # fresh queries, not the calibration's
 
 
-def test_a_folder_follows_links_once_and_keeps_dangling_ones_to_report(tmp_path):
+def test_a_folder_is_walked_without_links_and_those_that_lead_out_are_reported(tmp_path):
     root, other = tmp_path / "photos", tmp_path / "elsewhere"
     (root / "trip").mkdir(parents=True)
     other.mkdir()
     for path in (root / "a.png", root / "trip" / "b.JPG", other / "c.png"):
         path.write_bytes(b"pixels")
-    (root / "linked").symlink_to(other)  # a linked folder is walked
-    (root / "trip" / "loop").symlink_to(root)  # a link back is not walked twice
-    (root / "gone.png").symlink_to(tmp_path / "missing.png")  # dangling: listed, then reported
+    (root / "linked").symlink_to(other)  # a folder outside: reported, not walked
+    (root / "inner").symlink_to(root / "trip")  # inside: its files are indexed where they lie
+    (root / "trip" / "loop").symlink_to(root)  # a link back is not walked
+    (root / "gone.png").symlink_to(root / "missing.png")  # dangling: listed, then reported
+    (root / "away.png").symlink_to(other / "c.png")  # a file outside: reported, never read
     (root / ".hidden.png").write_bytes(b"x")
     (root / ".cache").mkdir()
     (root / ".cache" / "d.png").write_bytes(b"x")
     (root / "notes.txt").write_text("x")
     collection = from_folder(root)
-    names = [str(p.relative_to(root.absolute())) for p in collection.files]
-    assert names == ["a.png", "gone.png", "linked/c.png", "trip/b.JPG"]
-    assert collection.ignored == [(str(root.absolute() / "notes.txt"), "not an image file name")]
+    assert collection.names == ["a.png", "gone.png", "trip/b.JPG"]
+    assert collection.targets == ["a.png", "missing.png", "trip/b.JPG"]
+    assert collection.ignored == [
+        ("away.png", "it resolves outside the indexed folder photos"),
+        ("linked", "a link to a folder outside it"),
+        ("notes.txt", "not an image file name"),
+    ]
     (root / "two\nlines.png").write_bytes(b"x")
     (root / b"latin-\xe9.png".decode("utf-8", "surrogateescape")).write_bytes(b"x")
     ignored = dict(from_folder(root).ignored)
-    assert ignored[str(root.absolute() / "two\\nlines.png")] == "the file name holds a line break"
-    assert ignored[str(root.absolute() / "latin-\\udce9.png")] == "the file name is not UTF-8"
+    assert ignored["two\\nlines.png"] == "the file name holds a line break"
+    assert ignored["latin-\\udce9.png"] == "the file name is not UTF-8"
 
 
 def test_an_index_goes_into_a_new_or_empty_folder_only(features_model, folder, tmp_path):
@@ -293,3 +303,107 @@ def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path)
     assert "interrupted. The images done are kept: the same command continues" in (
         capsys.readouterr().err
     )
+
+
+def test_special_and_truncated_files_are_reported_never_opened_or_indexed(
+    features_model, folder, tmp_path
+):
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    os.mkfifo(root / "pipe.png")  # opening it would wait for a writer forever
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(root / "socket.png"))
+        first = sorted(root.rglob("*.png"))[0].read_bytes()
+        (root / "cut.png").write_bytes(first[: len(first) // 2])
+        photo = io.BytesIO()
+        Image.new("RGB", (300, 200), "teal").save(photo, "JPEG")
+        (root / "cut.jpg").write_bytes(photo.getvalue()[:-300])
+        manifest = tmp_path / "m.jsonl"
+        manifest.write_text(
+            json.dumps({"image": "pipe.png"}) + "\n" + json.dumps({"image": "cut.png"})
+        )
+        assert from_manifest(manifest, root).ignored == [
+            ("pipe.png", "a named pipe, not a regular file")
+        ]
+        encoder = Encoder.load(features_model[1])
+        report = {}
+
+        def run():
+            report.update(build_index(encoder, from_folder(root), tmp_path / "i", progress=False))
+
+        build = threading.Thread(target=run)
+        build.start()
+        build.join(timeout=120)
+        assert not build.is_alive(), "the index build hangs"
+    lines = (tmp_path / "i/skipped.jsonl").read_text().splitlines()
+    skipped = {s["file"]: s["error"] for s in map(json.loads, lines)}
+    assert skipped["pipe.png"] == "a named pipe, not a regular file"
+    assert skipped["socket.png"] == "a socket, not a regular file"
+    assert skipped["cut.png"] == "image file is truncated"
+    assert skipped["cut.jpg"].startswith("image file is truncated")
+    assert report["images"] == 78 and report["encoded_now"] == 78
+
+
+def test_a_rerun_encodes_only_new_and_changed_files_and_equals_a_fresh_build(
+    features_model, folder, tmp_path
+):
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    encoder = Encoder.load(features_model[1])
+    job = IndexJob(shard_size=16)
+    first = build_index(encoder, from_folder(root), tmp_path / "idx", job, progress=False)
+    assert first["encoded_now"] == 78
+    for seed in (1, 2):  # two new photos
+        pixels = np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"new-{seed}.png")
+    files = sorted(p for p in root.rglob("*.png") if p.name != "broken.png")
+    files[0].unlink()  # a photo deleted
+    changed = files[1]
+    changed.write_bytes(files[5].read_bytes())  # a photo replaced by another's bytes
+    os.utime(files[2], ns=(0, 10**18))  # a photo touched, its bytes the same
+    files[3].rename(root / "renamed.png")  # a photo moved, its bytes the same
+    encoded = []
+    original = encoder.encode_pixels
+    encoder.encode_pixels = lambda pixels: encoded.append(len(pixels)) or original(pixels)
+    again = build_index(encoder, from_folder(root), tmp_path / "idx", job, progress=False)
+    assert sum(encoded) == again["encoded_now"] == 2  # the new ones: the changed photo's bytes,
+    # the touched and the moved photos were known by their hash (read, not decoded)
+    assert again["images"] == 79 and again["read_now"] == 6  # and broken.png, read again
+    encoder.encode_pixels = original
+    build_index(encoder, from_folder(root), tmp_path / "fresh", job, progress=False)
+    updated, fresh = ImageIndex(tmp_path / "idx"), ImageIndex(tmp_path / "fresh")
+    assert updated.files == fresh.files and "renamed.png" in updated.files
+    assert (tmp_path / "idx/files.jsonl").read_text() == (
+        tmp_path / "fresh/files.jsonl"
+    ).read_text()
+    vectors = [index.faiss.reconstruct_n(0, len(index)) for index in (updated, fresh)]
+    np.testing.assert_array_equal(*vectors)
+    assert updated.read(updated.files.index("renamed.png")) == (root / "renamed.png").read_bytes()
+    assert not (tmp_path / "idx/plan.json").exists()
+    model, vocab, meta = load_model(features_model[1])
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    for parameter in model.parameters():
+        parameter.data += 0.01 * torch.randn_like(parameter)
+    save_model(other, model, vocab, meta)
+    with pytest.raises(FileExistsError, match=r"another job \(it differs in the model\)"):
+        build_index(Encoder.load(other), from_folder(root), tmp_path / "idx", job, progress=False)
+
+
+def test_one_index_build_at_a_time_and_older_indexes_are_named(features_model, folder, tmp_path):
+    encoder = Encoder.load(features_model[1])
+    held = FolderLock(tmp_path / "idx", "index build", "")
+    held.acquire()
+    with pytest.raises(FileExistsError, match=r"idx: another index build writes it \(process"):
+        build_index(encoder, from_folder(folder), tmp_path / "idx", progress=False)
+    held.release()
+    build_index(encoder, from_folder(folder), tmp_path / "idx", progress=False)
+    meta = json.loads((tmp_path / "idx/index.json").read_text())
+    (tmp_path / "idx/index.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match=r"an index of an older selhn \(format 1\)"):
+        ImageIndex(tmp_path / "idx")
+    job = json.loads((tmp_path / "idx/job.json").read_text())
+    del job["format"]
+    (tmp_path / "idx/job.json").write_text(json.dumps(job))
+    with pytest.raises(FileExistsError, match=r"differs in the index format"):
+        build_index(encoder, from_folder(folder), tmp_path / "idx", progress=False)

@@ -201,8 +201,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     img_embs, txt_embs = [], []
     for checkpoint in [args.checkpoint, *args.ensemble]:
-        model, vocab, _ = load_model(checkpoint, device)
-        split = split_for(model, args.data, args.split)  # images or features, as the model reads
+        model, vocab, meta = load_model(checkpoint, device)
+        split = split_for(model, args.data, args.split, meta)  # images or features, as it reads
         img, txt = encode_split(model, split, vocab, args.batch_size, device)
         img_embs.append(img)
         txt_embs.append(txt)
@@ -235,8 +235,8 @@ def _encoded_split(args: argparse.Namespace):
     from selhn.retrieval import encode_split, split_for
 
     device = resolve_device(args.device)
-    model, vocab, _ = load_model(args.checkpoint, device)
-    split = split_for(model, args.data, args.split)
+    model, vocab, meta = load_model(args.checkpoint, device)
+    split = split_for(model, args.data, args.split, meta)
     if getattr(args, "embeddings", None):
         img_emb, txt_emb = _saved_embeddings(Path(args.embeddings), args.checkpoint, split)
     else:
@@ -299,14 +299,14 @@ def _cmd_search(args: argparse.Namespace) -> None:
         require("faiss", "--backend faiss")
     model, vocab, split, img_emb, txt_emb = _encoded_split(args)
     owner = split.caption_to_image()
-    warnings = []
+    warnings: list[str] = []
     if args.query is not None:
-        if not args.query.strip():
-            raise ValueError("--query is empty; give a caption to search for")
-        unknown = vocab.unknown_words(args.query)
-        if unknown:
-            warnings.append(f"words the model does not know, read as <unk>: {', '.join(unknown)}")
-        query = Encoder(model, vocab, image_features=None).encode_texts([args.query])
+        encoder = Encoder(model, vocab, image_features=None)
+        try:
+            warnings = encoder.check_query(args.query)
+        except ValueError as err:
+            raise ValueError(f"--query: {err}") from None
+        query = encoder.encode_texts([args.query])
         scores, indices = top_k(query, img_emb, args.k, args.backend)
         files = split.image_files()
         hits = [
@@ -367,7 +367,12 @@ def _cmd_index(args: argparse.Namespace) -> None:
     require("faiss", "selhn index")
     require("images", "selhn index")
     job = IndexJob(args.shard_size, args.dtype, args.batch_size, args.exact_limit)
-    collection = from_folder(args.images) if args.images else from_manifest(args.manifest)
+    if args.root and not args.manifest:
+        raise SystemExit("selhn index: --root goes with --manifest (--images is the root)")
+    if args.images:
+        collection = from_folder(args.images)
+    else:
+        collection = from_manifest(args.manifest, args.root)
     process = from_environment()
     device = device_for(process, resolve_device(args.device))
     encoder = Encoder.load(args.checkpoint, device)
@@ -388,9 +393,9 @@ def _cmd_index(args: argparse.Namespace) -> None:
     )  # fmt: skip
     rate = report["read_now"] / report["seconds"]
     print(
-        f"wrote {args.out}: {report['images']} images indexed ({report['read_now']} files "
-        f"read now, {rate:.1f} files/s), {report['skipped']} skipped (listed in "
-        f"{Path(args.out) / SKIPPED}); faiss: {kind}"
+        f"wrote {args.out}: {report['images']} images indexed ({report['encoded_now']} encoded "
+        f"now, {report['read_now']} files read, {rate:.1f} files/s), {report['skipped']} "
+        f"skipped (listed in {Path(args.out) / SKIPPED}); faiss: {kind}"
     )
 
 
@@ -403,7 +408,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from selhn.encoder import Encoder
-    from selhn.serve.app import Limits, create_app
+    from selhn.serve.app import LOOPBACK, Limits, create_app, return_freed_memory
 
     index = ImageIndex(args.index)
     model = index.meta["model"]
@@ -423,10 +428,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             f"{checkpoint}: not the model that built {args.index} (its weights differ from "
             f"those of {model['checkpoint']}); queries would not match the index"
         )
-    limits = Limits(max_k=args.max_k, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    app = create_app(index, encoder, limits)
+    limits = Limits(
+        max_k=args.max_k,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_decodes=args.max_decodes,
+    )
+    hosts = [*LOOPBACK, *args.allow_host]
+    if args.host not in ("0.0.0.0", "::", ""):
+        hosts.append(args.host)
+    app = create_app(index, encoder, limits, hosts)
     _check_port(args.host, args.port)
+    return_freed_memory()
     print(f"serving {len(index)} images of {args.index} at http://{args.host}:{args.port}/")
+    print(f"answering requests for hosts: {', '.join(dict.fromkeys(hosts))} (--allow-host adds)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -634,6 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--manifest", help="JSON-lines: image (relative to the manifest), captions (optional)"
     )
+    index.add_argument(
+        "--root",
+        help="with --manifest: the folder that holds its images (default: the manifest's "
+        "folder); files outside it are not indexed",
+    )
     index.add_argument("--out", required=True, help="index directory (resumed if unfinished)")
     index.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     index.add_argument("--shard-size", type=int, default=4096, help="images per stored shard")
@@ -653,11 +672,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", required=True, help="index directory of selhn index")
     serve.add_argument("--checkpoint", help="the index's model, if it has moved")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0: reachable from other hosts")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port, 1 to 65535")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     serve.add_argument("--max-k", type=int, default=100, help="most results per query")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload")
+    serve.add_argument("--max-decodes", type=int, default=2, help="images decoded at once")
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name (repeatable; '*': any); loopback names "
+        "and --host are always allowed",
+    )
     return parser
+
+
+def _port(value: str) -> int:
+    """A TCP port number, for argparse."""
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535; got {value!r}")
+    return int(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

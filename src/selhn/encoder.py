@@ -12,6 +12,7 @@ regions such as SCAN's precomp files) encodes captions only.
 from __future__ import annotations
 
 import threading
+import unicodedata
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,11 @@ from selhn.models.backbones import build_backbone
 from selhn.models.stage import trunk_activations
 
 ImageSource = str | Path | IO[bytes]
+
+
+def _readable(character: str) -> bool:
+    """Not a control, format, private-use, unassigned or space character, nor U+FFFD."""
+    return unicodedata.category(character)[0] not in "CZ" and character != "\ufffd"
 
 
 class Encoder:
@@ -122,6 +128,24 @@ class Encoder:
         """The caption's words the model cannot read (each becomes its unknown token)."""
         return self.vocab.unknown_words(caption)
 
+    def check_query(self, text: str) -> list[str]:
+        """Warnings about a caption to search for: words the model does not know, text past
+        the length it reads. ValueError if it has no readable character (empty, spaces,
+        control or invisible characters, U+FFFD)."""
+        if not text.strip():
+            raise ValueError("the query is empty; give text to search for")
+        if not any(_readable(character) for character in text):
+            raise ValueError(
+                "the query has no readable character (only control, invisible or replacement "
+                "characters); give words to search for"
+            )
+        warnings = []
+        if unknown := self.unknown_words(text):
+            warnings.append(f"words the model does not know: {', '.join(unknown)}")
+        if unread := self.vocab.unread_text(text):
+            warnings.append(f"the query is longer than the model reads; left out: {unread!r}")
+        return warnings
+
     @torch.inference_mode()
     def encode_texts(self, captions: list[str], batch_size: int = 256) -> Tensor:
         """(N, D) float32 unit vectors on the CPU, one per caption."""
@@ -144,11 +168,18 @@ class Encoder:
         if self.image_problem is not None:
             raise ValueError(self.image_problem)
 
-    def read_image(self, source: ImageSource, name: str = "") -> Tensor:
+    def read_image(
+        self,
+        source: ImageSource,
+        name: str = "",
+        max_pixels: int | None = None,
+        reduce: bool = False,
+    ) -> Tensor:
         """(3, S, S) uint8 pixels of an image file (a path or an open binary file), as the model
-        reads them; ValueError if it is not a readable image."""
+        reads them; ValueError if it is not a readable image. ``max_pixels`` and ``reduce``: as
+        in ``load_image`` (bounds on decoding an image from elsewhere)."""
         self.check_images()
-        return load_image(source, self.image_size, name)
+        return load_image(source, self.image_size, name, max_pixels=max_pixels, reduce=reduce)
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: Tensor) -> Tensor:

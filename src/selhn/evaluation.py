@@ -112,6 +112,12 @@ def _check_finite_scores(sims: Tensor) -> None:
         )
 
 
+def check_floating(name: str, value: Tensor) -> None:
+    """TypeError unless ``value`` holds real floating-point numbers (scores and embeddings)."""
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor; got {value.dtype}")
+
+
 def check_finite_embeddings(embs: Sequence[Tensor], side: str) -> None:
     """Raise ValueError naming how many rows of each (N, D) matrix are not finite."""
     for model, emb in enumerate(embs):
@@ -235,6 +241,7 @@ def retrieval_metrics(
     A score that is NaN or infinite raises ValueError (found in the ranking pass itself).
     """
     sims = torch.as_tensor(sims)
+    check_floating("sims", sims)
     if sims.dim() != 2 or 0 in sims.shape:
         raise ValueError(
             f"sims must be (N_images, N_captions), neither of them 0; got {tuple(sims.shape)}"
@@ -268,6 +275,8 @@ def embedding_metrics(
             f"need one text embedding per image embedding; got {len(img_embs)} and {len(txt_embs)}"
         )
     for img, txt in zip(img_embs, txt_embs, strict=True):
+        check_floating("img_emb", img)
+        check_floating("txt_emb", txt)
         if img.dim() != 2 or txt.dim() != 2 or img.shape[1] != txt.shape[1]:
             raise ValueError(
                 f"embeddings must be (N, D) with the same D; got {tuple(img.shape)}, "

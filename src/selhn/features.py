@@ -84,18 +84,65 @@ def feature_job(data: str | Path) -> dict[str, Any] | None:
     return {**job, "preprocessing": PREPROCESSING}
 
 
+FEATURE_FIELDS = ("backbone", "image_size", "weights", "preprocessing")
+
+
+def _described(job: dict[str, Any]) -> str:
+    weights = f", weights {job['weights']}" if job.get("weights") else ""
+    return f"{job['backbone']} at {job['image_size']} px{weights}"
+
+
+def check_same_features(recorded: dict[str, Any] | None, data: str | Path, model: str) -> None:
+    """ValueError unless ``data`` holds features made as a model's training features were
+    (``recorded``: its checkpoint's ``image_features``, None for features selhn did not make)."""
+    job = feature_job(data)
+    if job is None and recorded is None:
+        return
+    if job is not None and recorded is not None:
+        if all(job.get(k) == recorded.get(k) for k in FEATURE_FIELDS):
+            return
+        problem = (
+            f"its features were made by {_described(job)}, but {model} was trained on features "
+            f"made by {_described(recorded)}"
+        )
+        if job.get("preprocessing") != recorded.get("preprocessing"):
+            problem += f" (preprocessing {recorded.get('preprocessing')!r})"
+    elif job is None:
+        problem = (
+            f"its features were not made by selhn features (no {JOB_FILE}), but {model} was "
+            f"trained on features made by {_described(recorded)}"
+        )
+    else:
+        problem = (
+            f"it holds features made by {_described(job)}, but {model} was trained on features "
+            "that selhn did not make"
+        )
+    raise ValueError(
+        f"{data}: {problem}; the scores would mean nothing. Use the model's own data, or make "
+        "features as its were (selhn features --backbone ... --image-size ...)"
+    )
+
+
 def _check_job(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Start a job in ``out``, or check that ``out`` holds this job. A job that has computed
+    nothing yet (refused before its first image) is replaced."""
     path = out / JOB_FILE
     if path.exists():
         saved = read_json(path, "the record of a selhn features job")
-        if saved != fingerprint:
+        if saved == fingerprint:
+            return
+        if _computed_anything(out):
             raise FileExistsError(
                 f"{path}: {out} holds features of another job ({saved['backbone']}, "
                 f"{saved['image_size']} px, {saved['images']} images); use another --out"
             )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(fingerprint, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(fingerprint, indent=2))
+
+
+def _computed_anything(out: Path) -> bool:
+    """Whether ``out`` holds any feature file, finished or partial."""
+    return any(out.glob("*.npy")) or any(out.glob(".*.partial")) or any(out.glob(".*.done"))
 
 
 def _outputs(split: str, trunk: bool) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -10,10 +11,11 @@ from torch.utils.data import DataLoader
 
 from selhn.data.batch import pad_tokens
 from selhn.data.datasets import CaptionDataset, ImageDataset
-from selhn.data.inputs import Split
+from selhn.data.inputs import ImageFiles, Split
 from selhn.data.vocab import TextVocabulary
-from selhn.evaluation import check_finite_embeddings, embedding_metrics
+from selhn.evaluation import check_finite_embeddings, check_floating, embedding_metrics
 from selhn.extras import require
+from selhn.features import check_same_features
 from selhn.models import DualEncoder
 
 
@@ -51,10 +53,18 @@ def encode_split(
     return torch.cat(img_emb), torch.cat(txt_emb)
 
 
-def split_for(model: DualEncoder, root: str | Path, split: str) -> Split:
+def split_for(
+    model: DualEncoder, root: str | Path, split: str, meta: dict[str, Any] | None = None
+) -> Split:
     """A data directory's split as ``model`` reads it: image files at the model's input size for
-    an end-to-end model (one with a backbone), precomputed features otherwise."""
-    return model.reads().open(root, split)
+    an end-to-end model (one with a backbone), precomputed features otherwise.
+
+    ``meta``: the model's ``config.json`` (``checkpoint.load_model``); features that were not
+    made as its training features were (its ``image_features``) are refused."""
+    reads = model.reads()
+    if meta is not None and "image_features" in meta and not isinstance(reads, ImageFiles):
+        check_same_features(meta["image_features"], root, "the model")
+    return reads.open(root, split)
 
 
 def evaluate(
@@ -84,6 +94,8 @@ def top_k(
 
     A non-finite embedding raises ValueError: nothing is ranked on it.
     """
+    check_floating("queries", queries)
+    check_floating("gallery", gallery)
     if queries.dim() != 2 or gallery.dim() != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(
             f"queries and gallery must be (Q, D) and (N, D); got {tuple(queries.shape)}, "

@@ -5,18 +5,17 @@ symlinks ``last`` and ``best`` that point at them."""
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from selhn.checkpoint import load_extra, load_model, point, read_meta, save_model
 from selhn.config import Config, save_config
 from selhn.data.vocab import TextVocabulary
 from selhn.extras import require
+from selhn.locks import FolderLock
 from selhn.models import DualEncoder
 from selhn.textfiles import read_text
 
@@ -186,33 +185,15 @@ class RunDirectory:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock: IO[str] | None = None
+        self._lock = FolderLock(self.path, "training", "wait for it to end or use another --out")
 
     def lock(self) -> None:
-        """Take ``RUN/.lock`` (created if needed) for this process; a run that another live
-        process writes is refused with that process's id. The kernel drops the lock when its
-        holder ends, however it ends, so a killed run's lock is taken over."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = (self.path / ".lock").open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise FileExistsError(
-                f"{self.path}: another training writes this run (process {holder}); wait for "
-                "it to end or use another --out"
-            ) from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._lock = handle
+        """Take ``RUN/.lock`` for this process (``locks.FolderLock``): a run that another live
+        process writes is refused with that process's id."""
+        self._lock.acquire()
 
     def unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing releases the lock
-            self._lock = None
+        self._lock.release()
 
     def remove_temporary(self) -> list[str]:
         """Clean up after a killed checkpoint write: a checkpoint it had moved aside to replace

@@ -25,7 +25,7 @@ from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
 from selhn.data.caption_checks import caption_warnings
 from selhn.data.datasets import PairDataset
-from selhn.data.inputs import RegionFeatures, Split, TrunkActivations, fingerprint
+from selhn.data.inputs import ImageFiles, RegionFeatures, Split, TrunkActivations, fingerprint
 from selhn.data.vocab import TextVocabulary
 from selhn.defaults import choose_for_data
 from selhn.distributed import (
@@ -35,7 +35,7 @@ from selhn.distributed import (
     init_process_group,
     resolve_device,
 )
-from selhn.features import feature_job
+from selhn.features import check_same_features, feature_job
 from selhn.models import DualEncoder
 from selhn.models.registry import create_model, model_class
 from selhn.objective import TrainingObjective, make_loss
@@ -92,6 +92,8 @@ def _start_model(
     if resume:
         model, vocab, meta, state = run.load_last()
         check_resumable(saved_config(run.last, meta), config, run.last)
+        if "image_features" in meta and not isinstance(model.reads(), ImageFiles):
+            check_same_features(meta["image_features"], data, str(run.last))
         trained_on = meta.get("train_data")  # none in runs of selhn 0.1.0
         if trained_on is not None and fingerprint(model.reads().open(data, "train")) != trained_on:
             raise ValueError(
@@ -273,6 +275,10 @@ def _train(
         print(summary, flush=True)
         for warning in warnings:
             print(f"warning: {warning}", flush=True)
+    if saved is not None:  # a resume: the patience may have changed since the run stopped
+        state.stopped = _stops(state, schedule)
+        if job.is_main and (state.stopped or state.epoch >= schedule.epochs):
+            print(_nothing_to_resume(state, schedule), flush=True)
     network = None
     clock = _EpochClock(schedule.epochs)
     try:
@@ -320,6 +326,28 @@ def _train(
         if job.is_main:
             log.close()
     return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum, "epochs": state.epoch}
+
+
+def _stops(state: TrainState, schedule: Schedule) -> bool:
+    """Whether the run has gone ``schedule.patience`` epochs without a better dev rSum."""
+    waited = state.epoch - 1 - state.best_epoch
+    return bool(schedule.patience) and state.epoch > 0 and waited >= schedule.patience
+
+
+def _nothing_to_resume(state: TrainState, schedule: Schedule) -> str:
+    """Why a resumed run trains no further epoch, and what would let it."""
+    best = f"best dev rSum {state.best_rsum:.1f} at epoch {state.best_epoch + 1}"
+    if state.stopped:
+        waited = state.epoch - 1 - state.best_epoch
+        return (
+            f"nothing to train: the run stopped early after epoch {state.epoch} ({waited} epochs "
+            f"without a better dev rSum, train.patience={schedule.patience}; {best}); resume "
+            f"with --train.patience above {waited} (or 0: never stop) to go on"
+        )
+    return (
+        f"nothing to train: all {schedule.epochs} epochs are done ({best}); resume with "
+        f"--epochs above {schedule.epochs} to go on"
+    )
 
 
 def _weight_average(
@@ -422,7 +450,7 @@ def _finish_epoch(
     log.write({"type": "eval", "epoch": epoch, "step": step, "split": dev_split.name, **metrics})
     is_best = state.finish_epoch(metrics["rsum"])
     waited = state.epoch - 1 - state.best_epoch  # epochs since the best one
-    state.stopped = bool(schedule.patience) and waited >= schedule.patience
+    state.stopped = _stops(state, schedule)
     meta = {
         "config": config.to_dict(),
         "epoch": epoch,

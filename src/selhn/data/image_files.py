@@ -29,26 +29,67 @@ from selhn.extras import require
 from selhn.textfiles import read_lines
 
 
+class TooManyPixels(ValueError):
+    """An image larger than a reader's pixel limit: refused before it is decoded."""
+
+
+class UnreadableImage(ValueError):
+    """A file that is not a readable image; ``reason`` says why, without the file's name."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def load_image(
-    path: Path | IO[bytes], size: int, source: str = "", crop: Crop | None = None
+    path: Path | IO[bytes],
+    size: int,
+    source: str = "",
+    crop: Crop | None = None,
+    max_pixels: int | None = None,
+    reduce: bool = False,
 ) -> Tensor:
     """(3, size, size) uint8 RGB tensor: the image (or its ``crop``) resized, bicubic.
-    ``path``: a file name or an open binary file; ValueError if it is not a readable image."""
+
+    Args:
+        path: a file name or an open binary file.
+        max_pixels: refuse (``TooManyPixels``) an image of more pixels, from its header alone;
+            None: Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, a DecompressionBombError
+            above twice it).
+        reduce: decode a JPEG at the smallest scale (1/2 to 1/8) still at least ``size``, which
+            bounds the memory of decoding a large photo, at a small cost in fidelity.
+
+    Raises ValueError if it is not a readable image: a truncated file is one (Pillow reads
+    strictly unless ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set).
+    """
     require("images", "reading image files", ("PIL",))
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise TooManyPixels(
+                    f"{source or 'the image'}: {width} x {height} pixels; at most {max_pixels:,}"
+                )
             box = None
             if crop is not None:
-                width, height = image.size
                 box = (crop[0] * width, crop[1] * height, crop[2] * width, crop[3] * height)
+            elif reduce:
+                image.draft("RGB", (size, size))
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        if isinstance(err, UnidentifiedImageError):
+            reason = "not an image format Pillow reads"
+        else:
+            reason = str(err) or type(err).__name__
         if isinstance(path, str | Path):
-            raise ValueError(f"{source or path}: cannot read image {path} ({err})") from err
-        why = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else err
-        raise ValueError(f"{source or 'the file'}: cannot read the image ({why})") from err
+            raise UnreadableImage(
+                f"{source or path}: cannot read image {path} ({err})", reason
+            ) from err
+        raise UnreadableImage(
+            f"{source or 'the file'}: cannot read the image ({reason})", reason
+        ) from err
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 

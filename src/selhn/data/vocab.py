@@ -45,6 +45,9 @@ class TextVocabulary(Protocol):
     def unknown_words(self, caption: str) -> list[str]:
         """The caption's words read as the unknown token."""
 
+    def unread_text(self, caption: str) -> str:
+        """The end of the caption that ``encode`` leaves out ("" when it reads all of it)."""
+
     def save(self, path: Path) -> None: ...
 
 
@@ -81,6 +84,10 @@ class Vocabulary:
     def unknown_words(self, caption: str) -> list[str]:
         """The caption's words that are not in the vocabulary (each read as ``<unk>``)."""
         return [word for word in tokenize(caption) if word not in self.word2idx]
+
+    def unread_text(self, caption: str) -> str:
+        """Nothing: every word is read, however long the caption."""
+        return ""
 
     def encode(self, caption: str) -> list[int]:
         """``<start>`` + token ids + ``<end>``."""

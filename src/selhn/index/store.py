@@ -1,4 +1,5 @@
-"""A finished index directory (``build``), opened for search."""
+"""A finished index directory (``build``), opened for search, and its files read only while
+they are the files indexed."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from selhn.evaluation import check_finite_embeddings
+from selhn.evaluation import check_finite_embeddings, check_floating
 from selhn.index import ann
-from selhn.index.build import CAPTIONS, FAISS_FILE, FILES, JOB, META
+from selhn.index.build import CAPTIONS, FAISS_FILE, FILES, FORMAT, JOB, META
+from selhn.index.files import FileIdentity, read_indexed
 from selhn.textfiles import read_json, read_lines
 
 
@@ -20,7 +22,7 @@ from selhn.textfiles import read_json, read_lines
 class Hit:
     row: int
     score: float
-    file: str
+    file: str  # the file's name: its path relative to the indexed folder
     captions: list[str] | None
 
 
@@ -42,7 +44,17 @@ class ImageIndex:
                 f"{self.path}: not an index directory (no {META}); make one with selhn index"
             )
         self.meta: dict[str, Any] = read_json(meta_path, "a selhn index's description")
-        self.files = read_lines(self.path / FILES)
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{self.path}: an index of an older selhn (format {self.meta.get('format')}), "
+                "which does not record what each file was; build it again with selhn index "
+                "into a new --out"
+            )
+        self.root = Path(self.meta["root"])
+        rows = [json.loads(line) for line in read_lines(self.path / FILES)]
+        self.files = [row["name"] for row in rows]
+        self._targets = [row["target"] for row in rows]
+        self._identities = [FileIdentity(r["size"], r["mtime_ns"], r["sha256"]) for r in rows]
         self.captions: list[list[str]] | None = None
         if self.meta["captions"]:
             self.captions = [json.loads(line) for line in read_lines(self.path / CAPTIONS)]
@@ -52,7 +64,6 @@ class ImageIndex:
                 f"{self.path}: {len(self.files)} files, {self.faiss.ntotal} indexed vectors and "
                 f"{self.meta['images']} images in {META} disagree; build the index again"
             )
-        self._file_rows = {name: row for row, name in enumerate(self.files)}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -63,6 +74,7 @@ class ImageIndex:
 
     def search(self, queries: torch.Tensor, k: int) -> list[list[Hit]]:
         """The ``k`` best rows for each of the (Q, D) query embeddings, best first."""
+        check_floating("queries", queries)
         if queries.dim() != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (Q, {self.dim}); got {tuple(queries.shape)}")
         if not 1 <= k <= len(self):
@@ -78,6 +90,7 @@ class ImageIndex:
         captions = self.captions[row] if self.captions is not None else None
         return Hit(row, score, self.files[row], captions)
 
-    def row_of(self, file: str) -> int | None:
-        """The row of an indexed file (its path as ``files.txt`` lists it), else None."""
-        return self._file_rows.get(file)
+    def read(self, row: int, max_bytes: int | None = None) -> bytes:
+        """The bytes of row ``row``'s file, only while it is the file indexed (``files``):
+        RefusedFile if it was replaced, changed, or turned into a link or a special file."""
+        return read_indexed(self.root, self._targets[row], self._identities[row], max_bytes)

@@ -66,6 +66,33 @@ def as_scoring_dtype(value: Tensor) -> Tensor:
     return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
 
 
+def check_floating(name: str, value: Tensor) -> None:
+    """TypeError unless ``value`` is a real floating-point tensor."""
+    if not isinstance(value, Tensor) or not value.dtype.is_floating_point:
+        kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be a floating-point tensor; got {kind}")
+
+
+# Scores are refused beyond this magnitude: the losses add a margin to them, subtract them from
+# one another and (InfoNCE) multiply them by at most 100, all within float32's range.
+MAX_SCORE = torch.finfo(torch.float32).max / 1024
+
+
+def check_score_range(name: str, scores: Tensor) -> None:
+    """ValueError if a score is so large that the loss's arithmetic on it would overflow."""
+    largest = float(scores.detach().abs().max()) if scores.numel() else 0.0
+    if largest > MAX_SCORE:
+        raise ValueError(
+            f"{name} are too large: |score| reaches {largest:.3g}, above {MAX_SCORE:.3g}, where "
+            "the loss overflows; normalise the embeddings (cosine scores lie in [-1, 1])"
+        )
+
+
+def _largest_norm(emb: Tensor) -> float:
+    """The largest row norm of (B, D) embeddings (infinite if it overflows float32)."""
+    return float(emb.detach().float().norm(dim=1).max()) if emb.numel() else 0.0
+
+
 def check_finite(name: str, value: Tensor) -> None:
     finite = torch.isfinite(value)
     if not bool(finite.all()):
@@ -143,6 +170,8 @@ def prepare_embeddings(
 ) -> tuple[Tensor, Tensor, PairIndex]:
     """Checked embeddings in their scoring dtype, gathered over the process group if asked, and
     the pair index of the (possibly gathered) batch."""
+    check_floating("img_emb", img_emb)
+    check_floating("txt_emb", txt_emb)
     two_dim = img_emb.dim() == 2 and txt_emb.dim() == 2
     if caption_to_image is None and not (two_dim and img_emb.shape == txt_emb.shape):
         raise ValueError(
@@ -159,6 +188,13 @@ def prepare_embeddings(
     if check:
         check_finite("img_emb", img_emb)
         check_finite("txt_emb", txt_emb)
+        # |score| <= |img row| * |txt row|: within range, no score can overflow
+        bound = _largest_norm(img_emb) * _largest_norm(txt_emb)
+        if bound > MAX_SCORE:
+            raise ValueError(
+                f"img_emb and txt_emb are too large: their scores can reach {bound:.3g}, "
+                f"above {MAX_SCORE:.3g}, where the loss overflows; normalise them"
+            )
     rows, ids = pair_index(ids, caption_to_image, img_emb.shape[0], txt_emb.shape[0], device, check)
     img_emb, txt_emb = as_scoring_dtype(img_emb), as_scoring_dtype(txt_emb)
     txt_emb = txt_emb.to(img_emb.dtype)
@@ -176,6 +212,7 @@ def prepare_scores(
     check: bool | None,
 ) -> tuple[Tensor, PairIndex]:
     """Checked (N, P) scores in their scoring dtype and their pair index."""
+    check_floating("scores", scores)
     if scores.dim() != 2 or (caption_to_image is None and scores.shape[0] != scores.shape[1]):
         raise ValueError(
             f"scores must be a square (B, B) matrix; got {tuple(scores.shape)} (for N images "
@@ -184,6 +221,7 @@ def prepare_scores(
     check = checks_by_default(scores.device) if check is None else check
     if check:
         check_finite("scores", scores)
+        check_score_range("scores", scores)
     rows, ids = pair_index(ids, caption_to_image, *scores.shape, scores.device, check)
     if scores.shape[1] < 2:
         raise ValueError(f"scores needs B >= 2 pairs; got {tuple(scores.shape)}")

@@ -93,6 +93,11 @@ class WordPieceTokenizer:
         ids = self.tokenizer.encode(caption, add_special_tokens=False)[: self.max_pieces]
         return ids or [self.tokenizer.unk_token_id]
 
+    def unread_text(self, caption: str) -> str:
+        """The caption's text past its first ``max_pieces`` pieces, which ``encode`` drops."""
+        pieces = self.tokenizer.encode(caption, add_special_tokens=False)
+        return self.tokenizer.decode(pieces[self.max_pieces :]).strip()
+
     def unknown_words(self, caption: str) -> list[str]:
         """The caption's words that the tokenizer reads as its unknown token."""
         unk = self.tokenizer.unk_token

@@ -1,0 +1,109 @@
+"""The files of an indexed folder, read only where they are what was indexed.
+
+A file is named by its path relative to the indexed root, as resolved when it was listed (no
+``..``, no link left in it). Reading it walks that path from the root one folder at a time with
+``O_NOFOLLOW``, so a folder or file swapped for a link since then is refused, never followed; a
+file that is not regular (a named pipe, a device, a socket) is refused before it is opened. What
+is read is identified by its size, modification time and SHA-256, which the index records and
+the server checks before it sends anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a link",
+}
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RefusedFile(ValueError):
+    """A file that is not read: outside the root, not a regular file, or not the one indexed."""
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a file was when it was read: bytes, modification time (ns) and content hash."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def kind_of(mode: int) -> str:
+    """'a named pipe', 'a folder', ... for a ``st_mode`` that is not a regular file's."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def inside(root: Path, path: Path) -> str | None:
+    """``path`` resolved (links followed) relative to the resolved ``root``, as POSIX text; None
+    if it resolves outside ``root``."""
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    return PurePosixPath(Path(os.path.relpath(real, real_root))).as_posix()
+
+
+def _parts(target: str) -> tuple[str, ...]:
+    path = PurePosixPath(target)
+    if path.is_absolute() or not path.parts or any(p in ("..", ".") for p in path.parts):
+        raise RefusedFile("not a path inside the indexed folder")
+    return path.parts
+
+
+def read_inside(
+    root: str | Path, target: str, max_bytes: int | None = None
+) -> tuple[bytes, FileIdentity]:
+    """The bytes of ``root/target`` and what they were, read without following any link below
+    ``root``. RefusedFile if a step of the path is a link or the file is not a regular file (it
+    is then not opened), or if it holds more than ``max_bytes``; OSError if it cannot be read."""
+    *folders, name = _parts(target)
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder in folders:
+            step = os.open(folder, _FOLDER, dir_fd=directory)
+            os.close(directory)
+            directory = step
+        mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise RefusedFile(f"{kind_of(mode)}, not a regular file")
+        # O_NONBLOCK: a named pipe swapped in after the check above opens without waiting
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        handle = os.open(name, flags, dir_fd=directory)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise RefusedFile("a link or a file where the indexed path has a folder") from None
+        raise
+    finally:
+        os.close(directory)
+    with os.fdopen(handle, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile(f"{kind_of(info.st_mode)}, not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise RefusedFile(f"{info.st_size:,} bytes; at most {max_bytes:,}")
+        data = file.read()
+    identity = FileIdentity(len(data), info.st_mtime_ns, hashlib.sha256(data).hexdigest())
+    return data, identity
+
+
+def read_indexed(
+    root: str | Path, target: str, expected: FileIdentity, max_bytes: int | None = None
+) -> bytes:
+    """The bytes of an indexed file, only if it is still the file indexed (size, time and hash);
+    RefusedFile otherwise."""
+    data, identity = read_inside(root, target, max_bytes)
+    if identity != expected:
+        raise RefusedFile("it has changed since it was indexed")
+    return data
