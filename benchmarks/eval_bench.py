@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selhn.evaluation import embedding_metrics, ranks_from_sims, retrieval_metrics
+from selhn.evaluation.metrics import embedding_metrics, ranks_from_sims, retrieval_metrics
 
 
 def loop_ranks(sims: np.ndarray, per_image: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Training-step time at the paper's defaults in float32 and bfloat16, and the evaluation time of
 a 5,000 x 25,000 problem, on one device (a CUDA GPU; the CPU only for a smoke run).
 
-The step is the trainer's own (``selhn.trainer.train_step``: forward, SelHN loss, backward,
+The step is the trainer's own (``selhn.training.trainer.train_step``: forward, SelHN loss, backward,
 gradient norms, clipping, AdamW) on a synthetic batch shaped like the release's (B = 128, 36 x
 2048 regions, captions of 8-19 tokens, 8,500 words; ``train_step.make_batch``). bf16 is the
 trainer's ``train.amp=bf16`` autocast. Evaluation is ``embedding_metrics`` on embeddings already
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import make_batch
 
 from selhn import SelHNLoss
-from selhn.evaluation import embedding_metrics
-from selhn.models import RVSEPP
-from selhn.objective import TrainingObjective
-from selhn.trainer import train_step
+from selhn.evaluation.metrics import embedding_metrics
+from selhn.models import create_model
+from selhn.training.objective import TrainingObjective
+from selhn.training.trainer import train_step
 
 
 def synchronize(device: torch.device) -> None:
@@ -51,7 +51,7 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> f
 
 def step_seconds(args: argparse.Namespace, device: torch.device, amp: str) -> float:
     torch.manual_seed(0)
-    model = RVSEPP(vocab_size=args.vocab, img_dim=args.img_dim).to(device)
+    model = create_model("rvsepp", vocab_size=args.vocab, img_dim=args.img_dim).to(device)
     network = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     dtype = torch.bfloat16 if amp == "bf16" else None

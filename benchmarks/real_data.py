@@ -13,8 +13,7 @@ full runs, linked: the same configuration and seed).
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
 Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
-           [--models full,grid,grid-selhn,grid-selhn-eps0.05,grid-selhn-eps0.2,grid-all,
-                     grid-hardest,grid-hardest-warmup,probe]
+           [--models full,probe]
            [--losses all,hardest,hardest+warmup,selhn,infonce] [--work runs/real_data]
 """
 
@@ -30,29 +29,13 @@ from pathlib import Path
 
 from real_sets import build
 
-from selhn.config import Config
-from selhn.defaults import choose_for_data
-from selhn.run_dir import read_log
+from selhn.config.resolve import resolve
+from selhn.data.facts import DataFacts
+from selhn.training.run_dir import run_summary
 
-# full: the default model (for features of selhn features: the backbone's last stage learning on
-# the stored trunk activations, frozen sentence embeddings, the class prior, InfoNCE);
-# grid: the default before that, on the frozen grid (the residual head and GPO, the text
-# transformer learning, InfoNCE); grid-LOSS: with another loss (hardest-warmup: VSE-infinity's one
-# epoch of the mean loss first; selhn-epsE: SelHN with the gap threshold E; all: the mean of the
-# hinges over all negatives, which SelHN becomes as epsilon grows);
-# probe: the baseline
-GRID = ["--model.backbone_stage=null"]
-MODELS = {
-    "full": [],
-    "grid": GRID,
-    "grid-selhn": [*GRID, "--loss", "selhn"],
-    "grid-selhn-eps0.05": [*GRID, "--loss", "selhn", "--epsilon", "0.05"],
-    "grid-selhn-eps0.2": [*GRID, "--loss", "selhn", "--epsilon", "0.2"],
-    "grid-all": [*GRID, "--loss", "all"],
-    "grid-hardest": [*GRID, "--loss", "hardest"],
-    "grid-hardest-warmup": [*GRID, "--loss", "hardest", "--warmup-epochs", "1"],
-    "probe": ["--architecture", "probe"],
-}
+# full: the default model (the own-data recipe: the backbone's last stage learning on the stored
+# trunk activations, frozen sentence embeddings, the class prior, InfoNCE); probe: the baseline
+MODELS = {"full": [], "probe": ["--architecture", "probe"]}
 
 
 def selhn(*argv: str) -> float:
@@ -114,29 +97,9 @@ def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> di
     return {"rsum": json.loads(report.read_text())["metrics"]["rsum"], "seconds": seconds}
 
 
-def run_summary(run: Path) -> str:
-    """Best dev rSum, its epoch and the epochs trained (1-based); for the triplet losses, the
-    peak over the logged steps of the share of anchors in the vanishing regime (gap below the
-    run's epsilon, both directions averaged; the steps of a warm-up loss left out)."""
-    steps, evals = read_log(run)
-    best = max(evals, key=lambda record: record["rsum"])
-    shares = [
-        (record["vanishing_i2t"] + record["vanishing_t2i"]) / 2
-        for record in steps
-        if "vanishing_i2t" in record and record["objective"] == steps[-1]["objective"]
-    ]
-    vanishing = f"; vanishing peak {max(shares):.2f}" if shares else ""
-    return (
-        f"best dev rSum {best['rsum']:.1f} at epoch {best['epoch'] + 1} of "
-        f"{evals[-1]['epoch'] + 1}{vanishing}"
-    )
-
-
 def default_loss(features: Path) -> str:
     """The loss ``selhn train`` picks for ``features`` when no ``--loss`` is given."""
-    config = Config()
-    choose_for_data(config, features)
-    return config.loss.name
+    return resolve(DataFacts.read(features)).config.loss.name
 
 
 def link_default_runs(set_dir: Path, loss: str, losses: list[str], seeds: int) -> None:

@@ -44,14 +44,14 @@ import torch
 from PIL import Image
 
 from selhn.checkpoint import save_model
+from selhn.data.facts import PREPROCESSING
 from selhn.data.samples import write_samples
 from selhn.data.vocab import Vocabulary
-from selhn.encoder import Encoder
-from selhn.features import PREPROCESSING
-from selhn.index import ann
-from selhn.index.build import IndexJob, build_index, write_index
-from selhn.index.collection import from_manifest
-from selhn.models import RVSEPP
+from selhn.inference.encoder import Encoder
+from selhn.inference.index import ann
+from selhn.inference.index.build import IndexJob, build_index, write_index
+from selhn.inference.index.collection import from_manifest
+from selhn.models import create_model
 
 WORDS = [
     *("a", "the", "dog", "cat", "man", "woman", "child", "red", "blue", "green", "small"),
@@ -64,8 +64,10 @@ def make_model(directory: Path, embed_size: int) -> Path:
     """An untrained RVSE++ of 1280-channel EfficientNet-Lite0 features at 224 px."""
     torch.manual_seed(0)
     vocab = Vocabulary.build([" ".join(WORDS)])
-    model = RVSEPP(vocab_size=len(vocab), img_dim=1280, embed_size=embed_size, word_dim=300,
-                   text_encoder="bigru")  # fmt: skip
+    model = create_model(
+        "rvsepp", vocab_size=len(vocab), img_dim=1280, embed_size=embed_size, word_dim=300,
+        text_encoder="bigru",
+    )  # fmt: skip
     job = {"backbone": "efficientnet-lite0", "image_size": 224, "weights": None}
     save_model(directory, model, vocab, {"image_features": {**job, "preprocessing": PREPROCESSING}})
     return directory

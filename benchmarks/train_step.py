@@ -3,12 +3,12 @@ share of the machine's matmul FLOP rate that the step reaches.
 
 The batch is synthetic but shaped like the release's: B = 128 pairs, 36 x 2048 regions of which
 each keeps ~80% after region dropout, captions of 8-19 tokens, a vocabulary of 8,500 words. The
-step is the trainer's own (`selhn.trainer.train_step`: forward, SelHN loss, backward, per-encoder
-gradient norms, clipping, AdamW). The baseline runs the same step on the same parameters, computed
-as the release computes it (`baseline_rvsepp.py`); the two alternate in one process. The FLOP
-count is that of the matrix products in the forward pass times three (forward + two backward
-products); the reference rate is a float32 matmul of the image projection's size, timed in the
-same process.
+step is the trainer's own (`selhn.training.trainer.train_step`: forward, SelHN loss, backward,
+per-encoder gradient norms, clipping, AdamW). The baseline runs the same step on the same
+parameters, computed as the release computes it (`baseline_rvsepp.py`); the two alternate in one
+process. The FLOP count is that of the matrix products in the forward pass times three (forward
++ two backward products); the reference rate is a float32 matmul of the image projection's
+size, timed in the same process.
 
 Usage: python benchmarks/train_step.py [--batch 128] [--steps 5] [--breakdown]
 """
@@ -28,9 +28,9 @@ from baseline_rvsepp import ReleaseStyleLoss, ReleaseStyleRVSEPP
 
 from selhn import SelHNLoss
 from selhn.data.batch import Batch
-from selhn.models import RVSEPP
-from selhn.objective import TrainingObjective
-from selhn.trainer import train_step
+from selhn.models import RVSEPP, create_model
+from selhn.training.objective import TrainingObjective
+from selhn.training.trainer import train_step
 
 
 def make_batch(batch: int, regions: int, img_dim: int, vocab: int, seed: int = 0) -> Batch:
@@ -99,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = RVSEPP(vocab_size=args.vocab, img_dim=args.img_dim).train()
+    model = create_model("rvsepp", vocab_size=args.vocab, img_dim=args.img_dim).train()
     batch = make_batch(args.batch, args.regions, args.img_dim, args.vocab)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     objectives = {

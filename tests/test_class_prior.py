@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from selhn.data.image_files import load_image
-from selhn.models import RVSEPP
+from selhn.models import create_model
 from selhn.models.class_prior import ClassPrior, class_names, with_prior
-from selhn.models.probe import SentenceProbe
+from selhn.models.sentence import SentenceEncoder
 
 
 def test_the_prior_reads_real_photos_by_their_class_names(samples, backbone):
@@ -20,7 +20,7 @@ def test_the_prior_reads_real_photos_by_their_class_names(samples, backbone):
     )
     with torch.no_grad():
         pooled = backbone(pixels).mean(dim=(2, 3))
-    text = SentenceProbe(None, 16)  # a new module is in training mode: the frozen part is not
+    text = SentenceEncoder(None, 16)  # a new module is in training mode: the frozen part is not
     text.load_pretrained()
     assert torch.equal(text.embed_texts(["a cat"]), text.embed_texts(["a cat"]))  # no dropout
     prior = ClassPrior(1280, 384)
@@ -64,12 +64,12 @@ def test_rvsepp_scores_pairs_by_its_learned_score_and_the_prior():
     torch.manual_seed(0)
     common = {"vocab_size": 30522, "backbone_stage": "efficientnet-lite0",
               "text_encoder": "sentence", "image_head": "mean"}  # fmt: skip
-    model = RVSEPP(**common, embed_size=400, class_prior=0.5).eval()
+    model = create_model("rvsepp", **common, embed_size=400, class_prior=0.5).eval()
     prior = model.image_encoder.prior
     for buffer in prior.buffers():
         buffer.copy_(torch.randn_like(buffer))
     # the learned part alone: the same weights in a model of the other 16 dimensions
-    plain = RVSEPP(**common, embed_size=16, class_prior=0).eval()
+    plain = create_model("rvsepp", **common, embed_size=16, class_prior=0).eval()
     state = {k: v for k, v in model.state_dict().items() if ".prior." not in k}
     plain.load_state_dict(state)
     trunk = torch.randn(3, 112, 4, 4)
@@ -99,4 +99,4 @@ def test_a_model_the_prior_cannot_join_is_refused(settings, message):
     common = {"vocab_size": 30522, "backbone_stage": "efficientnet-lite0", "class_prior": 0.3,
               "text_encoder": "sentence", "embed_size": 512}  # fmt: skip
     with pytest.raises(ValueError, match=message):
-        RVSEPP(**common | settings)
+        create_model("rvsepp", **common | settings)

@@ -3,7 +3,7 @@
 import pytest
 
 from selhn.cli import build_parser, main
-from selhn.config import Config
+from selhn.config.schema import Config
 
 
 def help_of(capsys, *argv):

@@ -4,34 +4,36 @@ import math
 import pytest
 import yaml
 
-from selhn.config import Config, load_config, save_config
+from selhn.config.resolve import recipe_values, resolve
+from selhn.config.schema import Config, load_config, save_config
+from selhn.config.upgrade import saved_config
+from selhn.data.facts import DataFacts
+from selhn.models import create_model
+
+
+def recipe_config(name):
+    config = Config()
+    config.update(recipe_values(name), name)
+    return config
 
 
 def test_the_paper_recipe_is_one_argument_away():
-    paper = load_config("paper")
+    paper = recipe_config("paper")
     assert (paper.train.lr, paper.train.epochs, paper.train.batch_size) == (5e-4, 30, 128)
     assert (paper.train.lr_decay_epoch, paper.train.grad_clip) == (15, 2.0)
     assert (paper.train.warmup_steps, paper.train.patience) == (0, 0)
     assert (paper.loss.margin, paper.loss.epsilon, paper.loss.warmup_epochs) == (0.2, 0.01, 0)
     assert (paper.model.embed_size, paper.model.word_dim) == (1024, 300)
     assert (paper.data.region_drop, paper.data.token_prob) == (0.2, 0.2)
-    # the defaults leave the schedule, the image side, the text encoder and the loss to the data,
-    # and are the paper's recipe otherwise
+    # the defaults are the paper's recipe, but for the schedule, which they leave to the data
     defaults = Config()
     schedule = {"epochs": 30, "lr_decay_epoch": 15, "warmup_steps": 0, "patience": 0}
-    schedule |= {"weight_average": 0}
     assert all(getattr(defaults.train, key) is None for key in schedule)
+    waiting = ("epochs", "warmup_steps", "lr_decay_epoch", "patience")
+    assert defaults.unresolved() == [f"train.{key}" for key in waiting]
     for key, value in schedule.items():
         setattr(defaults.train, key, value)
-    assert defaults.model.text_encoder == "auto" and paper.model.text_encoder == "bigru"
-    assert defaults.loss.name == "auto" and paper.loss.name == "selhn"
-    assert (defaults.model.backbone_stage, defaults.model.image_head) == ("auto", "auto")
-    assert (paper.model.backbone_stage, paper.model.image_head) == (None, "residual")
-    assert defaults.model.class_prior is None and paper.model.class_prior == 0
-    defaults.model.class_prior = 0
-    defaults.model.text_encoder, defaults.loss.name = "bigru", "selhn"
-    defaults.model.backbone_stage, defaults.model.image_head = None, "residual"
-    assert paper == defaults
+    assert paper == defaults and not paper.unresolved()
 
 
 def test_file_then_overrides(tmp_path):
@@ -55,7 +57,7 @@ def test_file_then_overrides(tmp_path):
         ({"loss.epsilon": -1}, r"loss.epsilon must be >= 0; got -1.0"),
         ({"loss.name": "triplet"}, r"loss.name must be one of .*got 'triplet'"),
         ({"train.batch_size": 1}, r"train.batch_size must be >= 2; got 1"),
-        ({"model.text_encoder": "bert"}, r"model.text_encoder must be \('auto', 'bigru', "),
+        ({"model.text_encoder": "bert"}, r"model.text_encoder must be \('bigru', 'transformer', "),
         ({"model.text_model": "/m"}, r"model.text_model must be None unless .* is transformer or"),
         ({"model.word_vectors": "word2vec"}, r"model.word_vectors must be None or glove"),
         (
@@ -67,9 +69,9 @@ def test_file_then_overrides(tmp_path):
             r"data.vocab must be None with model.text_encoder=transformer",
         ),
         ({"train.pretrained_lr_scale": 0}, r"train.pretrained_lr_scale must be > 0"),
-        ({"model.class_prior": -1}, r"model.class_prior must be None or a number >= 0"),
+        ({"model.class_prior": -1}, r"model.class_prior must be a number >= 0"),
         (
-            {"model.class_prior": 0.3, "model.text_encoder": "bigru"},
+            {"model.class_prior": 0.3, "model.backbone_stage": "efficientnet-lite0"},
             r"model.class_prior must be 0 unless model.text_encoder is sentence",
         ),
         (
@@ -123,13 +125,17 @@ def test_the_model_section_is_the_architectures_own_settings(tmp_path):
 
 def test_packaged_configurations_are_found_by_name(tmp_path, capsys):
     from selhn.cli import main
-    from selhn.config import PACKAGED, describe, packaged_configs
+    from selhn.config.describe import describe
+    from selhn.config.resolve import recipes
+    from selhn.config.schema import PRESETS, presets
 
-    assert {"demo", "paper"} <= set(packaged_configs())
-    assert load_config("demo") == load_config(PACKAGED / "demo.yaml")
+    assert {"demo", "experiment"} <= set(presets()) and recipes() == ["own-data", "paper"]
+    assert load_config("demo") == load_config(PRESETS / "demo.yaml")
     assert load_config("demo").model.embed_size == 256
     with pytest.raises(FileNotFoundError, match=r"nope: no such configuration .*demo, "):
         load_config("nope")
+    with pytest.raises(FileNotFoundError, match=r"the recipes paper and own-data are given"):
+        load_config("paper")
     (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
     assert load_config(tmp_path / "mine.yaml").train.epochs == 3  # a path still works
 
@@ -148,74 +154,87 @@ def test_version_is_printed_and_recorded(tmp_path, capsys):
     from selhn.checkpoint import save_model
     from selhn.cli import main
     from selhn.data.vocab import Vocabulary
-    from selhn.models import RVSEPP
 
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out == f"selhn {selhn.__version__}\n"
     vocab = Vocabulary.build(["a red cube"])
-    save_model(tmp_path / "m", RVSEPP(vocab_size=len(vocab), img_dim=4, embed_size=8), vocab)
+    save_model(
+        tmp_path / "m",
+        create_model("rvsepp", vocab_size=len(vocab), img_dim=4, embed_size=8),
+        vocab,
+    )
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["selhn_version"] == selhn.__version__
 
 
-def test_a_config_written_by_0_1_0_still_loads(tmp_path):
+def test_a_config_written_by_0_1_0_still_loads():
     """0.1.0 wrote every model key, whatever the architecture, at its default where unused."""
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        "model:\n  architecture: vsepp\n  embed_size: 64\n  word_dim: 32\n  mlp_hidden: 512\n"
-        "  text_encoder: bigru\n  text_model: null\n  word_vectors: null\n  backbone: null\n"
-        "  backbone_weights: null\n  image_size: 224\ntrain:\n  epochs: 2\n"
-    )
-    config = load_config(path)
+    written = {
+        "model": {"architecture": "vsepp", "embed_size": 64, "word_dim": 32, "mlp_hidden": 512,
+                  "text_encoder": "bigru", "text_model": None, "word_vectors": None,
+                  "backbone": None, "backbone_weights": None, "image_size": 224},
+        "train": {"epochs": 2},
+    }  # fmt: skip
+    config = saved_config(written, "config.yaml")
     assert config.model.architecture == "vsepp" and config.model.embed_size == 64
-    path.write_text("model:\n  architecture: vsepp\n  mlp_hidden: 256\n")
+    changed = {"model": {"architecture": "vsepp", "mlp_hidden": 256}}
     with pytest.raises(ValueError, match=r"model.mlp_hidden does not apply to .*=vsepp"):
-        load_config(path)
+        saved_config(changed, "config.yaml")
 
 
-def test_the_text_encoder_the_prior_the_loss_and_the_weight_average_are_chosen_from_the_data(
-    tmp_path, monkeypatch
-):
-    import selhn.defaults
-    from selhn.defaults import choose_for_data
-
+def test_the_recipe_is_chosen_from_the_data_and_what_the_user_sets_is_kept(tmp_path):
     features, regions = tmp_path / "features", tmp_path / "regions"
-    features.mkdir()
-    regions.mkdir()
+    for folder in (features, regions):
+        folder.mkdir()
+        (folder / "train_caps.txt").write_text("a red cube\n" * 300)
     job = {"backbone": "efficientnet-lite0", "image_size": 224, "weights": None}
     (features / "features.json").write_text(json.dumps(job))  # written by selhn features
-
-    def chosen(data, overrides=None):
-        config = load_config(None, overrides)
-        lines = choose_for_data(config, data)
-        assert choose_for_data(config, data) == []  # nothing left to choose
-        return getattr(config.model, "text_encoder", None), config.loss.name, lines
-
-    encoder, loss, lines = chosen(features)
-    stage_line, head_line, text_line, prior_line, loss_line, average_line = lines
-    assert stage_line.startswith("model.backbone_stage=auto: None, as ")
-    assert "has no trunk activations" in stage_line  # features of an older selhn
-    assert head_line.startswith("model.image_head=auto: residual, as the paper's")
-    assert encoder == "transformer" and "holds features of selhn features" in text_line
-    assert prior_line.startswith("model.class_prior=None: 0, as it needs the efficientnet-lite0")
-    assert loss == "infonce" and loss_line.startswith("loss.name=auto: infonce, as ")
-    assert average_line.startswith("train.weight_average=None: 0.95, as ")
-    encoder, loss, [*_, loss_line, average_line] = chosen(regions)
-    assert (encoder, loss) == ("bigru", "selhn") and "the paper's loss" in loss_line
-    assert average_line.startswith("train.weight_average=None: 0, as ")
-    paper = load_config("paper")
-    assert choose_for_data(paper, features) == [] and paper.train.weight_average == 0
-    assert chosen(features, {"model.word_vectors": "glove"})[:2] == ("bigru", "infonce")
-    given = {"model.text_encoder": "bigru", "loss.name": "hardest"}
-    given |= {"model.backbone_stage": None, "model.image_head": "residual"}
-    given |= {"train.weight_average": 0.5, "model.class_prior": 0}
-    assert chosen(features, given) == ("bigru", "hardest", [])  # given: kept
-    vsepp = chosen(features, {"model.architecture": "vsepp"})  # it has no text_encoder
-    assert vsepp[1] == "infonce" and [line.split(",")[0] for line in vsepp[2]] == [
-        "loss.name=auto: infonce",
-        "train.weight_average=None: 0.95",
+    older = DataFacts.read(features)  # features of an older selhn: no trunk activations
+    assert (older.features["backbone"], older.trunk, older.pairs) == (
+        "efficientnet-lite0",
+        False,
+        300,
+    )
+    resolved = resolve(older)
+    assert resolved.choices[0].startswith("recipe none (the defaults: the paper's model and loss)")
+    assert "holds no trunk activations" in resolved.choices[0]
+    assert (resolved.config.model.text_encoder, resolved.config.loss.name) == ("bigru", "selhn")
+    assert resolved.config.train.weight_average == 0 and not resolved.config.unresolved()
+    (features / "train_trunk.npy").write_bytes(b"")  # now it holds them
+    own = resolve(DataFacts.read(features))
+    assert own.choices[0].startswith(f"recipe own-data, as {features} holds efficientnet-lite0")
+    model = own.config.model
+    assert (model.backbone_stage, model.image_head, model.text_encoder) == (
+        "efficientnet-lite0", "mean", "sentence")  # fmt: skip
+    assert model.class_prior == 0.5 and model.image_size == 224
+    assert (own.config.loss.name, own.config.train.weight_average) == ("infonce", 0.95)
+    plain = resolve(DataFacts.read(regions))
+    assert "holds no features of selhn features" in plain.choices[0]
+    # the schedule's rule on 300 pairs at batch 128: 3 steps an epoch
+    assert plain.choices[1:] == [
+        "train.epochs=300, as 1000 steps at 3 per epoch need 334 epochs, kept within [30, 300]",
+        "train.warmup_steps=45, as 5% of the steps",
+        "train.lr_decay_epoch=150 (step 450), as half of the steps",
+        "train.patience=15, as 5% of the epochs, at least 5 (epochs without a better dev rSum "
+        "before training stops)",
     ]
-    monkeypatch.setattr(selhn.defaults, "installed", lambda extra: False)
-    encoder, _, [_, _, line, _, _, _] = chosen(features)
-    assert encoder == "bigru" and "pip install 'selhn[text]'" in line
+    given = {"loss.name": "hardest", "train.epochs": 7, "model.class_prior": 0}
+    kept = resolve(DataFacts.read(features), overrides=given).config
+    assert (kept.loss.name, kept.train.epochs, kept.model.class_prior) == ("hardest", 7, 0)
+    small = resolve(DataFacts.read(features), overrides={"model.embed_size": 384})
+    assert small.config.model.class_prior == 0 and small.choices[-5] == (
+        "model.class_prior=0, as model.embed_size=384 leaves the class prior no room (it takes 384)"
+    )
+    with pytest.raises(ValueError, match=r"model.class_prior=0.5 needs model.embed_size above"):
+        resolve(DataFacts.read(features), overrides={"model.embed_size": 384,
+                                                     "model.class_prior": 0.5})  # fmt: skip
+    with pytest.raises(ValueError, match=r"model.image_size=96, but the trunk activations of"):
+        resolve(DataFacts.read(features), overrides={"model.image_size": 96})
+    with pytest.raises(ValueError, match=r"which .*regions does not hold; make them with selhn"):
+        resolve(DataFacts.read(regions), recipe="own-data")
+    probe = resolve(DataFacts.read(features), overrides={"model.architecture": "probe"})
+    assert probe.config.model.architecture == "probe" and probe.config.loss.name == "infonce"
+    assert "own-data recipe's model settings are rvsepp's" in probe.choices[1]
+    paper = resolve(DataFacts.read(features), recipe="paper")
+    assert paper.choices == [] and paper.config == recipe_config("paper")

@@ -16,17 +16,17 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from selhn.checkpoint import load_model
-from selhn.config import load_config
+from selhn.config.schema import load_config
 from selhn.data.batch import Batch
 from selhn.data.image_files import write_image_splits
 from selhn.data.manifest import read_manifest
 from selhn.data.synth import SynthConfig, generate
-from selhn.distributed import Distributed
-from selhn.models import RVSEPP
+from selhn.models import RVSEPP, create_model
 from selhn.models.backbones import build_backbone
-from selhn.objective import TrainingObjective, make_loss
-from selhn.run_dir import read_log
-from selhn.trainer import train, train_step
+from selhn.training.objective import TrainingObjective, make_loss
+from selhn.training.run_dir import read_log
+from selhn.training.trainer import train, train_step
+from selhn.utils.distributed import Distributed
 
 WORLD = 2
 PER_RANK = 5
@@ -61,7 +61,9 @@ def one_step(
 ) -> dict:
     """Loss and gradients of one step from the seeded model, BatchNorm in eval mode."""
     torch.manual_seed(0)
-    model = RVSEPP(vocab_size=30, img_dim=8, embed_size=16, word_dim=8, mlp_hidden=8)
+    model = create_model(
+        "rvsepp", vocab_size=30, img_dim=8, embed_size=16, word_dim=8, mlp_hidden=8
+    )
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d):
             module.eval()

@@ -35,9 +35,11 @@ from pathlib import Path
 
 import pytest
 
-from selhn.cli import TRAIN_SHORTCUTS, build_parser, config_overrides
-from selhn.config import load_config
-from selhn.experiment import parse_losses
+from selhn.cli import build_parser
+from selhn.cli.common import config_overrides
+from selhn.cli.train import train_overrides
+from selhn.config.resolve import AUTO, NONE, layered, recipes
+from selhn.config.schema import load_config, parse_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -160,25 +162,21 @@ def check_selhn(args: list[str]) -> None:
         flag = arg.split("=", 1)[0]
         if flag.startswith("--") and "." not in flag and flag not in options:
             raise ValueError(f"{flag} is not an option's full name")
-    if ns.command == "config":
+    if ns.command == "config" and ns.name not in recipes():
         load_config(ns.name)
     if ns.command not in ("train", "experiment"):
         if extra:
             raise ValueError(f"unrecognised arguments: {' '.join(extra)}")
         return
-    overrides: dict = config_overrides(extra)
+    ns.overrides = config_overrides(extra)
+    recipe = NONE if ns.recipe == AUTO else ns.recipe  # auto depends on the data
     if ns.command == "experiment":
         parse_losses(ns.losses)
-        load_config(ns.config, overrides)
+        layered(recipe, ns.config, ns.overrides)
         return
-    if ns.resume and ns.config is not None:
-        raise ValueError("--resume uses RUN/config.yaml; it is refused with --config")
-    for name, key in TRAIN_SHORTCUTS.items():
-        if getattr(ns, name, None) is not None:
-            overrides[key] = getattr(ns, name)
-    if ns.log is not None:
-        overrides["train.tensorboard"] = ns.log == "tensorboard"
-    load_config(ns.config, overrides)
+    if ns.resume and (ns.config is not None or ns.recipe != AUTO):
+        raise ValueError("--resume uses the run's own settings; it is refused with --config")
+    layered(recipe, ns.config, train_overrides(ns))
 
 
 def check_script(path: str, args: list[str]) -> None:

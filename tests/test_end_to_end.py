@@ -11,18 +11,18 @@ from PIL import Image
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
-from selhn.config import Config, load_config
+from selhn.config.schema import Config, load_config
 from selhn.data.augment import Augmentation, random_crop
 from selhn.data.datasets import PairDataset
 from selhn.data.image_files import load_image, open_image_split, write_image_splits
 from selhn.data.manifest import read_manifest
 from selhn.data.vocab import Vocabulary
-from selhn.evaluation import embedding_metrics
+from selhn.evaluation.evaluate import encode_split, split_for
+from selhn.evaluation.metrics import embedding_metrics
 from selhn.models import RVSEPP, create_model
 from selhn.models.backbones import build_backbone
-from selhn.retrieval import encode_split, split_for
-from selhn.run_dir import read_log
-from selhn.trainer import train
+from selhn.training.run_dir import read_log
+from selhn.training.trainer import train
 
 SIZE = 64  # 2 x 2 grid cells
 TINY = {
@@ -50,7 +50,7 @@ def image_data(samples, tmp_path_factory):
 
 def tiny_model(**sizes) -> RVSEPP:
     torch.manual_seed(0)
-    return RVSEPP(
+    return create_model("rvsepp",
         vocab_size=30, img_dim=None, embed_size=16, word_dim=8, mlp_hidden=8,
         backbone="efficientnet-lite0", image_size=SIZE, **sizes,
     )  # fmt: skip
@@ -117,7 +117,7 @@ def test_backbone_settings_are_checked(tmp_path):
     ):
         load_config(path, {"model.architecture": "vsepp"})
     with pytest.raises(ValueError, match="has 1280 channels, not 2048"):
-        RVSEPP(vocab_size=30, img_dim=2048, backbone="efficientnet-lite0")
+        create_model("rvsepp", vocab_size=30, img_dim=2048, backbone="efficientnet-lite0")
     assert create_model(replace(Config().model, vocab_size=30)).settings.backbone is None
 
 

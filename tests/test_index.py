@@ -18,15 +18,15 @@ from selhn.checkpoint import load_model, save_model
 from selhn.cli import main
 from selhn.data.manifest import read_manifest
 from selhn.data.vocab import Vocabulary
-from selhn.encoder import Encoder
+from selhn.evaluation.evaluate import encode_split, split_for
 from selhn.features import FeatureJob
-from selhn.index import ann
-from selhn.index.build import IndexJob, build_index, write_index
-from selhn.index.collection import from_folder, from_manifest
-from selhn.index.store import ImageIndex
-from selhn.locks import FolderLock
-from selhn.models import RVSEPP
-from selhn.retrieval import encode_split, split_for
+from selhn.inference.encoder import Encoder
+from selhn.inference.index import ann
+from selhn.inference.index.build import IndexJob, build_index, write_index
+from selhn.inference.index.collection import from_folder, from_manifest
+from selhn.inference.index.store import ImageIndex
+from selhn.models import create_model
+from selhn.utils.locks import FolderLock
 
 SIZE = 64  # the features_model's image size
 
@@ -63,7 +63,7 @@ def test_a_model_with_a_backbone_encodes_files_as_its_evaluation_reads_them(samp
     vocab = Vocabulary.build(["a red seven", "a cat"])
     settings = dict(vocab_size=len(vocab), img_dim=None, embed_size=16, word_dim=8)
     settings |= dict(text_encoder="bigru", backbone="efficientnet-lite0", image_size=SIZE)
-    model = RVSEPP(**settings).eval()
+    model = create_model("rvsepp", **settings).eval()
     save_model(tmp_path / "model", model, vocab)
     assert main(["data", "images", "--manifest", str(samples), "--out", str(tmp_path / "d")]) == 0
     encoder = Encoder.load(tmp_path / "model")

@@ -7,7 +7,7 @@ import torch
 from selhn import SelHNLoss
 from selhn.checkpoint import load_model, save_model
 from selhn.data.vocab import Vocabulary
-from selhn.models import GPO, RVSEPP
+from selhn.models import GPO, create_model
 
 
 def count(module):
@@ -16,7 +16,9 @@ def count(module):
 
 def small_model(vocab_size=50):
     torch.manual_seed(0)
-    return RVSEPP(vocab_size=vocab_size, img_dim=20, embed_size=16, word_dim=8, mlp_hidden=12)
+    return create_model(
+        "rvsepp", vocab_size=vocab_size, img_dim=20, embed_size=16, word_dim=8, mlp_hidden=12
+    )
 
 
 def batch(gen, n=4, regions=6, tokens=7, img_dim=20, vocab=50):
@@ -28,7 +30,7 @@ def batch(gen, n=4, regions=6, tokens=7, img_dim=20, vocab=50):
 
 
 def test_parameter_counts_match_the_release():
-    model = RVSEPP(vocab_size=8500)
+    model = create_model("rvsepp", vocab_size=8500)
     assert count(model.image_encoder) == 3_162_016
     assert count(model.text_encoder) == 10_709_648
 
@@ -151,10 +153,10 @@ def test_unrolled_bigru_equals_the_packed_cudnn_style_gru():
 
 
 def test_vsepp_architecture_and_registry(tmp_path):
-    from selhn.models import VSEPP, build_model
+    from selhn.models import VSEPP
 
     torch.manual_seed(0)
-    model = build_model("vsepp", vocab_size=50, img_dim=20, embed_size=16, word_dim=8)
+    model = create_model("vsepp", vocab_size=50, img_dim=20, embed_size=16, word_dim=8)
     assert isinstance(model, VSEPP)
     features, feature_lengths, ids, token_lengths = batch(torch.Generator().manual_seed(4))
     img, txt = model((features, feature_lengths), ids, token_lengths)
@@ -167,14 +169,14 @@ def test_vsepp_architecture_and_registry(tmp_path):
     assert all(p.grad is not None for p in model.parameters())
 
     vocab = Vocabulary.build(["a b c"] * 1)
-    small = build_model("vsepp", vocab_size=len(vocab), img_dim=20, embed_size=16, word_dim=8)
+    small = create_model("vsepp", vocab_size=len(vocab), img_dim=20, embed_size=16, word_dim=8)
     save_model(tmp_path / "v", small, vocab)
     loaded, _, meta = load_model(tmp_path / "v")
     assert isinstance(loaded, VSEPP) and meta["architecture"] == "vsepp"
     with pytest.raises(ValueError, match=r"unknown architecture 'vit'"):
-        build_model("vit", vocab_size=5)
+        create_model("vit", vocab_size=5)
     with pytest.raises(ValueError, match=r"architecture 'vsepp' takes no \['mlp_hidden'\]"):
-        build_model("vsepp", vocab_size=5, mlp_hidden=3)
+        create_model("vsepp", vocab_size=5, mlp_hidden=3)
 
 
 def test_region_models_encode_every_region_without_lengths():
@@ -182,9 +184,8 @@ def test_region_models_encode_every_region_without_lengths():
     features = torch.randn(3, 4, 20, generator=torch.Generator().manual_seed(5))
     every = model.encode_images(features, torch.tensor([4, 4, 4]))
     torch.testing.assert_close(model.encode_images(features), every)
-    from selhn.models import build_model
 
-    vsepp = build_model("vsepp", vocab_size=9, img_dim=20, embed_size=16, word_dim=8)
+    vsepp = create_model("vsepp", vocab_size=9, img_dim=20, embed_size=16, word_dim=8)
     torch.testing.assert_close(
         vsepp.encode_images(features), vsepp.encode_images(features, torch.tensor([4, 4, 4]))
     )

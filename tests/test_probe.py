@@ -12,9 +12,9 @@ from selhn.cli import main
 from selhn.data.batch import pad_tokens
 from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
-from selhn.models import Probe
+from selhn.evaluation.evaluate import evaluate
+from selhn.models import Probe, create_model
 from selhn.models.transformer import WordPieceTokenizer, default_text_model
-from selhn.retrieval import evaluate
 
 CAPTIONS = ["a red seven next to a blue two", "a cat", "the handwritten digits 4 and 9"]
 
@@ -23,7 +23,7 @@ CAPTIONS = ["a red seven next to a blue two", "a cat", "the handwritten digits 4
 def probe():
     torch.manual_seed(0)
     tokenizer = WordPieceTokenizer()
-    model = Probe(vocab_size=len(tokenizer), img_dim=6, embed_size=8)
+    model = create_model("probe", vocab_size=len(tokenizer), img_dim=6, embed_size=8)
     model.load_pretrained(tokenizer)
     return model, tokenizer
 
@@ -78,7 +78,7 @@ def test_the_probe_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
     test = open_split(data, "test")
     trained = evaluate(model, test, tokenizer, 64, torch.device("cpu"))["rsum"]
     torch.manual_seed(0)
-    untrained = Probe(replace(model.settings, text_model=None))  # the packaged weights
+    untrained = create_model(replace(model.settings, text_model=None))  # the packaged weights
     untrained.load_pretrained(tokenizer)
     assert trained > evaluate(untrained, test, tokenizer, 64, torch.device("cpu"))["rsum"] + 30
     argv = ["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(data)]

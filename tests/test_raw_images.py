@@ -14,14 +14,14 @@ from PIL import Image
 
 from selhn.checkpoint import load_model, save_model
 from selhn.cli import main
-from selhn.config import load_config
+from selhn.config.schema import load_config
 from selhn.data.manifest import read_karpathy, read_manifest
 from selhn.data.precomp import open_split
 from selhn.data.vocab import Vocabulary
 from selhn.features import FeatureJob, extract_features
 from selhn.models import create_model
 from selhn.models.backbones import build_backbone, grid_shape
-from selhn.run_dir import read_log
+from selhn.training.run_dir import read_log
 
 SIZE = 64  # 2 x 2 grid cells: fast on the CPU
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selhn.retrieval import top_k
+from selhn.evaluation.retrieval import top_k
 
 
 def brute_force(queries, gallery, k):

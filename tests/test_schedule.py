@@ -3,8 +3,10 @@
 import pytest
 from torch.utils.data import DataLoader, DistributedSampler
 
-from selhn.config import load_config
-from selhn.schedule import EpochPlan, make_schedule, plan_epoch, steps_per_epoch
+from selhn.config.resolve import recipe_values
+from selhn.config.schedule import fit_schedule, steps_per_epoch
+from selhn.config.schema import Config, load_config
+from selhn.training.schedule import EpochPlan, make_schedule, plan_epoch
 
 
 def test_the_plan_of_each_epoch():
@@ -31,10 +33,15 @@ def test_the_plan_of_each_epoch():
     ],
 )
 def test_the_rule_fits_the_data(pairs, epochs, warmup, decay, patience):
-    schedule = make_schedule(load_config().train, pairs)
+    train = load_config().train
+    chosen = fit_schedule(train, pairs)
+    assert len(chosen) == 4  # every choice is explained
+    keys = ("epochs", "warmup_steps", "lr_decay_epoch", "patience")
+    again = load_config(None, {f"train.{key}": getattr(train, key) for key in keys})
+    assert again.train == train  # the resolved values, written out, read back the same
+    schedule = make_schedule(train, pairs)
     assert (schedule.epochs, schedule.warmup_steps) == (epochs, warmup)
     assert (schedule.decay_step, schedule.patience) == (decay, patience)
-    assert len(schedule.chosen) == 4  # every choice is explained
     lr = 5e-4
     assert schedule.lr(0) == pytest.approx(lr / warmup)  # warm-up: linear from lr / warmup
     assert schedule.lr(warmup // 2) == pytest.approx(lr * (warmup // 2 + 1) / warmup)
@@ -43,14 +50,20 @@ def test_the_rule_fits_the_data(pairs, epochs, warmup, decay, patience):
 
 
 def test_the_paper_schedule_is_the_epoch_rule_of_0_1_0():
-    config = load_config("paper")
+    config = Config()
+    config.update(recipe_values("paper"), "paper")
+    assert fit_schedule(config.train, 1000) == []  # nothing left to the rule
     schedule = make_schedule(config.train, 1000)
     per_epoch = 8  # 1000 pairs at 128
     assert (schedule.steps_per_epoch, schedule.epochs, schedule.patience) == (per_epoch, 30, 0)
-    assert schedule.chosen == ()  # nothing left to the rule
     for step in range(schedule.total_steps):
         epoch = step // per_epoch
         assert schedule.lr(step) == 5e-4 * (0.1 if epoch >= 15 else 1.0), step
+
+
+def test_an_unresolved_schedule_is_refused():
+    with pytest.raises(ValueError, match=r"needs a resolved configuration"):
+        make_schedule(load_config().train, 100)
 
 
 def test_given_values_are_kept():

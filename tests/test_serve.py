@@ -14,8 +14,8 @@ from PIL import Image
 from serving import request, running_server, upload
 
 from selhn.cli import build_parser, main
-from selhn.encoder import Encoder
-from selhn.index.store import ImageIndex
+from selhn.inference.encoder import Encoder
+from selhn.inference.index.store import ImageIndex
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

@@ -19,9 +19,9 @@ from PIL import Image
 from serving import multipart, request, resident_mb, running_server, upload
 
 from selhn.cli import main
-from selhn.encoder import Encoder
-from selhn.index.store import ImageIndex
-from selhn.models import Probe
+from selhn.inference.encoder import Encoder
+from selhn.inference.index.store import ImageIndex
+from selhn.models import create_model
 from selhn.models.transformer import WordPieceTokenizer
 
 LIMIT_MB = 2  # the server's upload limit in these tests
@@ -236,7 +236,9 @@ def test_unreadable_queries_and_bad_input_get_a_json_error_without_paths(served,
 def test_a_query_longer_than_the_model_reads_is_answered_with_what_was_left_out():
     torch.manual_seed(0)
     tokenizer = WordPieceTokenizer(max_pieces=8)
-    encoder = Encoder(Probe(vocab_size=len(tokenizer), img_dim=6, embed_size=8), tokenizer, None)
+    encoder = Encoder(
+        create_model("probe", vocab_size=len(tokenizer), img_dim=6, embed_size=8), tokenizer, None
+    )
     query = "a red seven next to a blue two on a white page with a small green cat"
     warnings = encoder.check_query(query)
     assert warnings == [

@@ -9,19 +9,19 @@ import torch
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
-from selhn.config import Config, load_config
+from selhn.config.resolve import resolve
 from selhn.data.augment import Augmentation
+from selhn.data.facts import DataFacts
 from selhn.data.image_files import load_image
 from selhn.data.inputs import TrunkActivations
 from selhn.data.manifest import read_manifest
 from selhn.data.precomp import open_split
-from selhn.defaults import choose_for_data
-from selhn.encoder import Encoder
 from selhn.features import FeatureJob, extract_features
-from selhn.models import RVSEPP
+from selhn.inference.encoder import Encoder
+from selhn.models import create_model
 from selhn.models.backbones import build_backbone, grid_shape
 from selhn.models.stage import LastStage, finish_stage, stage_shapes, trunk_activations
-from selhn.run_dir import read_log
+from selhn.training.run_dir import read_log
 
 SIZE = 64  # trunk 4 x 4, grid 2 x 2: fast on the CPU
 SHAPE, CELLS = (112, 4, 4), 4
@@ -116,33 +116,28 @@ def test_missing_or_misshapen_trunk_files_are_named(features, tmp_path):
         reads.open(tmp_path, "dev")
 
 
-def test_the_defaults_choose_the_stage_where_the_trunk_is_stored(features, tmp_path):
-    config = Config()
-    lines = choose_for_data(config, features)
+def test_the_own_data_recipe_learns_the_stage_where_the_trunk_is_stored(features, tmp_path):
+    resolved = resolve(DataFacts.read(features))
+    config, lines = resolved.config, resolved.choices
     assert config.model.backbone_stage == "efficientnet-lite0" and config.model.image_size == SIZE
     assert config.model.text_encoder == "sentence" and config.loss.name == "infonce"
-    assert lines[0].startswith("model.backbone_stage=auto: efficientnet-lite0, as ")
-    assert config.model.class_prior == 0.5 and lines[3].startswith("model.class_prior=None: 0.5")
-    small = load_config(None, {"model.embed_size": 384})  # the prior takes 384 dimensions
-    prior_line = choose_for_data(small, features)[3]
-    assert (
-        prior_line
-        == "model.class_prior=None: 0, as model.embed_size=384 leaves it no room (it takes 384)"
-    )
+    assert lines[0].startswith(f"recipe own-data, as {features} holds efficientnet-lite0")
+    assert lines[1] == f"model.image_size={SIZE}, as {features}'s features were made at {SIZE} px"
+    assert config.model.class_prior == 0.5
     for name in ("features.json", "train_caps.txt", "train_ims.npy"):
         shutil.copy(features / name, tmp_path / name)
-    older = Config()
-    lines = choose_for_data(older, tmp_path)
-    assert older.model.backbone_stage is None and older.model.text_encoder == "transformer"
-    assert "has no trunk activations" in lines[0]
-    paper = load_config("paper")
-    assert choose_for_data(paper, features) == []  # nothing is auto
-    assert paper.model.backbone_stage is None and paper.model.text_encoder == "bigru"
+    older = resolve(DataFacts.read(tmp_path))  # features of an older selhn: no trunk
+    assert older.config.model.backbone_stage is None and older.config.model.text_encoder == "bigru"
+    assert "holds no trunk activations" in older.choices[0]
+    paper = resolve(DataFacts.read(features), recipe="paper")
+    assert paper.config.model.backbone_stage is None and paper.config.model.text_encoder == "bigru"
 
 
 def test_the_stage_learns_at_its_own_rate_beside_a_frozen_sentence_model():
-    model = RVSEPP(vocab_size=30522, backbone_stage="efficientnet-lite0", text_encoder="sentence",
-                   embed_size=16, mlp_hidden=8)  # fmt: skip
+    model = create_model(
+        "rvsepp", vocab_size=30522, backbone_stage="efficientnet-lite0", text_encoder="sentence",
+        embed_size=16, mlp_hidden=8,
+    )  # fmt: skip
     groups = model.param_groups(0.1, 0.01, 2.0)
     stage = {id(p) for p in model.image_encoder.backbone.parameters()}
     frozen = {id(p) for p in model.text_encoder.transformer.parameters()}
@@ -151,7 +146,12 @@ def test_the_stage_learns_at_its_own_rate_beside_a_frozen_sentence_model():
     assert model.reads() == TrunkActivations("efficientnet-lite0", (112, 14, 14), 49)
     assert not model.augments_text
     with pytest.raises(ValueError, match="backbone and backbone_stage exclude each other"):
-        RVSEPP(vocab_size=10, backbone_stage="efficientnet-lite0", backbone="efficientnet-lite0")
+        create_model(
+            "rvsepp",
+            vocab_size=10,
+            backbone_stage="efficientnet-lite0",
+            backbone="efficientnet-lite0",
+        )
 
 
 def test_a_stage_model_trains_evaluates_and_encodes_new_images_as_its_data(
@@ -162,9 +162,10 @@ def test_a_stage_model_trains_evaluates_and_encodes_new_images_as_its_data(
     tiny += ["--epochs", "2", "--no-progress"]
     assert main(["train", "--data", str(features), "--out", str(run), *tiny]) == 0
     printed = capsys.readouterr().out
-    assert "model.backbone_stage=auto: efficientnet-lite0" in printed
+    assert printed.startswith("recipe own-data, as ")
     assert "loaded the last stage of the pretrained efficientnet-lite0 backbone" in printed
-    assert "model.class_prior=None: 0.5" in printed and "names (the class prior)" in printed
+    assert "names (the class prior)" in printed
+    assert (run / "config.yaml").read_text().count("class_prior: 0.5") == 1
     assert {r["epoch"]: r["backbone"] for r in read_log(run)[0]} == {0: "frozen", 1: "learning"}
     model, _, meta = load_model(run / "best")
     assert model.settings.backbone_stage == "efficientnet-lite0"

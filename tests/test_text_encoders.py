@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from selhn.config import load_config
+from selhn.config.schema import load_config
 from selhn.data.batch import pad_tokens
 from selhn.data.glove import glove_table, init_from_glove
 from selhn.data.vocab import Vocabulary
@@ -15,7 +15,7 @@ from selhn.models import create_model
 from selhn.models.registry import model_class
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import TransformerTextEncoder, WordPieceTokenizer, default_text_model
-from selhn.objective import TrainingObjective, make_loss
+from selhn.training.objective import TrainingObjective, make_loss
 
 CAPTIONS = ["a red seven next to a blue two", "a cat", "the handwritten digits 4 and 9 in cyan ink"]
 

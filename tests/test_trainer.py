@@ -7,14 +7,14 @@ import torch
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
-from selhn.config import load_config
+from selhn.config.schema import load_config
 from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
-from selhn.evaluation import embedding_metrics
-from selhn.models import RVSEPP
-from selhn.retrieval import evaluate
-from selhn.run_dir import read_log
-from selhn.trainer import train
+from selhn.evaluation.evaluate import evaluate
+from selhn.evaluation.metrics import embedding_metrics
+from selhn.models import RVSEPP, create_model
+from selhn.training.run_dir import read_log
+from selhn.training.trainer import train
 
 TINY = {
     "model.embed_size": 32,
@@ -43,7 +43,9 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     _model, vocab, meta = load_model(tmp_path / "run" / "best")
     assert meta["epoch"] == result["best_epoch"] and meta["config"] == config.to_dict()
     torch.manual_seed(0)
-    untrained = RVSEPP(vocab_size=len(vocab), img_dim=16, embed_size=32, word_dim=16, mlp_hidden=16)
+    untrained = create_model(
+        "rvsepp", vocab_size=len(vocab), img_dim=16, embed_size=32, word_dim=16, mlp_hidden=16
+    )
     dev = open_split(data, "dev")
     before = evaluate(untrained, dev, vocab, 64, torch.device("cpu"))["rsum"]
     assert result["best_rsum"] > before + 50

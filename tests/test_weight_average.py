@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from selhn.config import load_config
-from selhn.weight_average import WeightAverage
+from selhn.config.schema import load_config
+from selhn.training.weight_average import WeightAverage
 
 
 def moving_average(start: torch.Tensor, values: list[torch.Tensor], decay: float) -> torch.Tensor:

@@ -69,7 +69,8 @@ def test_the_wheel_installs_and_runs_outside_the_clone(tmp_path):
     for line in ("embed_size: 1024", "word_dim: 300", "epochs: 30", "batch_size: 128"):
         assert f"  {line}" in paper
 
-    page = "from importlib.resources import files; print(files('selhn.serve') / 'page.html')"
+    page = "from importlib.resources import files; "
+    page += "print(files('selhn.inference.serve') / 'page.html')"
     assert Path(run([python, "-c", page], work, env).strip()).read_text().startswith("<!doctype")
     names = "from selhn.models.class_prior import class_names; print(class_names()[281])"
     assert run([python, "-c", names], work, env).strip() == "tabby, tabby cat"  # package data

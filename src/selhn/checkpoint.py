@@ -22,10 +22,10 @@ import torch
 
 from selhn import __version__
 from selhn.data.vocab import TextVocabulary
-from selhn.extras import require_all
 from selhn.models import DualEncoder
 from selhn.models.registry import model_class
-from selhn.textfiles import read_json
+from selhn.utils.extras import require_all
+from selhn.utils.textfiles import read_json
 
 FORMAT = 1
 CONFIG, WEIGHTS = "config.json", "weights.pt"

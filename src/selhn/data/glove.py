@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from selhn.data.vocab import Vocabulary
-from selhn.extras import require
+from selhn.utils.extras import require
 
 GLOVE_DIM = 50
 

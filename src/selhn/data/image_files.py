@@ -25,8 +25,8 @@ from selhn.data.layout import (
     write_captions,
 )
 from selhn.data.manifest import ImageRecord, by_split
-from selhn.extras import require
-from selhn.textfiles import read_lines
+from selhn.utils.extras import require
+from selhn.utils.textfiles import read_lines
 
 
 class TooManyPixels(ValueError):

@@ -61,6 +61,7 @@ class RegionFeatures:
     """Precomputed region features (``{split}_ims.npy``) of ``dim`` channels (None: any)."""
 
     dim: int | None = None
+    stored = True  # features stored in the data directory (its features.json says how made)
 
     def open(self, root: str | Path, split: str) -> Split:
         opened = open_split(root, split)
@@ -78,6 +79,7 @@ class ImageFiles:
 
     size: int
     cells: int
+    stored = False  # the model computes its input from the files
 
     def open(self, root: str | Path, split: str) -> Split:
         return open_image_split(root, split, self.size, self.cells)
@@ -91,6 +93,7 @@ class TrunkActivations:
     backbone: str
     shape: tuple[int, int, int]
     cells: int
+    stored = True
 
     def open(self, root: str | Path, split: str) -> Split:
         return open_trunk_split(root, split, self.shape, self.cells)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selhn.textfiles import read_lines
+from selhn.utils.textfiles import read_lines
 
 SPLIT_ALIASES = {"val": "dev"}
 

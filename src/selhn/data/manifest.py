@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selhn.data.layout import SPLIT_ALIASES
-from selhn.textfiles import read_lines, read_text
+from selhn.utils.textfiles import read_lines, read_text
 
 SPLITS = ("train", "dev", "test")
 SPLIT_NAMES = {**{s: s for s in SPLITS}, **SPLIT_ALIASES, "restval": "train"}

@@ -13,7 +13,7 @@ from torch import Tensor
 from selhn.data.augment import Augmentation
 from selhn.data.batch import pad_regions
 from selhn.data.layout import caption_images, images_path, read_captions, split_name, write_captions
-from selhn.textfiles import read_lines
+from selhn.utils.textfiles import read_lines
 
 
 @dataclass

@@ -14,7 +14,7 @@ from torch import Tensor
 from selhn.data.augment import Augmentation
 from selhn.data.image_files import GridCellBatches
 from selhn.data.layout import caption_images, images_path, read_captions, split_name
-from selhn.textfiles import read_lines
+from selhn.utils.textfiles import read_lines
 
 
 def trunk_path(root: Path, split: str, flipped: bool = False) -> Path:

@@ -4,7 +4,7 @@ from selhn.models.base import DualEncoder
 from selhn.models.image import ResidualRegionEncoder
 from selhn.models.pooling import GPO
 from selhn.models.probe import Probe
-from selhn.models.registry import ARCHITECTURES, build_model, create_model, register_model
+from selhn.models.registry import ARCHITECTURES, create_model, model_class, register_model
 from selhn.models.rvsepp import RVSEPP
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.vsepp import VSEPP
@@ -18,7 +18,7 @@ __all__ = [
     "DualEncoder",
     "Probe",
     "ResidualRegionEncoder",
-    "build_model",
     "create_model",
+    "model_class",
     "register_model",
 ]

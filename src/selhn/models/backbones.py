@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from selhn.extras import require
+from selhn.utils.extras import require
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 

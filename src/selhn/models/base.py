@@ -8,7 +8,7 @@ it, which pretrained parts it loads, its optimiser groups and its backbone phase
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,13 +34,11 @@ class DualEncoder(nn.Module):
     image_encoder: nn.Module
     text_encoder: nn.Module
 
-    def __init__(self, settings: Any = None, **overrides: Any) -> None:
-        """``settings`` (a ``Settings``), with ``overrides`` replacing fields; or the fields
-        alone: ``RVSEPP(vocab_size=8500)``."""
+    def __init__(self, settings: Any) -> None:
+        """``settings``: a ``Settings`` (``registry.create_model`` builds from a name and
+        fields too)."""
         super().__init__()
-        self.settings = (
-            self.Settings(**overrides) if settings is None else replace(settings, **overrides)
-        )
+        self.settings = settings
 
     # --- the data -----------------------------------------------------------------------------
 

@@ -51,8 +51,8 @@ class ResidualRegionEncoder(nn.Module):
 
 
 class PooledLinearEncoder(nn.Module):
-    """Mean of the valid regions -> Linear -> L2 norm (VSE++'s ``MeanRegionEncoder`` is the same
-    map with the projection first, one per region)."""
+    """Mean of the valid regions -> Linear -> L2 norm: VSE++'s image encoder (the mean of the
+    projected regions, computed in the cheaper order) and the probe's."""
 
     def __init__(self, img_dim: int, embed_size: int) -> None:
         super().__init__()

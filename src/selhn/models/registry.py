@@ -22,16 +22,17 @@ def model_class(architecture: str) -> type[DualEncoder]:
     return ARCHITECTURES[architecture]
 
 
-def build_model(architecture: str, **settings: Any) -> DualEncoder:
-    """An architecture from its name and settings (``vocab_size``, ``img_dim``, ...)."""
-    cls = model_class(architecture)
-    known = {field.name for field in dataclasses.fields(cls.Settings)}
-    unknown = set(settings) - known
-    if unknown:
-        raise ValueError(f"architecture {architecture!r} takes no {sorted(unknown)}")
-    return cls(**settings)
-
-
-def create_model(settings: Any) -> DualEncoder:
-    """The model of a settings object (its ``architecture`` field names the class)."""
+def create_model(settings: Any, **fields: Any) -> DualEncoder:
+    """The one way to build a model: from an architecture's settings (``RVSEPPSettings(...)``,
+    whose ``architecture`` names the class), or from the architecture's name and its settings'
+    fields (``create_model("rvsepp", vocab_size=8500, img_dim=2048)``). ``fields`` replace those
+    of given settings."""
+    if isinstance(settings, str):
+        cls = model_class(settings)
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls.Settings)}
+        if unknown:
+            raise ValueError(f"architecture {settings!r} takes no {sorted(unknown)}")
+        settings = cls.Settings(**fields)
+    elif fields:
+        settings = dataclasses.replace(settings, **fields)
     return model_class(settings.architecture)(settings)

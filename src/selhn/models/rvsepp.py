@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from selhn.data.facts import DataFacts
 from selhn.data.inputs import ImageFiles, ImageInput, RegionFeatures, TrunkActivations
 from selhn.data.vocab import TextVocabulary
-from selhn.extras import EXTRAS
 from selhn.models.backbones import DEFAULT_BACKBONE, GridBackbone, build_backbone, grid_shape
 from selhn.models.base import DualEncoder
 from selhn.models.class_prior import PRIOR_BACKBONE, ClassPrior, learned_size
@@ -28,8 +28,8 @@ from selhn.models.image import (
     PooledLinearEncoder,
     ResidualRegionEncoder,
 )
-from selhn.models.probe import SentenceProbe
 from selhn.models.registry import register_model
+from selhn.models.sentence import SentenceEncoder
 from selhn.models.stage import CUTS, LastStage, build_stage, stage_shapes
 from selhn.models.text import BiGRUTextEncoder
 from selhn.models.transformer import (
@@ -39,8 +39,9 @@ from selhn.models.transformer import (
     load_tokenizer,
     save_tokenizer,
 )
+from selhn.utils.extras import EXTRAS
 
-TEXT_ENCODERS = ("auto", "bigru", "transformer", "sentence")
+TEXT_ENCODERS = ("bigru", "transformer", "sentence")
 TOKENIZED = ("transformer", "sentence")  # text encoders with the transformer's own tokenizer
 
 
@@ -54,10 +55,8 @@ class RVSEPPSettings:
     embed_size: int = 1024  # joint embedding dimension
     word_dim: int = 300  # word embedding dimension (bigru)
     mlp_hidden: int = 512  # hidden width of the image encoder's residual MLP
-    text_encoder: str = "auto"  # bigru | transformer (a pretrained text transformer, learning)
-    # | sentence (its frozen sentence embeddings, one linear map) | auto: sentence with
-    # backbone_stage, transformer for other features of selhn features (both with the text
-    # extra), else bigru
+    text_encoder: str = "bigru"  # bigru | transformer (a pretrained text transformer, learning)
+    # | sentence (its frozen sentence embeddings, one linear map)
     text_model: str | None = None  # transformer: local Hugging Face model directory; None: the
     # packaged all-MiniLM-L6-v2 (text extra)
     word_vectors: str | None = None  # bigru: "glove" initialises the words from GloVe 6B 50-d
@@ -65,14 +64,14 @@ class RVSEPPSettings:
     # (the data directory lists the images: {split}_images.txt); None: features
     backbone_weights: str | None = None  # timm backbone: its local pretrained weights file
     image_size: int = 224  # backbone (or backbone_stage): square input size in pixels
-    backbone_stage: str | None = "auto"  # the last stage of this backbone learns on the trunk
-    # activations of selhn features ({split}_trunk.npy); auto: the features' backbone where they
-    # are stored, else None (regions or images)
-    image_head: str = "auto"  # residual (the paper's: Linear, residual MLP, GPO over the regions)
-    # | mean (the mean of the regions, one Linear) | auto: mean with backbone_stage, else residual
-    class_prior: float | None = None  # weight of the class-name prior (class_prior.py): the
-    # score is (learned + w * prior) / (1 + w); needs efficientnet-lite0 (backbone or
-    # backbone_stage) and text_encoder=sentence; 0: none; None: chosen from the data (0 without)
+    backbone_stage: str | None = None  # the last stage of this backbone learns on the trunk
+    # activations of selhn features ({split}_trunk.npy; its image size is theirs); None: regions
+    # or images
+    image_head: str = "residual"  # residual (the paper's: Linear, residual MLP, GPO over the
+    # regions) | mean (the mean of the regions, one Linear)
+    class_prior: float = 0.0  # weight of the class-name prior (class_prior.py): the score is
+    # (learned + w * prior) / (1 + w); needs efficientnet-lite0 (backbone or backbone_stage) and
+    # text_encoder=sentence, and embed_size above the text model's width; 0: none
 
     @property
     def has_tokenizer(self) -> bool:
@@ -97,6 +96,46 @@ class RVSEPPSettings:
             needs |= {"timm": EXTRAS["timm"], "images": ("PIL",)}
         return needs
 
+    def fit(self, facts: DataFacts, given: set[str]) -> list[str]:
+        """Set what the data decide: the image size of stored trunk activations, and no class
+        prior where the embedding leaves it no room. ``given``: the keys the user set, which
+        are never replaced (a contradiction is a ValueError). Returns each choice, with why."""
+        chosen = []
+        job = facts.features
+        if self.backbone_stage is not None:
+            if job is None or job["backbone"] != self.backbone_stage or not facts.trunk:
+                raise ValueError(
+                    f"model.backbone_stage={self.backbone_stage} learns on the trunk activations "
+                    f"of {self.backbone_stage} features, which {facts.path} does not hold; make "
+                    f"them with selhn features --backbone {self.backbone_stage} (on a folder of "
+                    "an older selhn, the same command adds them), or --recipe paper"
+                )
+            if self.image_size != job["image_size"]:
+                if "model.image_size" in given:
+                    raise ValueError(
+                        f"model.image_size={self.image_size}, but the trunk activations of "
+                        f"{facts.path} were made at {job['image_size']} px"
+                    )
+                self.image_size = job["image_size"]
+                chosen.append(
+                    f"model.image_size={self.image_size}, as {facts.path}'s features were made "
+                    f"at {self.image_size} px"
+                )
+        if self.class_prior and self.text_encoder == "sentence":
+            width = hidden_size(self.text_model)
+            if self.embed_size <= width:
+                if "model.class_prior" in given:
+                    raise ValueError(
+                        f"model.class_prior={self.class_prior:g} needs model.embed_size above the "
+                        f"text model's width ({width}); got {self.embed_size}"
+                    )
+                self.class_prior = 0.0
+                chosen.append(
+                    f"model.class_prior=0, as model.embed_size={self.embed_size} leaves the "
+                    f"class prior no room (it takes {width})"
+                )
+        return chosen
+
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, key, what is expected) of every constraint on these settings."""
         transformer, backbone, stage = self.has_tokenizer, self.backbone, self.backbone_stage
@@ -105,27 +144,25 @@ class RVSEPPSettings:
             (self.word_dim >= 1, "word_dim", ">= 1"),
             (self.mlp_hidden >= 1, "mlp_hidden", ">= 1"),
             (self.text_encoder in TEXT_ENCODERS, "text_encoder", str(TEXT_ENCODERS)),
-            (self.image_head in ("auto", *IMAGE_HEADS), "image_head", f"auto or {IMAGE_HEADS}"),
+            (self.image_head in IMAGE_HEADS, "image_head", str(IMAGE_HEADS)),
             (self.word_vectors in (None, "glove"), "word_vectors", "None or glove"),
             (self.image_size >= 32, "image_size", ">= 32 (the backbone's stride)"),
             (backbone in (None, DEFAULT_BACKBONE) or backbone.startswith("timm:"),
              "backbone", f"None, {DEFAULT_BACKBONE} or timm:NAME"),
             (backbone is not None or self.backbone_weights is None,
              "backbone_weights", "None without model.backbone"),
-            (stage in (None, "auto", *CUTS), "backbone_stage", f"None, auto or one of {[*CUTS]}"),
-            (backbone is None or stage in (None, "auto"), "backbone_stage",
+            (stage in (None, *CUTS), "backbone_stage", f"None or one of {[*CUTS]}"),
+            (backbone is None or stage is None, "backbone_stage",
              "None with model.backbone (images in, not trunk activations)"),
             (transformer or self.text_model is None, "text_model",
              "None unless model.text_encoder is transformer or sentence"),
             (not transformer or self.word_vectors is None, "word_vectors",
              "None with model.text_encoder=transformer or sentence"),
-            (self.class_prior is None or 0 <= self.class_prior < math.inf, "class_prior",
-             "None or a number >= 0"),
-            (not self.class_prior or PRIOR_BACKBONE in (backbone, stage) or stage == "auto",
-             "class_prior",
+            (0 <= self.class_prior < math.inf, "class_prior", "a number >= 0"),
+            (not self.class_prior or PRIOR_BACKBONE in (backbone, stage), "class_prior",
              f"0 unless model.backbone or model.backbone_stage is {PRIOR_BACKBONE} (its "
              "ImageNet classifier makes the prior)"),
-            (not self.class_prior or self.text_encoder in ("auto", "sentence"), "class_prior",
+            (not self.class_prior or self.text_encoder == "sentence", "class_prior",
              "0 unless model.text_encoder is sentence (the prior's text side is the frozen "
              "sentence embedding)"),
         ]  # fmt: skip
@@ -139,19 +176,11 @@ class RVSEPP(DualEncoder):
     Settings = RVSEPPSettings
     settings: RVSEPPSettings
 
-    def __init__(self, settings: RVSEPPSettings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: RVSEPPSettings) -> None:
         """``backbone``: images in, through this backbone's grid (untrained here: see
         ``load_pretrained``); ``img_dim`` must then be None or its channels. ``backbone_stage``:
         likewise, trunk activations in, through the backbone's last stage."""
-        super().__init__(settings, **overrides)
-        if self.settings.text_encoder == "auto":  # no data to choose by: the paper's
-            self.settings = replace(self.settings, text_encoder="bigru")
-        if self.settings.backbone_stage == "auto":
-            self.settings = replace(self.settings, backbone_stage=None)
-        if self.settings.image_head == "auto":
-            self.settings = replace(self.settings, image_head="residual")
-        if self.settings.class_prior is None:
-            self.settings = replace(self.settings, class_prior=0.0)
+        super().__init__(settings)
         s = self.settings
         if s.vocab_size is None:
             raise ValueError("vocab_size (words of the vocabulary) is needed")
@@ -185,7 +214,7 @@ class RVSEPP(DualEncoder):
         elif s.text_encoder == "transformer":
             self.text_encoder = TransformerTextEncoder(s.text_model, s.embed_size)
         elif s.text_encoder == "sentence":
-            self.text_encoder = SentenceProbe(s.text_model, s.embed_size, s.class_prior)
+            self.text_encoder = SentenceEncoder(s.text_model, s.embed_size, s.class_prior)
         else:
             raise ValueError(
                 f"text_encoder must be bigru, transformer or sentence; got {s.text_encoder!r}"
@@ -216,7 +245,7 @@ class RVSEPP(DualEncoder):
         ``backbone`` or a new one), trunk activations with a backbone stage, else region
         features."""
         stage = settings.backbone_stage
-        if stage not in (None, "auto"):
+        if stage is not None:
             return TrunkActivations(stage, *stage_shapes(stage, settings.image_size))
         if settings.backbone is None:
             return RegionFeatures(settings.img_dim)
@@ -263,7 +292,7 @@ class RVSEPP(DualEncoder):
         if isinstance(self.text_encoder, TransformerTextEncoder):
             self.text_encoder.load_pretrained()
             loaded.append(f"loaded the pretrained text transformer {self.text_encoder.model_dir}")
-        if isinstance(self.text_encoder, SentenceProbe):
+        if isinstance(self.text_encoder, SentenceEncoder):
             self.text_encoder.load_pretrained()
             loaded.append(f"loaded the frozen text transformer {self.text_encoder.model_dir}")
         prior = getattr(self.image_encoder, "prior", None)
@@ -291,7 +320,7 @@ class RVSEPP(DualEncoder):
             scale = stage_lr_scale if self.settings.backbone_stage else backbone_lr_scale
             pretrained.append((list(self.image_encoder.backbone.parameters()), scale))
         frozen = []
-        if isinstance(self.text_encoder, SentenceProbe):
+        if isinstance(self.text_encoder, SentenceEncoder):
             frozen = list(self.text_encoder.transformer.parameters())
         taken = {id(p) for params, _ in pretrained for p in params} | {id(p) for p in frozen}
         own = [p for p in self.parameters() if id(p) not in taken]

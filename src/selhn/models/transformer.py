@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selhn.extras import require
 from selhn.models.pooling import GPO, length_mask
+from selhn.utils.extras import require
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgpack")
 TEXT_MODEL_DIR = "text_model"  # a checkpoint's copy of the configuration and tokenizer files

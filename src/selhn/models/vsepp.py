@@ -1,4 +1,4 @@
-"""VSE++ on region features: mean-pooled projected regions, and a GRU's last hidden state.
+"""VSE++ on region features: the projected mean of the regions, and a GRU's last hidden state.
 
 The second architecture of the plug-and-play comparison (``model.architecture=vsepp``): no
 residual MLP, no GPO, a unidirectional GRU.
@@ -7,17 +7,16 @@ residual MLP, no GPO, a unidirectional GRU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from selhn.extras import EXTRAS
+from selhn.data.facts import DataFacts
 from selhn.models.base import DualEncoder
-from selhn.models.pooling import masked_mean
+from selhn.models.image import PooledLinearEncoder
 from selhn.models.registry import register_model
+from selhn.utils.extras import EXTRAS
 
 
 @dataclass
@@ -40,6 +39,10 @@ class VSEPPSettings:
         for a new model)."""
         return {"glove": EXTRAS["glove"]} if self.word_vectors == "glove" and pretrained else {}
 
+    def fit(self, facts: DataFacts, given: set[str]) -> list[str]:
+        """Nothing of these settings depends on the data."""
+        return []
+
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, key, what is expected) of every constraint on these settings."""
         return [
@@ -47,20 +50,6 @@ class VSEPPSettings:
             (self.word_dim >= 1, "word_dim", ">= 1"),
             (self.word_vectors in (None, "glove"), "word_vectors", "None or glove"),
         ]
-
-
-class MeanRegionEncoder(nn.Module):
-    """Linear projection of every region, mean over the valid ones, L2 norm."""
-
-    def __init__(self, img_dim: int, embed_size: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(img_dim, embed_size)
-
-    def forward(self, regions: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """(B, K, img_dim) regions, (B,) valid counts (default: all K) -> (B, embed_size)."""
-        if lengths is None:
-            lengths = regions.new_full((regions.shape[0],), regions.shape[1], dtype=torch.long)
-        return F.normalize(masked_mean(self.fc(regions), lengths), dim=-1)
 
 
 class LastStateTextEncoder(nn.Module):
@@ -88,10 +77,10 @@ class VSEPP(DualEncoder):
     Settings = VSEPPSettings
     settings: VSEPPSettings
 
-    def __init__(self, settings: VSEPPSettings | None = None, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
+    def __init__(self, settings: VSEPPSettings) -> None:
+        super().__init__(settings)
         s = self.settings
         if s.vocab_size is None or s.img_dim is None:
             raise ValueError("vocab_size and img_dim (region feature channels) are needed")
-        self.image_encoder = MeanRegionEncoder(s.img_dim, s.embed_size)
+        self.image_encoder = PooledLinearEncoder(s.img_dim, s.embed_size)
         self.text_encoder = LastStateTextEncoder(s.vocab_size, s.word_dim, s.embed_size)

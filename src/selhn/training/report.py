@@ -1,0 +1,106 @@
+"""What a run prints: its plan at the start, a line per epoch with the time left, and why it
+stops or has nothing left to train."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from selhn.config.schema import Config
+from selhn.data.inputs import Split
+from selhn.models import DualEncoder
+from selhn.training.schedule import Schedule
+from selhn.training.state import TrainState
+from selhn.utils.distributed import Distributed
+
+
+class EpochClock:
+    """Seconds per epoch (training and evaluation) and an estimate of the time left."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.start, self.done, self.total = epochs, time.perf_counter(), 0, 0.0
+
+    def lap(self, epoch: int) -> str:
+        """The time of the epoch that just ended, and the time left at the mean epoch time."""
+        now = time.perf_counter()
+        seconds, self.start, self.done = now - self.start, now, self.done + 1
+        self.total += seconds
+        left = self.total / self.done * (self.epochs - epoch - 1)
+        return f"{seconds:.0f} s" + (f", about {_duration(left)} left" if left else "")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def summary(
+    model: DualEncoder,
+    device: torch.device,
+    job: Distributed,
+    splits: tuple[Split, Split],
+    schedule: Schedule,
+    config: Config,
+    run: str,
+    state: TrainState,
+) -> str:
+    """What a run is about to do, printed at its start (``splits``: train and dev)."""
+    tc, (train_split, dev_split) = config.train, splits
+
+    def count(module: nn.Module) -> str:
+        total = sum(p.numel() for p in module.parameters())
+        learning = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        return f"{total:,}" + (f" ({learning:,} learn)" if learning != total else "")
+
+    processes = f", {job.world_size} processes" if job.enabled else ""
+    start = f"resuming at epoch {state.epoch + 1}" if state.epoch else "new run"
+    averaged = [
+        f"  eval   a moving average of the weights (decay {tc.weight_average:g} per step) is"
+        " evaluated and saved"
+    ]
+    return "\n".join([
+        f"training {model.architecture} on {device}{processes}",
+        f"  data   train {train_split.num_images} images, {len(train_split.captions)} captions;"
+        f" {dev_split.name} {dev_split.num_images} images, {len(dev_split.captions)} captions",
+        f"  steps  {schedule.steps_per_epoch} per epoch (global batch {tc.batch_size}),"
+        f" {schedule.total_steps} in {schedule.epochs} epochs",
+        f"  plan   {schedule.describe()}",
+        *(averaged if tc.weight_average else []),
+        f"  model  image encoder {count(model.image_encoder)} parameters, text encoder"
+        f" {count(model.text_encoder)}; loss {config.loss.name}",
+        f"  run    {run} ({start})",
+    ])  # fmt: skip
+
+
+def epoch_line(state: TrainState, schedule: Schedule, rsum: float, clock: EpochClock) -> str:
+    """The line of the epoch that just ended (``state`` already counts it)."""
+    epoch = state.epoch - 1
+    return (
+        f"epoch {epoch + 1}/{schedule.epochs}  dev rSum {rsum:.1f}  (best {state.best_rsum:.1f} "
+        f"at epoch {state.best_epoch + 1})  {clock.lap(epoch)}"
+    )
+
+
+def early_stop_line(state: TrainState) -> str:
+    waited = state.epoch - 1 - state.best_epoch
+    return (
+        f"stopping early: dev rSum has not improved for {waited} epochs (best "
+        f"{state.best_rsum:.1f} at epoch {state.best_epoch + 1}; train.patience sets this)"
+    )
+
+
+def nothing_to_resume(state: TrainState, schedule: Schedule) -> str:
+    """Why a resumed run trains no further epoch, and what would let it."""
+    best = f"best dev rSum {state.best_rsum:.1f} at epoch {state.best_epoch + 1}"
+    if state.stopped:
+        waited = state.epoch - 1 - state.best_epoch
+        return (
+            f"nothing to train: the run stopped early after epoch {state.epoch} ({waited} epochs "
+            f"without a better dev rSum, train.patience={schedule.patience}; {best}); resume "
+            f"with --train.patience above {waited} (or 0: never stop) to go on"
+        )
+    return (
+        f"nothing to train: all {schedule.epochs} epochs are done ({best}); resume with "
+        f"--epochs above {schedule.epochs} to go on"
+    )

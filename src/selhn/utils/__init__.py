@@ -1,0 +1,1 @@
+"""What every part uses: optional dependencies, text files, folder locks, processes and devices."""
