@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import memory_bytes
 
 from selhn.evaluation.metrics import embedding_metrics, ranks_from_sims, retrieval_metrics
 
@@ -41,13 +42,6 @@ def loop_ranks(sims: np.ndarray, per_image: int) -> tuple[np.ndarray, np.ndarray
         order = np.argsort(columns[j])[::-1]
         t2i[j] = np.where(order == j // per_image)[0][0]
     return i2t, t2i
-
-
-def rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def timed(fn):
@@ -75,9 +69,9 @@ def main() -> None:
     # The full evaluation first, so its peak memory is measured before any score matrix exists.
     embedding_metrics(img[:500], txt[: 500 * args.per_image], args.per_image)  # warm-up
     Path("/proc/self/clear_refs").write_text("5")
-    before = rss("VmRSS")
+    before = memory_bytes("VmRSS")
     metrics, full_s = timed(lambda: embedding_metrics(img, txt, args.per_image))
-    peak = rss("VmHWM") - before
+    peak = memory_bytes("VmHWM") - before
     sims, matmul_s = timed(lambda: img @ txt.T)
     _, matmul_s2 = timed(lambda: img @ txt.T)
     matmul_s = min(matmul_s, matmul_s2)

@@ -3,7 +3,7 @@ a 5,000 x 25,000 problem, on one device (a CUDA GPU; the CPU only for a smoke ru
 
 The step is the trainer's own (``selhn.training.trainer.train_step``: forward, SelHN loss, backward,
 gradient norms, clipping, AdamW) on a synthetic batch shaped like the release's (B = 128, 36 x
-2048 regions, captions of 8-19 tokens, 8,500 words; ``train_step.make_batch``). bf16 is the
+2048 regions, captions of 8-19 tokens, 8,500 words; ``common.make_batch``). bf16 is the
 trainer's ``train.amp=bf16`` autocast. Evaluation is ``embedding_metrics`` on embeddings already
 on the device. Times are medians after warm-up, with the device synchronised.
 
@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import make_batch
+from common import make_batch
 
 from selhn import SelHNLoss
 from selhn.evaluation.metrics import embedding_metrics

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_loss import baseline_selhn_loss
+from common import memory_bytes
 
 from selhn import SelHNLoss
 
@@ -58,13 +57,6 @@ def make_inputs(
     return F.normalize(img, dim=1), F.normalize(txt, dim=1), owner
 
 
-def rss_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure(impl: str, regime: str, images: int, per_image: int, dim: int, repeats: int) -> dict:
     img, txt, owner = make_inputs(regime, images, per_image, dim)
     img.requires_grad_()
@@ -86,9 +78,9 @@ def measure(impl: str, regime: str, images: int, per_image: int, dim: int, repea
     step()  # warm-up
     if repeats == 0:  # the memory measurement
         Path("/proc/self/clear_refs").write_text("5")
-        before = rss_bytes("VmRSS")
+        before = memory_bytes("VmRSS")
         step()
-        return {"peak_extra_bytes": rss_bytes("VmHWM") - before}
+        return {"peak_extra_bytes": memory_bytes("VmHWM") - before}
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -99,6 +91,34 @@ def measure(impl: str, regime: str, images: int, per_image: int, dim: int, repea
         selhn_loss(img, txt, **multi)
         result["mean_branch_share"] = selhn_loss.stats["vanishing_i2t"].item()
     return result
+
+
+def check_baseline() -> None:
+    """Exit unless the baseline computes SelHN's loss and gradients (float64, 1e-12), on random
+    and on clustered pairs (many gaps below epsilon), with and without ids."""
+    gen = torch.Generator().manual_seed(3)
+    centers = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    which = torch.arange(8) % 3
+    cases = {
+        "random": (torch.randn(8, 6, generator=gen, dtype=torch.float64),) * 2,
+        "clustered": (centers[which], centers[which]),
+    }
+    ids = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4])
+    for name, (img, txt) in cases.items():
+        img = F.normalize(img + 0.2 * torch.randn(img.shape, generator=gen, dtype=img.dtype), dim=1)
+        txt = F.normalize(txt + 0.8 * torch.randn(txt.shape, generator=gen, dtype=txt.dtype), dim=1)
+        for eps, group in ((0.01, None), (0.05, ids)):
+            results = []
+            for fn in (SelHNLoss(epsilon=eps), lambda a, b, e=eps, g=group: baseline_selhn_loss(
+                    a, b, epsilon=e, ids=g)):  # fmt: skip
+                a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+                value = fn(a, b, group) if isinstance(fn, SelHNLoss) else fn(a, b)
+                value.backward()
+                results.append((value.detach(), a.grad, b.grad))
+            for x, y in zip(*results, strict=True):
+                if not torch.allclose(x, y, rtol=1e-12, atol=1e-12):
+                    sys.exit(f"the baseline differs from SelHNLoss ({name}, epsilon {eps})")
+    print("baseline check: the same loss and gradients as SelHNLoss (float64, to 1e-12)")
 
 
 def child(cmd: list[str], env: dict[str, str]) -> dict:
@@ -120,6 +140,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    check_baseline()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D = {args.dim}, float32")
     header = (
         "regime   shape        baseline s  selhn s  time ratio  baseline MB  selhn MB  memory ratio"

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import memory_bytes
 from PIL import Image
 
 from selhn.checkpoint import save_model
@@ -89,13 +90,6 @@ def synthetic(count: int, dim: int, seed: int, chunk: int = 100_000):
             * rng.standard_normal((n, dim), dtype=np.float32)
         )
         yield (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
-
-
-def rss_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 class Server:
@@ -196,7 +190,7 @@ def load_test(server: Server, requests: int, clients: int, rounds: int = 4) -> d
                 times.append(time.perf_counter() - start)
         connection.close()
 
-    memory = [rss_of(server.process.pid) / 2**20]
+    memory = [memory_bytes(pid=server.process.pid) / 2**20]
     start = time.perf_counter()
     for _ in range(rounds):
         left = [requests // rounds]
@@ -205,7 +199,7 @@ def load_test(server: Server, requests: int, clients: int, rounds: int = 4) -> d
             t.start()
         for t in threads:
             t.join()
-        memory.append(rss_of(server.process.pid) / 2**20)
+        memory.append(memory_bytes(pid=server.process.pid) / 2**20)
     seconds = time.perf_counter() - start
     p50, p99 = (float(np.percentile(times, q)) * 1e3 for q in (50, 99))
     return {"errors": len(errors), "per_second": requests / seconds, "rss_mb": memory,
@@ -274,7 +268,7 @@ def main() -> None:
         server = Server(work / name)
         try:
             p50, p99 = latency(server, args.latency_queries, seed=1)
-            rss = rss_of(server.process.pid) / 2**20
+            rss = memory_bytes(pid=server.process.pid) / 2**20
             print(f"{name}: HTTP text query p50 {p50:.1f} ms, p99 {p99:.1f} ms "
                   f"({args.latency_queries} sequential); server RSS {rss:.0f} MB")  # fmt: skip
             if name == "approximate":

@@ -17,30 +17,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_rvsepp import ReleaseStyleLoss, ReleaseStyleRVSEPP
+from common import make_batch
 
 from selhn import SelHNLoss
 from selhn.data.batch import Batch
 from selhn.models import RVSEPP, create_model
 from selhn.training.objective import TrainingObjective
 from selhn.training.trainer import train_step
-
-
-def make_batch(batch: int, regions: int, img_dim: int, vocab: int, seed: int = 0) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    kept = round(0.8 * regions)  # region dropout keeps 80% on average
-    feature_lengths = (kept + torch.randint(-3, 4, (batch,), generator=gen)).clamp(1, regions)
-    features = torch.rand(batch, int(feature_lengths.max()), img_dim, generator=gen)
-    token_lengths = torch.randint(8, 20, (batch,), generator=gen)
-    tokens = torch.randint(4, vocab, (batch, int(token_lengths.max())), generator=gen)
-    return Batch((features, feature_lengths), tokens, token_lengths, torch.arange(batch))
 
 
 def step_flops(model: RVSEPP, batch: Batch) -> float:

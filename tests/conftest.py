@@ -1,6 +1,3 @@
-import sys
-from pathlib import Path
-
 import pytest
 
 from selhn.cli import main
@@ -8,9 +5,6 @@ from selhn.data.manifest import read_manifest
 from selhn.data.samples import write_samples
 from selhn.features import FeatureJob, extract_features
 from selhn.models.backbones import build_backbone
-
-# The benchmarks' baseline implementations are tested against the references here.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +34,13 @@ def features(samples, backbone, tmp_path_factory):
 @pytest.fixture(scope="session")
 def features_model(samples, tmp_path_factory):
     """(features directory, checkpoint) of a small model trained one epoch on selhn features of
-    the samples at 64 px: their grid, not the backbone's last stage (BiGRU text encoder, 32-d
-    embeddings)."""
+    the samples at 64 px: the defaults (no recipe) on their grid, not the backbone's last stage
+    (BiGRU text encoder, 32-d embeddings)."""
     root = tmp_path_factory.mktemp("features_model")
     features, run = root / "features", root / "run"
     command = ["features", "--manifest", str(samples), "--out", str(features)]
     assert main([*command, "--image-size", str(FEATURE_SIZE), "--no-progress"]) == 0
     train = ["train", "--data", str(features), "--out", str(run), "--epochs", "1", "--no-progress"]
-    tiny = ["--text-encoder", "bigru", "--model.embed_size=32", "--model.word_dim=16"]
-    tiny += ["--model.backbone_stage=null"]
+    tiny = ["--recipe", "none", "--model.embed_size=32", "--model.word_dim=16"]
     assert main([*train, *tiny, "--train.batch_size=32"]) == 0
     return features, run / "best"

@@ -26,9 +26,10 @@ def test_train_help_shows_defaults_choices_and_examples(capsys):
     defaults = Config()
     assert f"sets train.epochs (default {defaults.train.epochs})" in text
     assert f"sets train.lr (default {defaults.train.lr})" in text
-    assert "--loss {auto,selhn,hardest,all,infonce}" in text
+    assert "--loss {selhn,hardest,all,infonce}" in text
     assert "examples: selhn train --data data/synth --out runs/demo --config demo" in text
-    assert "demo, experiment, experiment_vsepp, paper" in text
+    assert "--recipe {auto,own-data,paper,none}" in text
+    assert "a packaged preset (demo, experiment, experiment_vsepp)" in text
 
 
 def test_defaults_and_valid_names_elsewhere(capsys):

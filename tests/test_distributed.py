@@ -16,8 +16,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from selhn.checkpoint import load_model
+from selhn.config.resolve import resolve
 from selhn.config.schema import load_config
 from selhn.data.batch import Batch
+from selhn.data.facts import DataFacts
 from selhn.data.image_files import write_image_splits
 from selhn.data.manifest import read_manifest
 from selhn.data.synth import SynthConfig, generate
@@ -174,7 +176,8 @@ def test_settings_that_need_cuda_or_several_processes_are_refused(tmp_path):
         ({"train.amp": "bf16"}, r"train.amp=bf16 needs a CUDA device"),
     ]
     for overrides, message in cases:
-        config = load_config(None, {"train.device": "cpu", **overrides})
+        facts = DataFacts.read(data)
+        config = resolve(facts, "none", overrides={"train.device": "cpu", **overrides}).config
         with pytest.raises(ValueError, match=message):
             train(config, data, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
@@ -193,11 +196,11 @@ def images_worker(rank: int, store: str, data: str, out: str) -> None:
         return original(model, trainable)
 
     RVSEPP.set_backbone_trainable = capture
-    config = load_config(None, {
+    config = resolve(DataFacts.read(data), "none", overrides={
         "model.backbone": "efficientnet-lite0", "model.image_size": 64, "model.embed_size": 16,
         "model.word_dim": 8, "model.mlp_hidden": 8, "train.batch_size": 16, "train.epochs": 2,
         "train.lr": 1e-3, "train.device": "cpu",
-    })  # fmt: skip
+    }, world_size=WORLD).config  # fmt: skip
     train(config, data, f"{out}/run", progress=False)
     torch.save(models[-1].image_encoder.backbone.state_dict(), f"{out}/backbone{rank}.pt")
     dist.destroy_process_group()

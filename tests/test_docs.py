@@ -172,11 +172,11 @@ def check_selhn(args: list[str]) -> None:
     recipe = NONE if ns.recipe == AUTO else ns.recipe  # auto depends on the data
     if ns.command == "experiment":
         parse_losses(ns.losses)
-        layered(recipe, ns.config, ns.overrides)
+        layered(recipe, ns.config, ns.overrides)[0].validate()
         return
     if ns.resume and (ns.config is not None or ns.recipe != AUTO):
         raise ValueError("--resume uses the run's own settings; it is refused with --config")
-    layered(recipe, ns.config, train_overrides(ns))
+    layered(recipe, ns.config, train_overrides(ns))[0].validate()
 
 
 def check_script(path: str, args: list[str]) -> None:

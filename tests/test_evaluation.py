@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from selhn import evaluation
+from selhn.evaluation import metrics as evaluation
 from selhn.evaluation.metrics import (
     METRIC_NAMES,
     embedding_metrics,

@@ -189,7 +189,7 @@ def test_resume_keeps_the_runs_own_settings(data, run, tmp_path, capsys):
     for change, key in (
         (["--loss", "infonce"], "loss.name: 'selhn' -> 'infonce'"),
         (["--model.embed_size=64"], "model.embed_size: 32 -> 64"),
-        (["--train.lr_decay_epoch=1"], "train.lr_decay_epoch: 100 -> 1"),
+        (["--train.lr_decay_epoch=1"], "train.lr_decay_epoch: 100.0 -> 1.0"),
     ):
         argv = ["train", "--data", str(data), "--out", str(part), "--resume", *change]
         code, _, err = cli(capsys, *argv)

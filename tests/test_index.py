@@ -292,12 +292,12 @@ def test_an_index_goes_into_a_new_or_empty_folder_only(features_model, folder, t
 
 
 def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path):
-    import selhn.cli
+    import selhn.cli.serving
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(selhn.cli, "_cmd_index", interrupted)
+    monkeypatch.setattr(selhn.cli.serving, "_index", interrupted)
     command = ["index", "--checkpoint", "ck", "--images", str(tmp_path), "--out", "x"]
     assert main(command) == 130
     assert "interrupted. The images done are kept: the same command continues" in (
@@ -407,3 +407,101 @@ def test_one_index_build_at_a_time_and_older_indexes_are_named(features_model, f
     (tmp_path / "idx/job.json").write_text(json.dumps(job))
     with pytest.raises(FileExistsError, match=r"differs in the index format"):
         build_index(encoder, from_folder(folder), tmp_path / "idx", progress=False)
+
+
+def test_damaged_images_are_skipped_and_a_rewrite_in_place_is_encoded_again(
+    features_model, folder, tmp_path
+):
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48).save(out, "PNG", compress_level=0)
+    broken = bytearray(out.getvalue())
+    second = broken.find(b"IDAT", broken.find(b"IDAT") + 4)
+    if second < 0:  # one IDAT chunk: break the first one's type
+        second = broken.find(b"IDAT")
+    broken[second : second + 4] = b"\x00\x01\x02\x03"  # Pillow raises SyntaxError on it
+    (root / "chunk.png").write_bytes(bytes(broken))
+    encoder = Encoder.load(features_model[1])
+    report = build_index(encoder, from_folder(root), tmp_path / "idx", progress=False)
+    skipped = {s["file"] for s in map(json.loads, (tmp_path / "idx/skipped.jsonl").open())}
+    assert "chunk.png" in skipped and report["images"] == 78  # the build went on
+    # a photo rewritten in place with other bytes of the same size, its time put back (as
+    # rsync -t or tar x do): its status change time tells it apart
+    photo = root / "same-size.bmp"
+    Image.new("RGB", (16, 16), "red").save(photo)
+    build_index(encoder, from_folder(root), tmp_path / "idx", progress=False)
+    stat = photo.stat()
+    Image.new("RGB", (16, 16), "blue").save(photo)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (photo.stat().st_size, photo.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = build_index(encoder, from_folder(root), tmp_path / "idx", progress=False)
+    assert again["encoded_now"] == 1 and again["read_now"] == 3  # and the two damaged files
+    index = ImageIndex(tmp_path / "idx")
+    assert index.read(index.files.index("same-size.bmp")) == photo.read_bytes()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_update_cut_short_is_unfinished_then_finished_by_a_rerun(
+    features_model, folder, tmp_path, monkeypatch
+):
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    encoder = Encoder.load(features_model[1])
+    job = IndexJob(shard_size=16, batch_size=4)
+    build_index(encoder, from_folder(root), tmp_path / "idx", job, progress=False)
+    sorted(root.rglob("*.png"))[0].unlink()
+    import selhn.inference.index.build as build_module
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(build_module.ann, "build", killed)  # dies while writing the index
+    with pytest.raises(Killed):
+        build_index(encoder, from_folder(root), tmp_path / "idx", job, progress=False)
+    with pytest.raises(FileNotFoundError, match="is an unfinished index"):
+        ImageIndex(tmp_path / "idx")
+    monkeypatch.undo()
+    # an interrupted build whose finished shard then holds a file that changed
+    encoded, original = [], encoder.encode_pixels
+
+    def counting(pixels):
+        if len(encoded) == 6:
+            raise Interrupt
+        encoded.append(len(pixels))
+        return original(pixels)
+
+    encoder.encode_pixels = counting
+    with pytest.raises(Interrupt):
+        build_index(encoder, from_folder(root), tmp_path / "new", job, progress=False)
+    first = sorted(root.rglob("*.png"))[0]  # encoded by the finished first shard
+    first.write_bytes(sorted(folder.rglob("*.png"))[9].read_bytes())  # another photo's bytes
+    encoder.encode_pixels = original
+    build_index(encoder, from_folder(root), tmp_path / "idx", job, progress=False)
+    build_index(encoder, from_folder(root), tmp_path / "new", job, progress=False)
+    build_index(encoder, from_folder(root), tmp_path / "fresh", job, progress=False)
+    rows = [ImageIndex(tmp_path / name) for name in ("idx", "new", "fresh")]
+    assert rows[0].files == rows[1].files == rows[2].files and len(rows[2]) == 77
+    vectors = [index.faiss.reconstruct_n(0, len(index)) for index in rows]
+    np.testing.assert_array_equal(vectors[1], vectors[2])
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+
+
+def test_names_never_spell_a_path_outside_the_root_and_links_are_indexed_once(tmp_path):
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8), "red").save(root / "images" / name)
+    (root / "up").symlink_to("/")
+    (root / "images" / "same.png").symlink_to(root / "images" / "a.png")
+    manifest = root / "m.jsonl"
+    entries = [f"up{root}/images/b.png", str(root / "images" / "a.png")]
+    manifest.write_text("".join(json.dumps({"image": e}) + "\n" for e in entries))
+    listed = from_manifest(manifest)
+    assert listed.names == listed.targets == ["images/b.png", "images/a.png"]
+    folder = from_folder(root / "images")
+    assert folder.names == ["a.png", "b.png"]
+    assert ("same.png", "a link to a.png, indexed under that name") in folder.ignored

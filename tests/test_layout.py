@@ -1,6 +1,7 @@
 """The package's imports point one way: no module imports, directly or through others, a module
-that imports it back (function-level imports included), and the foundations import nothing of
-selhn's."""
+that imports it back (function-level imports included); the layers import down only (cli >
+training and inference > evaluation and config > features > models > data > losses and utils);
+and docs/README.md's map of the source tree names every module."""
 
 import ast
 from pathlib import Path
@@ -20,7 +21,11 @@ def selhn_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("selhn"):
-            found.add(node.module)
+            base = PACKAGE.parent / node.module.replace(".", "/")
+            submodules = {a.name for a in node.names if (base / f"{a.name}.py").exists()}
+            found |= {f"{node.module}.{name}" for name in submodules}
+            if len(submodules) < len(node.names):  # names defined in the module itself
+                found.add(node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("selhn")}
     return found
@@ -69,13 +74,37 @@ def test_the_cycle_finder_finds_a_circle():
     assert cycles(graph) == [["a", "b", "c", "a"]]
 
 
-def test_foundations_import_no_other_part_of_selhn():
+LOWER = ("selhn.losses", "selhn.utils", "selhn.data", "selhn.models", "selhn.features",
+         "selhn.evaluation", "selhn.config", "selhn.checkpoint")  # fmt: skip
+UPPER = ("selhn.training", "selhn.inference", "selhn.cli")
+
+
+def test_the_layers_import_down_only():
     graph = import_graph()
     for name, targets in graph.items():
-        if name.startswith("selhn.losses"):
-            assert all(t.startswith("selhn.losses") for t in targets), name
+        if name.startswith(("selhn.losses", "selhn.utils")):  # the foundations
+            assert all(t.startswith(name.rsplit(".", 1)[0]) for t in targets), name
         if name in ("selhn.evaluation.metrics", "selhn.utils.distributed"):
             assert targets == set(), name
         if name.startswith("selhn.data"):
             assert not any(t.startswith("selhn.models") for t in targets), name
-        assert "selhn.cli" not in targets or name == "selhn.__main__", name
+        if name.startswith(LOWER):
+            assert not any(t.startswith(UPPER) for t in targets), (name, targets)
+        if name.startswith("selhn.training"):
+            assert not any(t.startswith("selhn.inference") for t in targets), name
+        if name.startswith("selhn.inference"):
+            assert not any(t.startswith("selhn.training") for t in targets), name
+        assert not any(t.startswith("selhn.cli") for t in targets) or name.startswith(
+            ("selhn.cli", "selhn.__main__")
+        ), name
+
+
+def test_the_docs_map_names_every_module():
+    text = (PACKAGE.parents[1] / "docs" / "README.md").read_text(encoding="utf-8")
+    tree = text[text.index("## The source tree") :]
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative == Path("__init__.py"):
+            continue
+        named = f"{relative.parent.name}/" if path.name == "__init__.py" else path.name
+        assert named in tree, f"docs/README.md's source map does not name {relative}"

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import threading
 import time
 
@@ -47,6 +48,7 @@ def served(photos, features_model, tmp_path_factory):
     command = ["index", "--checkpoint", str(features_model[1]), "--images", str(photos)]
     assert main([*command, "--out", str(out), "--no-progress"]) == 0
     options = ["--max-upload-mb", str(LIMIT_MB), "--allow-host", "photos.lan"]
+    options += ["--upload-timeout", "3"]
     with running_server(out, *options) as (address, pid):
         yield address, pid, out
 
@@ -302,3 +304,93 @@ def test_two_thousand_requests_from_16_clients_with_large_uploads(served):
           f"memory {before:.0f} -> {after:.0f} MB")  # fmt: skip
     assert len(results) == 2000 and {status for status, _ in results} == {200}
     assert after <= 1.2 * before, (before, after)
+
+
+def test_a_file_replaced_by_a_huge_one_is_refused_before_it_is_read(served, photos):
+    address, pid, out = served
+    name = next(n for n in ImageIndex(out).files if n.startswith("a/"))
+    path, row = photos / name, row_of(out, name)
+    original, stat = path.read_bytes(), path.stat()
+    before = resident_mb(pid)
+    path.unlink()
+    with open(path, "wb") as sparse:  # 3 GiB that take no disk space
+        sparse.truncate(3 * 2**30)
+    try:
+        for endpoint in ("image", "thumb"):
+            status, answer, _ = request(address, "GET", f"/{endpoint}/{row}")
+            assert status == 410 and "changed since it was indexed" in answer["error"]
+        assert resident_mb(pid) < before + 100  # nothing of it was read
+    finally:
+        path.unlink()
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert request(address, "GET", f"/image/{row}")[:2] == (200, original)
+
+
+def test_a_thumbnail_is_sent_only_while_its_file_is_as_indexed(served, photos):
+    address, _, out = served
+    name = [n for n in ImageIndex(out).files if n.startswith("b/")][-1]
+    path, row = photos / name, row_of(out, name)
+    original, stat = path.read_bytes(), path.stat()
+    assert request(address, "GET", f"/thumb/{row}")[0] == 200  # now kept by the server
+    path.unlink()
+    status, answer, _ = request(address, "GET", f"/thumb/{row}")
+    assert status == 404 and "cannot be read any more" in answer["error"]
+    path.write_bytes(original)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert request(address, "GET", f"/thumb/{row}")[0] == 200
+
+
+def _gif_header(width: int, height: int) -> bytes:
+    """A tiny GIF whose header claims ``width`` x ``height`` pixels."""
+    out = io.BytesIO()
+    Image.new("P", (4, 4)).save(out, "GIF")
+    data = bytearray(out.getvalue())
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def _png_with_a_broken_chunk() -> bytes:
+    """A PNG whose second IDAT chunk has a type that is not letters (Pillow: SyntaxError)."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (256, 256), bytes(range(256)) * 768).save(out, "PNG", compress_level=0)
+    data = bytearray(out.getvalue())
+    second = data.find(b"IDAT", data.find(b"IDAT") + 4)
+    data[second : second + 4] = b"\x00\x01\x02\x03"
+    return bytes(data)
+
+
+def test_damaged_and_vast_uploads_and_odd_hosts_get_4xx(served):
+    address = served[0]
+    status, answer, _ = upload(address, None, data=_png_with_a_broken_chunk())
+    assert status == 400 and answer["error"].startswith("not an image"), answer
+    status, answer, _ = upload(address, None, data=_gif_header(20000, 20000), name="x.gif")
+    assert status == 413 and "more pixels than Pillow decodes" in answer["error"], answer
+    for text in ("%EF%B8%8F", "%CD%8F", "%E3%85%A4", "%E2%A0%80%E2%A0%80"):  # invisible only
+        status, answer, _ = request(address, "GET", f"/api/search?text={text}")
+        assert status == 400 and "no readable character" in answer["error"], text
+    for host in ("127.0.0.1:evil.com", "[::1]evil.com", "localhost:80:80"):
+        status, answer, _ = request(address, "GET", "/api/info", headers={"Host": host})
+        assert status == 400, host
+
+
+def test_stalled_uploads_are_dropped_and_their_number_is_bounded(served):
+    address, pid, _ = served
+    before = resident_mb(pid)
+    head = (
+        b"POST /api/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
+    )
+    stalled = []
+    for _ in range(10):  # 8 are received at once (--max-uploads' default), then they stall
+        connection = socket.create_connection(address)
+        connection.sendall(head + b"x" * 1_000_000)
+        stalled.append(connection)
+    answers = []
+    for connection in stalled:
+        connection.settimeout(30)
+        answers.append(connection.recv(200))
+        connection.close()
+    codes = sorted(answer.split()[1] for answer in answers)
+    assert codes == [b"408"] * 8 + [b"503"] * 2, answers
+    assert resident_mb(pid) < before + 50

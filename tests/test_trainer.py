@@ -7,6 +7,7 @@ import torch
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
+from selhn.config.resolve import layered
 from selhn.config.schema import load_config
 from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
@@ -187,7 +188,7 @@ def test_a_size_the_architecture_does_not_use_is_an_error(data, tmp_path):
 def test_run_output_and_files(data, tmp_path, capsys, monkeypatch):
     """A start-of-run summary, epoch times, rounded log values, shareable checkpoint directories
     and the optimiser state only in ``last``."""
-    from selhn import trainer as trainer_module
+    from selhn.training import trainer as trainer_module
 
     rsums = iter([300.0, 200.0, 100.0])  # the first epoch stays the best
 
@@ -273,8 +274,8 @@ def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
 
 
 def test_training_stops_early_and_stays_stopped(data, tmp_path, capsys, monkeypatch):
-    from selhn import trainer as trainer_module
     from selhn.checkpoint import read_meta
+    from selhn.training import trainer as trainer_module
 
     rsums = iter([100.0, 120.0, 110.0, 115.0, 90.0, 200.0])
     monkeypatch.setattr(trainer_module, "evaluate", lambda *args, **kwargs: {"rsum": next(rsums)})
@@ -294,10 +295,10 @@ def test_training_stops_early_and_stays_stopped(data, tmp_path, capsys, monkeypa
 
 
 def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
-    """``--config paper``: 30 epochs, batch 128, the learning rate x0.1 from epoch 15, no
+    """``--recipe paper``: 30 epochs, batch 128, the learning rate x0.1 from epoch 15, no
     warm-up and no early stop, whatever dev rSum does (small sizes for the test's speed)."""
     sizes = {"model.embed_size": 32, "model.word_dim": 16, "model.mlp_hidden": 16}
-    config = load_config("paper", {**sizes, "train.log_every": 1})
+    config, _, _ = layered("paper", None, {**sizes, "train.log_every": 1})
     train(config, data, tmp_path / "run", progress=False)
     steps, evals = read_log(tmp_path / "run")
     assert [r["step"] for r in steps] == list(range(30 * 3))  # 320 captions: 3 batches an epoch
@@ -310,10 +311,10 @@ def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
 def test_a_checkpoint_holds_the_average_of_the_weights_after_each_step(data, tmp_path, monkeypatch):
     from test_weight_average import moving_average
 
-    from selhn import trainer as trainer_module
+    from selhn.training import trainer as trainer_module
 
     weights = []  # the image map's live weight at the start and after each step
-    start_model, step = trainer_module._start_model, trainer_module.train_step
+    start_model, step = trainer_module.start_model, trainer_module.train_step
 
     def started(*args):
         model, vocab, saved = start_model(*args)
@@ -325,7 +326,7 @@ def test_a_checkpoint_holds_the_average_of_the_weights_after_each_step(data, tmp
         weights.append(model.image_encoder.fc.weight.detach().clone())
         return values
 
-    monkeypatch.setattr(trainer_module, "_start_model", started)
+    monkeypatch.setattr(trainer_module, "start_model", started)
     monkeypatch.setattr(trainer_module, "train_step", recorded)
     config = load_config(None, {**TINY, "train.epochs": 2, "train.weight_average": 0.8})
     train(config, data, tmp_path / "averaged", progress=False)

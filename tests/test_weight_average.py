@@ -35,7 +35,7 @@ def test_the_average_follows_the_warmed_up_decay_and_swaps_in_and_out():
 
 
 def test_a_decay_outside_0_to_1_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"train.weight_average.*None or in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"train.weight_average must be in \[0, 1\)"):
         load_config(None, {"train.weight_average": 1.0}).validate()
     with pytest.raises(ValueError, match=r"decay must be in \[0, 1\); got -0.5"):
         WeightAverage([nn.Parameter(torch.zeros(1))], -0.5)

@@ -4,6 +4,7 @@ description, ``--section.key=value`` settings, and checks made before any work."
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def check_output(path: str | None, flag: str) -> None:
 
 def port(value: str) -> int:
     """A TCP port number, for argparse."""
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", value) or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535; got {value!r}")
     return int(value)
 

@@ -53,6 +53,10 @@ def add(commands: Any) -> None:
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload")
     serve.add_argument("--max-decodes", type=int, default=2, help="images decoded at once")
     serve.add_argument(
+        "--upload-timeout", type=float, default=10.0,
+        help="seconds an upload may send nothing before it is refused",
+    )  # fmt: skip
+    serve.add_argument(
         "--allow-host",
         action="append",
         default=[],
@@ -114,6 +118,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_k=args.max_k,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_decodes=args.max_decodes,
+        upload_timeout_s=args.upload_timeout,
     )
     hosts = [*LOOPBACK, *args.allow_host]
     if args.host not in ("0.0.0.0", "::", ""):

@@ -134,13 +134,16 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from selhn.config.resolve import resolve, resume
+    from selhn.config.resolve import layered, resolve, resume
     from selhn.data.facts import DataFacts
     from selhn.training.run_dir import last_config
     from selhn.training.trainer import train
     from selhn.utils.distributed import from_environment
 
     overrides = train_overrides(args)
+    if not args.resume:  # the extras the given settings need, named before anything is read
+        given = layered(NONE if args.recipe == AUTO else args.recipe, args.config, overrides)[0]
+        require_all(given.model.extras(), "this model")
     job, facts = from_environment(), DataFacts.read(args.data)
     if args.resume:
         if args.config is not None or args.recipe != AUTO:

@@ -97,6 +97,7 @@ def resolve(
     config, given, notes = layered(recipe, config_file, overrides)
     choices += notes
     choices += config.model.fit(facts, given)
+    config.validate()
     choices += fit_schedule(config.train, facts.pairs, world_size)
     config.validate()
     return Resolved(config, choices)
@@ -105,9 +106,9 @@ def resolve(
 def layered(
     recipe: str, config_file: str | Path | None, overrides: dict[str, Any] | None
 ) -> tuple[Config, set[str], list[str]]:
-    """(the defaults with the recipe, the file and the overrides over them, in that order; the
-    keys the user set; notes on what was left out). A recipe's model settings are its
-    architecture's: with another ``model.architecture`` they are left out."""
+    """(the defaults with the recipe, the file and the overrides over them, in that order, not
+    yet validated; the keys the user set; notes on what was left out). A recipe's model
+    settings are its architecture's: with another ``model.architecture`` they are left out."""
     base = {} if recipe == NONE else recipe_values(recipe)
     file_values, source = {}, None
     if config_file is not None:
@@ -128,7 +129,6 @@ def layered(
     if source is not None:
         config.update(file_values, str(source))
     config.set_all(overrides or {})
-    config.validate()
     return config, set(given), notes
 
 

@@ -59,8 +59,9 @@ def load_image(
         reduce: decode a JPEG at the smallest scale (1/2 to 1/8) still at least ``size``, which
             bounds the memory of decoding a large photo, at a small cost in fidelity.
 
-    Raises ValueError if it is not a readable image: a truncated file is one (Pillow reads
-    strictly unless ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set).
+    Raises ``UnreadableImage`` (a ValueError) if it is not a readable image: whatever Pillow's
+    readers raise on a damaged file (a truncated file is one: Pillow reads strictly unless
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set).
     """
     require("images", "reading image files", ("PIL",))
     from PIL import Image, UnidentifiedImageError
@@ -78,7 +79,15 @@ def load_image(
             elif reduce:
                 image.draft("RGB", (size, size))
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+    except TooManyPixels:
+        raise
+    except Image.DecompressionBombError as err:
+        if max_pixels is None:
+            raise UnreadableImage(f"{source or path}: {err}", str(err)) from err
+        raise TooManyPixels(
+            f"{source or 'the image'}: more pixels than Pillow decodes; at most {max_pixels:,}"
+        ) from err
+    except Exception as err:  # Pillow's readers raise many kinds on damaged data
         if isinstance(err, UnidentifiedImageError):
             reason = "not an image format Pillow reads"
         else:

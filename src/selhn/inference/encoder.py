@@ -35,9 +35,17 @@ from selhn.models.stage import trunk_activations
 ImageSource = str | Path | IO[bytes]
 
 
+# Characters that draw nothing though Unicode files them as letters or symbols: the Hangul
+# fillers, the blank Braille pattern and the replacement character (Default_Ignorable_Code_Point
+# characters of other categories are marks or formats, refused by category).
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800\ufffd")
+
+
 def _readable(character: str) -> bool:
-    """Not a control, format, private-use, unassigned or space character, nor U+FFFD."""
-    return unicodedata.category(character)[0] not in "CZ" and character != "\ufffd"
+    """A letter, digit, punctuation mark or symbol that draws something: not a control, format,
+    private-use, unassigned or space character, not a combining mark on its own, not one of
+    ``_INVISIBLE``."""
+    return unicodedata.category(character)[0] in "LNPS" and character not in _INVISIBLE
 
 
 class Encoder:

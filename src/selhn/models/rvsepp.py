@@ -97,10 +97,23 @@ class RVSEPPSettings:
         return needs
 
     def fit(self, facts: DataFacts, given: set[str]) -> list[str]:
-        """Set what the data decide: the image size of stored trunk activations, and no class
-        prior where the embedding leaves it no room. ``given``: the keys the user set, which
-        are never replaced (a contradiction is a ValueError). Returns each choice, with why."""
+        """Set what the data and the user's settings decide: the image size of stored trunk
+        activations, and no class prior (a recipe's) where the user's text encoder or image side
+        cannot carry it or the embedding leaves it no room. ``given``: the keys the user set,
+        which are never replaced (a contradiction is a ValueError). Returns each choice, with
+        why."""
         chosen = []
+        prior_fits = self.text_encoder == "sentence" and PRIOR_BACKBONE in (
+            self.backbone,
+            self.backbone_stage,
+        )
+        if self.class_prior and "model.class_prior" not in given and not prior_fits:
+            self.class_prior = 0.0
+            chosen.append(
+                f"model.class_prior=0, as it needs model.text_encoder=sentence and the "
+                f"{PRIOR_BACKBONE} backbone or its stage (here {self.text_encoder}, backbone "
+                f"{self.backbone}, stage {self.backbone_stage})"
+            )
         job = facts.features
         if self.backbone_stage is not None:
             if job is None or job["backbone"] != self.backbone_stage or not facts.trunk:

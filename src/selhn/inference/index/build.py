@@ -6,18 +6,22 @@ Layout of an index directory::
     job.json                   the model and how embeddings are stored (format, shard size, dtype)
     .lock                      held by the build in progress (one build at a time)
     shards/shard-NNNNN.npy     (rows, D) stored embeddings
-    shards/shard-NNNNN.json    the file each row was read from (target, size, mtime_ns, sha256),
-                               and the files of the shard that could not be read, with the reason
+    shards/shard-NNNNN.json    the file each row was read from (target, size, mtime_ns,
+                               ctime_ns, sha256), and the files of the shard that could not be
+                               read, with the reason
     plan.json                  the files that the build in progress encodes, and its first shard
     files.jsonl                each index row's file: name, target, size, mtime_ns, sha256
     captions.jsonl             the captions of each row (where the collection gives them)
     skipped.jsonl              every file not indexed, and why
     index.faiss                the faiss index (``ann``)
-    index.json                 written last: the root folder, the model, counts, the faiss choice
+    index.json                 written last (removed first): the root folder, the model, counts,
+                               the faiss choice
 
 The finished shards store embeddings, each tied to the file it was read from. A build reuses
-the embedding of every file whose target, size and modification time are those stored (nothing
-is read), and of every file whose bytes hash to a stored embedding's file (read, not decoded);
+the embedding of every file whose target, size, modification time and status change time are
+those stored (nothing is read: a file rewritten in place has a new status change time, even with
+its old size and modification time), and of every file whose bytes hash to a stored embedding's
+file (read, not decoded);
 only the other files are encoded, into new shards. So a rerun adds new files, drops deleted ones
 and re-encodes changed ones. Stored rows that no file uses any more are dropped once they
 outnumber the used ones.
@@ -133,7 +137,18 @@ def _refuse_other_folders(out: Path) -> None:
         raise FileExistsError(f"{out}: exists and is not an index; use a new or empty --out")
 
 
-def _plan(out: Path, collection: Collection, store: Store) -> dict[str, Any]:
+def _unfinished(plan: dict[str, Any], store: Store, job: IndexJob) -> list[str]:
+    """The files of a plan's shards that are not finished, in order."""
+    targets = plan["targets"]
+    return [
+        target
+        for number in range(math.ceil(len(targets) / job.shard_size))
+        if plan["first"] + number not in store.rows
+        for target in targets[number * job.shard_size : (number + 1) * job.shard_size]
+    ]
+
+
+def _plan(out: Path, collection: Collection, store: Store, job: IndexJob) -> dict[str, Any]:
     """The files to encode (those no stored embedding matches), in shards from ``first``: the
     unfinished plan of an interrupted build if it is still this one, else a new plan."""
     todo = []
@@ -144,9 +159,7 @@ def _plan(out: Path, collection: Collection, store: Store) -> dict[str, Any]:
     path = out / PLAN
     if path.exists():
         saved = read_json(path, "the plan of a selhn index build")
-        wanted = set(todo)
-        left = [t for t in saved["targets"] if t in wanted]
-        if left == todo and saved["root"] == str(collection.root):
+        if saved["root"] == str(collection.root) and _unfinished(saved, store, job) == todo:
             return saved
         drop_partials(out / "shards")
     plan = {"root": str(collection.root), "first": store.next_number(), "targets": todo}
@@ -184,7 +197,7 @@ def build_index(
     try:
         if process.is_main:
             _check_job(out, record, create=True)
-            plan = _plan(out, collection, Store(out))
+            plan = _plan(out, collection, Store(out), job)
         if process.enabled:
             dist.barrier()
         if not process.is_main:  # every process checks what rank 0 wrote, on the same storage
@@ -251,7 +264,7 @@ def _join(out: Path, collection: Collection, job: IndexJob, encoder: Encoder) ->
             continue
         refs.append(ref)
         rows.append(position)
-        _, size, mtime_ns, sha256 = store.identity(ref)
+        _, size, mtime_ns, _, sha256 = store.identity(ref)
         files.append({"name": name, "target": target, "size": size, "mtime_ns": mtime_ns,
                       "sha256": sha256})  # fmt: skip
     skipped += [{"file": name, "error": why} for name, why in collection.ignored]
@@ -280,6 +293,7 @@ def write_index(
         raise ValueError(f"{out}: no image of the collection could be read (see {SKIPPED})")
     if sum(len(p) for p in parts) != len(files):
         raise ValueError(f"{out}: {sum(len(p) for p in parts)} embeddings for {len(files)} files")
+    (out / META).unlink(missing_ok=True)  # the folder is unfinished until it is written again
     write_atomic(out / FILES, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in files))
     write_atomic(out / SKIPPED, "".join(json.dumps(s) + "\n" for s in skipped))
     if captions is not None:

@@ -76,17 +76,21 @@ def from_folder(root: str | Path) -> Collection:
             if inside(top, Path(folder) / sub) is None:  # os.walk does not enter a link
                 ignored.append((_shown(Path(folder) / sub, top), "a link to a folder outside it"))
         found += [Path(folder) / n for n in names if not n.startswith(".")]
-    names, targets = [], []
+    names, targets, first = [], [], {}
     for path in sorted(found):
         problem = _unlistable(path)
         if problem is None and path.suffix.lower() not in IMAGE_SUFFIXES:
             problem = "not an image file name"
         problem = problem or _refusal(path, top)
+        target = inside(top, path)
+        if problem is None and target in first:
+            problem = f"a link to {first[target]}, indexed under that name"
         if problem:
             ignored.append((_shown(path, top), problem))
         else:
-            names.append(_name(path, top))
-            targets.append(inside(top, path))
+            first[target] = _name(path, top)
+            names.append(first[target])
+            targets.append(target)
     if not names:
         raise ValueError(f"{root}: no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return Collection(Path(os.path.realpath(top)), names, targets, None, sorted(ignored))
@@ -127,7 +131,7 @@ def from_manifest(path: str | Path, root: str | Path | None = None) -> Collectio
                 f"{source}: image {entry['image']} is already listed at {first[target]}"
             )
         first[target] = source
-        names.append(_name(image, top))
+        names.append(target)  # links resolved: a name never spells a path outside the root
         targets.append(target)
         captions.append([" ".join(c.split()) for c in given if c.strip()])
     if not names:

@@ -5,7 +5,7 @@ A file is named by its path relative to the indexed root, as resolved when it wa
 ``O_NOFOLLOW``, so a folder or file swapped for a link since then is refused, never followed; a
 file that is not regular (a named pipe, a device, a socket) is refused before it is opened. What
 is read is identified by its size, modification time and SHA-256, which the index records and
-the server checks before it sends anything.
+the server checks before it sends anything (the size and time before it reads a byte).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 _KINDS = {
     stat.S_IFDIR: "a folder",
@@ -34,11 +35,18 @@ class RefusedFile(ValueError):
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What a file was when it was read: bytes, modification time (ns) and content hash."""
+    """What a file was when it was read: bytes, modification time (ns) and content hash; and
+    its status change time, which no one can set (a file rewritten with its old size and
+    modification time has a new one), but which a copy or a ``chmod`` changes too, so it tells
+    when to read a file again, not whether it is the same."""
 
     size: int
     mtime_ns: int
     sha256: str
+    ctime_ns: int = field(default=0, compare=False)
+
+
+MAX_FILE_BYTES = 2**30  # larger files are not read as images
 
 
 def kind_of(mode: int) -> str:
@@ -62,12 +70,8 @@ def _parts(target: str) -> tuple[str, ...]:
     return path.parts
 
 
-def read_inside(
-    root: str | Path, target: str, max_bytes: int | None = None
-) -> tuple[bytes, FileIdentity]:
-    """The bytes of ``root/target`` and what they were, read without following any link below
-    ``root``. RefusedFile if a step of the path is a link or the file is not a regular file (it
-    is then not opened), or if it holds more than ``max_bytes``; OSError if it cannot be read."""
+def _open_inside(root: str | Path, target: str) -> tuple[BinaryIO, os.stat_result]:
+    """``root/target`` opened without following any link below ``root``, and its status."""
     *folders, name = _parts(target)
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -87,23 +91,49 @@ def read_inside(
         raise
     finally:
         os.close(directory)
-    with os.fdopen(handle, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise RefusedFile(f"{kind_of(info.st_mode)}, not a regular file")
-        if max_bytes is not None and info.st_size > max_bytes:
+    file = os.fdopen(handle, "rb")
+    info = os.fstat(file.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        file.close()
+        raise RefusedFile(f"{kind_of(info.st_mode)}, not a regular file")
+    return file, info
+
+
+def read_inside(
+    root: str | Path, target: str, max_bytes: int = MAX_FILE_BYTES
+) -> tuple[bytes, FileIdentity]:
+    """The bytes of ``root/target`` and what they were, read without following any link below
+    ``root``. RefusedFile if a step of the path is a link or the file is not a regular file (it
+    is then not opened), or if it holds more than ``max_bytes`` (then it is not read); OSError
+    if it cannot be read."""
+    file, info = _open_inside(root, target)
+    with file:
+        if info.st_size > max_bytes:
             raise RefusedFile(f"{info.st_size:,} bytes; at most {max_bytes:,}")
-        data = file.read()
-    identity = FileIdentity(len(data), info.st_mtime_ns, hashlib.sha256(data).hexdigest())
-    return data, identity
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while it was read
+        raise RefusedFile(f"more than {max_bytes:,} bytes")
+    digest = hashlib.sha256(data).hexdigest()
+    return data, FileIdentity(len(data), info.st_mtime_ns, digest, info.st_ctime_ns)
 
 
-def read_indexed(
-    root: str | Path, target: str, expected: FileIdentity, max_bytes: int | None = None
-) -> bytes:
-    """The bytes of an indexed file, only if it is still the file indexed (size, time and hash);
-    RefusedFile otherwise."""
-    data, identity = read_inside(root, target, max_bytes)
-    if identity != expected:
+def check_indexed(root: str | Path, target: str, expected: FileIdentity) -> None:
+    """RefusedFile unless ``root/target`` is a regular file reached without links, of the size
+    and modification time indexed (its bytes are not read)."""
+    file, info = _open_inside(root, target)
+    file.close()
+    if (info.st_size, info.st_mtime_ns) != (expected.size, expected.mtime_ns):
+        raise RefusedFile("it has changed since it was indexed")
+
+
+def read_indexed(root: str | Path, target: str, expected: FileIdentity) -> bytes:
+    """The bytes of an indexed file, only if it is still the file indexed (size, time and hash,
+    the size checked before anything is read); RefusedFile otherwise."""
+    file, info = _open_inside(root, target)
+    with file:
+        if (info.st_size, info.st_mtime_ns) != (expected.size, expected.mtime_ns):
+            raise RefusedFile("it has changed since it was indexed")
+        data = file.read(expected.size + 1)
+    if len(data) != expected.size or hashlib.sha256(data).hexdigest() != expected.sha256:
         raise RefusedFile("it has changed since it was indexed")
     return data

@@ -2,8 +2,8 @@
 from, and the encoding of a plan's shard (resumable batch by batch).
 
 A shard is ``shards/shard-NNNNN.npy`` (rows, D) and ``shards/shard-NNNNN.json``: the file of
-each row (target, size, mtime_ns, sha256) and the files of the shard that could not be read,
-with the reason. It is finished once both exist; until then it is encoded into a hidden
+each row (target, size, mtime_ns, ctime_ns, sha256) and the files of the shard that could not be
+read, with the reason. It is finished once both exist; until then it is encoded into a hidden
 memory-mapped ``.shard-NNNNN.partial.npy`` whose progress is stored atomically after every
 batch.
 """
@@ -28,12 +28,12 @@ from selhn.utils.textfiles import read_json, write_atomic
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-Key = tuple[str, int, int]  # (target, size, mtime_ns): a file as stat sees it
+Key = tuple[str, int, int, int]  # (target, size, mtime_ns, ctime_ns): a file as stat sees it
 Ref = tuple[int, int]  # (shard, row) of a stored embedding
 
 
 def _key(target: str, identity: FileIdentity) -> Key:
-    return (target, identity.size, identity.mtime_ns)
+    return (target, identity.size, identity.mtime_ns, identity.ctime_ns)
 
 
 class Store:
@@ -44,7 +44,7 @@ class Store:
         self.folder = out / "shards"
         self.by_file: dict[Key, Ref] = {}
         self.by_hash: dict[str, Ref] = {}
-        self.rows: dict[int, list[list]] = {}  # shard -> [target, size, mtime_ns, sha256] rows
+        self.rows: dict[int, list[list]] = {}  # shard -> rows: [*key, sha256]
         self.unreadable: dict[str, str] = {}  # target -> why, from the shards' records
         for record in sorted(self.folder.glob("shard-*.json")):
             number = int(record.stem.removeprefix("shard-"))
@@ -52,8 +52,8 @@ class Store:
                 continue  # its embeddings are not in place: not finished
             saved = read_json(record, "an index shard's record")
             self.rows[number] = saved["rows"]
-            for row, (target, size, mtime_ns, sha256) in enumerate(saved["rows"]):
-                self.by_file[(target, size, mtime_ns)] = self.by_hash[sha256] = (number, row)
+            for row, (*key, sha256) in enumerate(saved["rows"]):
+                self.by_file[tuple(key)] = self.by_hash[sha256] = (number, row)
             self.unreadable |= {target: why for target, why in saved["skipped"]}
 
     def next_number(self) -> int:
@@ -109,7 +109,7 @@ def stat_key(root: Path, target: str) -> Key | None:
         info = os.stat(root / target, follow_symlinks=False)
     except OSError:
         return None
-    return (target, info.st_size, info.st_mtime_ns)
+    return (target, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def drop_partials(folder: Path) -> None:

@@ -15,7 +15,7 @@ from selhn.evaluation.metrics import check_finite_embeddings, check_floating
 from selhn.inference.encoder import Encoder
 from selhn.inference.index import ann
 from selhn.inference.index.build import CAPTIONS, FAISS_FILE, FILES, FORMAT, JOB, META
-from selhn.inference.index.files import FileIdentity, read_indexed
+from selhn.inference.index.files import FileIdentity, check_indexed, read_indexed
 from selhn.utils.textfiles import read_json, read_lines
 
 
@@ -115,7 +115,12 @@ class ImageIndex:
             )
         return encoder
 
-    def read(self, row: int, max_bytes: int | None = None) -> bytes:
+    def read(self, row: int) -> bytes:
         """The bytes of row ``row``'s file, only while it is the file indexed (``files``):
         RefusedFile if it was replaced, changed, or turned into a link or a special file."""
-        return read_indexed(self.root, self._targets[row], self._identities[row], max_bytes)
+        return read_indexed(self.root, self._targets[row], self._identities[row])
+
+    def check(self, row: int) -> None:
+        """RefusedFile (or OSError) unless row ``row``'s file is still there as indexed: a
+        regular file reached without links, of the indexed size and modification time."""
+        check_indexed(self.root, self._targets[row], self._identities[row])

@@ -16,17 +16,20 @@ body without server paths: 4xx for a bad request, 500 (the details in the server
 failure of the server.
 """
 
+import asyncio
 import contextlib
 import ctypes
 import io
 import json
 import logging
 import mimetypes
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files as package_files
+from pathlib import PurePosixPath
 from typing import Any
 
 from selhn.utils.extras import require
@@ -50,20 +53,23 @@ MULTIPART_ROOM = 2**16  # bytes of multipart framing allowed beside an upload
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request may ask: results per query, query length, upload size and pixels, and
-    how many images the server decodes at once."""
+    """What a request may ask: results per query, query length, upload size and pixels; how
+    many images the server decodes at once, and how many uploads it receives at once."""
 
     max_k: int = 100
     max_query_chars: int = 1000
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 40_000_000
     max_decodes: int = 2
+    max_uploads: int = 8  # request bodies received at once
+    upload_timeout_s: float = 10.0  # a body that sends nothing this long is refused
     thumbnail_px: int = 256
 
     def __post_init__(self) -> None:
         named = {"--max-k": self.max_k, "--max-upload-mb": self.max_upload_bytes,
                  "--max-decodes": self.max_decodes, "max_query_chars": self.max_query_chars,
-                 "max_pixels": self.max_pixels}  # fmt: skip
+                 "max_pixels": self.max_pixels, "max_uploads": self.max_uploads,
+                 "upload_timeout_s": self.upload_timeout_s}  # fmt: skip
         for name, value in named.items():
             if value < 1:
                 raise ValueError(f"{name} must be positive; got {value}")
@@ -170,11 +176,14 @@ def create_app(
             raise HTTPException(400, f"not an image: {err}") from None
         return answer({"upload": file.filename}, encoder.encode_pixels(pixels[None]), k, [])
 
-    def read_row(row: int) -> bytes:
-        """The file of an index row, refused unless it is the file indexed."""
+    def indexed(row: int, read: bool = True) -> bytes | None:
+        """The file of an index row (with ``read``; else only checked), refused unless it is
+        the file indexed."""
         if not 0 <= row < len(index):
             raise HTTPException(404, f"no image {row} in the index (rows 0..{len(index) - 1})")
         try:
+            if not read:
+                return index.check(row)
             return index.read(row)
         except RefusedFile as err:
             raise HTTPException(410, f"image {row} is not served: {err}") from None
@@ -184,12 +193,13 @@ def create_app(
 
     @lru_cache(maxsize=1024)
     def thumbnail(row: int) -> bytes:
-        data = read_row(row)
+        data = indexed(row)
         with decoding:
             return _thumbnail(data, limits.thumbnail_px, limits.max_pixels)
 
     @app.get("/thumb/{row}")
     def thumb(row: int) -> Response:
+        indexed(row, read=False)  # a kept thumbnail only while its file is as indexed
         try:
             data = thumbnail(row)
         except TooManyPixels as err:
@@ -200,13 +210,15 @@ def create_app(
 
     @app.get("/image/{row}")
     def image(row: int) -> Response:
-        data = read_row(row)
-        kind = mimetypes.guess_type(index.files[row])[0] or ""
+        data = indexed(row)
+        suffix = PurePosixPath(index.files[row]).suffix.lower()
+        kind = mimetypes.types_map.get(suffix, "")  # by the suffix alone, not the whole name
         kind = kind if kind.startswith("image/") else "application/octet-stream"
         return Response(data, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
     limit = limits.max_upload_bytes + MULTIPART_ROOM
-    return _AllowedHosts(_BodyLimit(app, limit, _too_large(limits)), allowed_hosts)
+    bodies = _BodyLimit(app, limit, _too_large(limits), limits.upload_timeout_s, limits.max_uploads)
+    return _AllowedHosts(bodies, allowed_hosts)
 
 
 def return_freed_memory() -> None:
@@ -262,10 +274,13 @@ def _header(scope: dict, name: bytes) -> str | None:
 
 class _BodyLimit:
     """Reads a request's body before the application sees it, counting the bytes received
-    (chunked or not), and answers 413 as soon as they pass ``limit``."""
+    (chunked or not): 413 as soon as they pass ``limit``, 408 when the client sends nothing for
+    ``timeout`` seconds, 503 while ``most`` other bodies are being received. So the memory that
+    bodies hold is at most ``most`` times ``limit``, however slowly clients send."""
 
-    def __init__(self, app: Callable, limit: int, message: str) -> None:
+    def __init__(self, app: Callable, limit: int, message: str, timeout: float, most: int) -> None:
         self.app, self.limit, self.message = app, limit, message
+        self.timeout, self.most, self.receiving = timeout, most, 0
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -273,15 +288,26 @@ class _BodyLimit:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _send_error(send, 413, self.message)
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await _send_error(send, 413, self.message)
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return None
+        if first.get("more_body", False):
+            if self.receiving >= self.most:
+                return await _send_error(send, 503, "too many uploads at once; try again")
+            self.receiving += 1
+            try:
+                body = await self._rest(first, receive)
+            except TimeoutError:
+                message = f"the upload stalled: nothing received for {self.timeout:g} s"
+                return await _send_error(send, 408, message)
+            finally:
+                self.receiving -= 1
+        else:
+            body = first.get("body", b"")
+        if body is None:
+            return None
+        if len(body) > self.limit:
+            return await _send_error(send, 413, self.message)
         replayed = False
 
         async def replay() -> dict:
@@ -292,6 +318,16 @@ class _BodyLimit:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    async def _rest(self, first: dict, receive: Receive) -> bytearray | None:
+        """The whole body, or as much as passes the limit; None if the client went away."""
+        body, message = bytearray(first.get("body", b"")), first
+        while message.get("more_body", False) and len(body) <= self.limit:
+            message = await asyncio.wait_for(receive(), self.timeout)
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+        return body
 
 
 class _AllowedHosts:
@@ -313,8 +349,13 @@ class _AllowedHosts:
 
 
 def _hostname(host: str) -> str:
-    """The name of a ``Host`` header, without its port: "[::1]:8000" -> "::1"."""
+    """The name of a ``Host`` header, without its port ("[::1]:8000" -> "::1"); "" unless what
+    follows the name is a port number."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, _, rest = host[1:].partition("]")
+    elif host.count(":") == 1:
+        name, rest = host.split(":")[0], host[host.index(":") :]
+    else:
+        name, rest = host, ""
+    return name if rest == "" or re.fullmatch(r":[0-9]{1,5}", rest) else ""
