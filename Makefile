@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # this version is what the project's machines have on disk.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,14 @@ $(BROWSER):
 test: $(BIN)/.installed $(BROWSER)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# The fast tier, for every edit: the tests marked slow (wheel, browser, distributed, subprocess,
+# training; pyproject.toml) are left out. `make test` runs them all.
+check: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/loss_bench.py

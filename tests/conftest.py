@@ -44,3 +44,13 @@ def features_model(samples, tmp_path_factory):
     tiny = ["--recipe", "none", "--model.embed_size=32", "--model.word_dim=16"]
     assert main([*train, *tiny, "--train.batch_size=32"]) == 0
     return features, run / "best"
+
+
+SLOW_KINDS = ("wheel", "browser", "distributed", "subprocess", "training")
+
+
+def pytest_collection_modifyitems(items):
+    """A test of a slow kind is slow: ``make check`` (``-m "not slow"``) leaves it out."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
