@@ -33,14 +33,14 @@ $(BROWSER):
 test: $(BIN)/.installed $(BROWSER)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 # The fast tier, for every edit: the tests marked slow (wheel, browser, distributed, subprocess,
 # training; pyproject.toml) are left out. `make test` runs them all.
 check: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/loss_bench.py

@@ -1,4 +1,7 @@
+import os
+
 import pytest
+import torch
 
 from selhn.cli import main
 from selhn.data.manifest import read_manifest
@@ -49,8 +52,16 @@ def features_model(samples, tmp_path_factory):
 SLOW_KINDS = ("wheel", "browser", "distributed", "subprocess", "training")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
 def pytest_collection_modifyitems(items):
     """A test of a slow kind is slow: ``make check`` (``-m "not slow"``) leaves it out."""
     for item in items:
         if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), each worker computes on one thread,
+    so the two together use the two cores without oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)

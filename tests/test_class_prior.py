@@ -13,6 +13,7 @@ from selhn.models.class_prior import ClassPrior, class_names, with_prior
 from selhn.models.sentence import SentenceEncoder
 
 
+@pytest.mark.training
 def test_the_prior_reads_real_photos_by_their_class_names(samples, backbone):
     photos = samples.parent / "images"
     pixels = torch.stack(

@@ -30,6 +30,9 @@ from selhn.training.run_dir import read_log
 from selhn.training.trainer import train, train_step
 from selhn.utils.distributed import Distributed
 
+pytestmark = [pytest.mark.distributed]
+
+
 WORLD = 2
 PER_RANK = 5
 SCENARIOS = [  # (loss, mask captions of the same image, global negatives)

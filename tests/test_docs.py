@@ -369,16 +369,37 @@ def selhn_environment() -> dict[str, str]:
 RUN_PAGES = [p for p in PAGES if any(b.marker == "run" for b in read_blocks(p))]
 
 
+# A page's marked blocks run in one Python process: each `selhn ...` line through selhn's own
+# main() (one import of torch per page, not per command), any other line through bash.
+PAGE_RUNNER = """
+import json, shlex, subprocess, sys
+from selhn.cli import main
+for line in json.load(sys.stdin):
+    print("+ " + line, flush=True)
+    if line.startswith("selhn "):
+        code = main(shlex.split(line)[1:])
+    else:
+        code = subprocess.run(["bash", "-euo", "pipefail", "-c", line]).returncode
+    if code:
+        sys.exit(code)
+"""
+
+
 def run_page(page: Path, directory: Path, env: dict[str, str]) -> str | None:
     """Run the page's marked blocks in order in ``directory``; what went wrong, or None."""
-    for block in read_blocks(page):
-        if block.marker == "run":
-            done = subprocess.run(
-                ["bash", "-euxo", "pipefail", "-c", block.text],
-                cwd=directory, env=env, capture_output=True, text=True, timeout=300,
-            )  # fmt: skip
-            if done.returncode != 0:
-                return f"{block} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+    lines = [
+        line.strip()
+        for block in read_blocks(page)
+        if block.marker == "run"
+        for line in block.text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", PAGE_RUNNER], input=json.dumps(lines), cwd=directory, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return f"{page.name}'s marked blocks failed:\n{(done.stdout + done.stderr)[-4000:]}"
     return None
 
 
@@ -394,6 +415,7 @@ def page_runs(tmp_path_factory) -> dict[Path, str | None]:
         return {page: future.result() for page, future in futures.items()}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("page", RUN_PAGES, ids=page_id)
 def test_marked_blocks_run(page, page_runs):
     assert page_runs[page] is None, page_runs[page]

@@ -76,6 +76,7 @@ def test_the_grid_encoder_pools_the_kept_cells_of_the_backbones_grid():
         model.encode_images(images, keep[:, :3])
 
 
+@pytest.mark.training
 def test_the_backbone_keeps_its_batch_statistics_and_learns_only_when_allowed():
     model = tiny_model()
     model.train()
@@ -197,6 +198,7 @@ def test_training_pairs_are_augmented_reproducibly(image_data):
     assert all(torch.equal(uncropped[i][0][0], split.image(uncropped[i][2])) for i in range(5))
 
 
+@pytest.mark.training
 def test_training_from_images_freezes_then_trains_the_backbone_and_resumes_exactly(
     image_data, tmp_path
 ):
@@ -230,6 +232,7 @@ def test_training_from_images_freezes_then_trains_the_backbone_and_resumes_exact
     assert read_log(tmp_path / "whole")[0] == steps
 
 
+@pytest.mark.training
 def test_images_to_training_to_eval_and_search_from_the_command_line(samples, tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["data", "images", "--manifest", str(samples), "--out", str(data)]) == 0

@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.subprocess]
+
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -26,6 +31,7 @@ def test_plug_and_play_shows_hardest_negatives_collapse_and_selhn_learn():
     assert float(selhn_end[0]) > 0.0  # the task is not trivially easy
 
 
+@pytest.mark.browser
 def test_search_photos_indexes_the_samples_and_finds_an_upload_first_in_chromium(tmp_path):
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "search_photos.py"), "--small", "--work", str(tmp_path),

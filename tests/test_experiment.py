@@ -1,11 +1,14 @@
 import json
 
+import pytest
+
 from selhn.cli import main
 from selhn.data.synth import SynthConfig, generate
 from selhn.training.experiment import LOSS_SETUPS
 from selhn.training.run_dir import read_log
 
 
+@pytest.mark.training
 def test_experiment_end_to_end(tmp_path, capsys):
     data = tmp_path / "data"
     generate(data, SynthConfig(train=48, dev=10, test=10, regions=8, feature_dim=12))

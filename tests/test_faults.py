@@ -142,6 +142,7 @@ def test_non_finite_scores_are_found_in_the_ranking_pass():
     assert retrieval_metrics(large)["i2t_r1"] == 100.0
 
 
+@pytest.mark.subprocess
 def test_a_model_with_nan_weights_or_overflowing_features_cannot_be_evaluated(
     data, run, tmp_path, capsys
 ):
@@ -181,6 +182,7 @@ def test_unicode_line_breaks_stay_inside_a_caption(tmp_path, separator):
     assert record.captions == ("x y",)  # any white space between words is one space
 
 
+@pytest.mark.subprocess
 def test_resume_keeps_the_runs_own_settings(data, run, tmp_path, capsys):
     part = tmp_path / "part"
     code, _, err = finish(selhn(*train_argv(data, part, "--epochs", "1")))
@@ -210,6 +212,7 @@ def test_resume_keeps_the_runs_own_settings(data, run, tmp_path, capsys):
     assert_same_run(run, part)
 
 
+@pytest.mark.subprocess
 def test_a_run_directory_has_one_writer(data, tmp_path):
     out = tmp_path / "conc"
     first = selhn(*train_argv(data, out, "--epochs", "3"))
@@ -225,6 +228,7 @@ def test_a_run_directory_has_one_writer(data, tmp_path):
     assert [r["epoch"] for r in evals] == [0, 1, 2]  # one run's records, none interleaved
 
 
+@pytest.mark.subprocess
 def test_a_stale_lock_of_a_killed_run_is_taken_over(data, tmp_path):
     out = tmp_path / "stale"
     holder = subprocess.Popen(
@@ -248,6 +252,7 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(data, tmp_path):
     assert code == 0, err
 
 
+@pytest.mark.subprocess
 def test_embeddings_of_another_split_or_model_are_refused(data, run, tmp_path, capsys):
     model = ["--checkpoint", str(run / "best"), "--data", str(data)]
     emb = tmp_path / "dev.pt"
@@ -272,6 +277,7 @@ def test_embeddings_of_another_split_or_model_are_refused(data, run, tmp_path, c
     assert code == 2 and "garbage.pt: cannot read embeddings written by selhn encode" in err
 
 
+@pytest.mark.subprocess
 def test_small_silent_cases_now_speak(data, run, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"caption_to_image must hold integer image indices"):
         retrieval_metrics(torch.zeros(2, 4), caption_to_image=[0.0, 1.0, 1.0, 0.0])
@@ -349,6 +355,7 @@ def test_losses_refuse_scores_that_overflow():
         assert torch.isfinite(loss(torch.randn(4, 8) * 1e3, torch.randn(4, 8) * 1e3))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -377,6 +384,7 @@ def test_a_damaged_checkpoint_is_a_clear_error(data, run, tmp_path, capsys, dama
     assert "Traceback" not in err and "weights_only=False" not in err
 
 
+@pytest.mark.subprocess
 def test_data_of_another_feature_dimension(data, run, tmp_path, capsys):
     other = tmp_path / "dim16"
     generate(other, SynthConfig(train=64, dev=16, test=16, regions=8, feature_dim=16, seed=1))
@@ -391,6 +399,7 @@ def test_data_of_another_feature_dimension(data, run, tmp_path, capsys):
     assert code == 2 and "16 channels per region, but the model expects 32" in err
 
 
+@pytest.mark.subprocess
 def test_outputs_into_a_missing_folder_fail_before_any_work(data, run, tmp_path, capsys,
                                                             monkeypatch):  # fmt: skip
     import selhn.evaluation.evaluate
@@ -409,6 +418,7 @@ def test_outputs_into_a_missing_folder_fail_before_any_work(data, run, tmp_path,
         assert code == 2 and f"folder {tmp_path / 'no'} does not exist" in err
 
 
+@pytest.mark.training
 def test_bad_files_are_named(data, tmp_path, capsys):
     scan = tmp_path / "scan_vocab.json"
     scan.write_text(json.dumps({"word2idx": ["<pad>", "<start>"], "idx2word": {}}))
@@ -445,6 +455,7 @@ def test_features_at_a_size_too_small_for_the_backbone(samples, tmp_path, capsys
     assert code == 0 and "(78 computed now)" in out, err
 
 
+@pytest.mark.training
 def test_features_made_otherwise_than_the_models_are_refused(
     features_model, samples, tmp_path, capsys
 ):
@@ -471,6 +482,7 @@ def test_features_made_otherwise_than_the_models_are_refused(
     assert code == 2 and "at 96 px, but" in err and "at 64 px" in err, err
 
 
+@pytest.mark.training
 def test_resuming_a_finished_or_stopped_run_says_why_nothing_is_trained(
     data, run, tmp_path, capsys
 ):
@@ -493,6 +505,7 @@ def test_resuming_a_finished_or_stopped_run_says_why_nothing_is_trained(
     assert code == 0 and "epoch 3/4" in out and "epoch 4/4" in out
 
 
+@pytest.mark.subprocess
 def test_a_torn_log_line_does_not_block_resume(data, run, tmp_path, capsys):
     part = tmp_path / "part"
     code, _, err = finish(selhn(*train_argv(data, part, "--epochs", "1")))
@@ -516,6 +529,7 @@ def log_records(run: Path) -> int:
     return log.read_bytes().count(b"\n") if log.exists() else 0
 
 
+@pytest.mark.subprocess
 def test_kill_9_at_random_moments_then_resume_exactly(data, run, tmp_path):
     """SIGKILL at seeded random moments of training (up to 4 kills), resuming after each: the
     finished run equals the uninterrupted one, and every kill left loadable ``last``/``best``.
@@ -554,6 +568,7 @@ def test_kill_9_at_random_moments_then_resume_exactly(data, run, tmp_path):
     assert not list((out / "checkpoints").glob(".*"))
 
 
+@pytest.mark.subprocess
 def test_kill_9_while_a_checkpoint_is_written(data, run, tmp_path):
     """A kill after a checkpoint's weights are written but before it is complete: the
     hidden directory is removed at the next start, and the resumed run is exact."""
@@ -583,6 +598,7 @@ def test_kill_9_while_a_checkpoint_is_written(data, run, tmp_path):
     assert not list((out / "checkpoints").glob(".*"))
 
 
+@pytest.mark.subprocess
 def test_a_full_disk_stops_the_run_clearly_and_keeps_its_checkpoints(data, run, tmp_path):
     out = tmp_path / "full"
     code, _, err = finish(selhn(*train_argv(data, out, "--epochs", "1")))

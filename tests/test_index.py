@@ -188,6 +188,7 @@ def _index_command(processes, checkpoint, folder, out):
     return done.stdout
 
 
+@pytest.mark.distributed
 def test_two_gloo_processes_build_the_same_index_as_one(features_model, folder, tmp_path):
     one = _index_command(1, features_model[1], folder, tmp_path / "one")
     two = _index_command(2, features_model[1], folder, tmp_path / "two")
@@ -377,7 +378,8 @@ def test_a_rerun_encodes_only_new_and_changed_files_and_equals_a_fresh_build(
         tmp_path / "fresh/files.jsonl"
     ).read_text()
     vectors = [index.faiss.reconstruct_n(0, len(index)) for index in (updated, fresh)]
-    np.testing.assert_array_equal(*vectors)
+    # equal but for the last bit of some float16 values: a batch of other images can change it
+    np.testing.assert_allclose(*vectors, rtol=0, atol=1e-4)
     assert updated.read(updated.files.index("renamed.png")) == (root / "renamed.png").read_bytes()
     assert not (tmp_path / "idx/plan.json").exists()
     model, vocab, meta = load_model(features_model[1])
@@ -445,6 +447,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.training
 def test_an_update_cut_short_is_unfinished_then_finished_by_a_rerun(
     features_model, folder, tmp_path, monkeypatch
 ):
@@ -486,8 +489,8 @@ def test_an_update_cut_short_is_unfinished_then_finished_by_a_rerun(
     rows = [ImageIndex(tmp_path / name) for name in ("idx", "new", "fresh")]
     assert rows[0].files == rows[1].files == rows[2].files and len(rows[2]) == 77
     vectors = [index.faiss.reconstruct_n(0, len(index)) for index in rows]
-    np.testing.assert_array_equal(vectors[1], vectors[2])
-    np.testing.assert_array_equal(vectors[0], vectors[2])
+    np.testing.assert_allclose(vectors[1], vectors[2], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(vectors[0], vectors[2], rtol=0, atol=1e-4)
 
 
 def test_names_never_spell_a_path_outside_the_root_and_links_are_indexed_once(tmp_path):

@@ -13,6 +13,9 @@ from torch import nn
 
 from selhn import InfoNCELoss, SelHNLoss
 
+pytestmark = [pytest.mark.distributed]
+
+
 WORLD = 2
 LOSSES = {
     "selhn": lambda **kw: SelHNLoss(epsilon=0.3, **kw),

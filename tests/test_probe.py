@@ -65,6 +65,7 @@ def test_only_the_linear_maps_learn(probe):
     }
 
 
+@pytest.mark.training
 def test_the_probe_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
     data = tmp_path / "data"
     generate(data, SynthConfig(train=64, dev=16, test=16, regions=8, feature_dim=32, seed=3))

@@ -188,6 +188,7 @@ def test_uneven_caption_counts_are_checked(tmp_path, features):
 TINY = ["--model.embed_size=32", "--train.batch_size=32", "--train.lr=1e-3", "--no-progress"]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize(
     "encoder",
     [["--text-encoder", "bigru", "--model.word_dim=16"], ["--text-encoder", "transformer"]],

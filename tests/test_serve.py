@@ -42,6 +42,7 @@ def stored_embeddings(index) -> np.ndarray:
     )
 
 
+@pytest.mark.subprocess
 def test_text_search_returns_the_models_ranking_with_captions(server, index, features_model):
     status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20seven&k=5")
     assert status == 200 and answer["warnings"] == []
@@ -55,17 +56,20 @@ def test_text_search_returns_the_models_ranking_with_captions(server, index, fea
     assert answer["hits"][0]["captions"] == captions[best[0]]
 
 
+@pytest.mark.subprocess
 def test_k_defaults_to_20_results(server):
     status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20seven")
     assert status == 200 and answer["k"] == 20 and len(answer["hits"]) == 20
 
 
+@pytest.mark.subprocess
 def test_query_words_the_model_does_not_know_are_named(server):
     status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20zebra%20qwxz&k=3")
     assert status == 200 and len(answer["hits"]) == 3
     assert answer["warnings"] == ["words the model does not know: zebra, qwxz"]
 
 
+@pytest.mark.subprocess
 def test_an_uploaded_image_finds_itself_first(server, index):
     opened = ImageIndex(index)
     digits = next(f for f in opened.files if "digits" in f)
@@ -74,6 +78,7 @@ def test_an_uploaded_image_finds_itself_first(server, index):
     assert answer["hits"][0]["image"] == digits and answer["hits"][0]["score"] > 0.999
 
 
+@pytest.mark.subprocess
 def test_bad_requests_get_a_json_error(server, tmp_path):
     big = tmp_path / "big.png"
     noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
@@ -99,6 +104,7 @@ def test_bad_requests_get_a_json_error(server, tmp_path):
         assert words in answer["error"], answer
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "path",
     [
@@ -120,6 +126,7 @@ def test_no_request_reads_a_file_outside_the_index(server, path):
     assert "root:" not in json.dumps(answer)
 
 
+@pytest.mark.subprocess
 def test_thumbnails_and_images_are_the_indexed_files(server, index):
     opened = ImageIndex(index)
     first = opened.root / opened.files[0]
@@ -139,6 +146,8 @@ def test_serve_binds_to_loopback_unless_told():
     assert args.host == "127.0.0.1"
 
 
+@pytest.mark.subprocess
+@pytest.mark.browser
 def test_the_page_searches_by_text_and_by_upload_in_chromium(
     server, index, features_model, tmp_path
 ):

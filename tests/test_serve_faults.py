@@ -25,6 +25,9 @@ from selhn.inference.index.store import ImageIndex
 from selhn.models import create_model
 from selhn.models.transformer import WordPieceTokenizer
 
+pytestmark = [pytest.mark.subprocess]
+
+
 LIMIT_MB = 2  # the server's upload limit in these tests
 
 

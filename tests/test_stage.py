@@ -66,6 +66,7 @@ def test_features_store_the_trunk_and_the_flipped_training_images(samples, backb
     assert not list(features.glob(".*"))  # nothing partial left behind
 
 
+@pytest.mark.training
 def test_features_of_an_older_selhn_get_their_trunk_on_a_rerun(samples, backbone, features,
                                                                tmp_path):  # fmt: skip
     shutil.copytree(features, tmp_path, dirs_exist_ok=True)
@@ -154,6 +155,7 @@ def test_the_stage_learns_at_its_own_rate_beside_a_frozen_sentence_model():
         )
 
 
+@pytest.mark.training
 def test_a_stage_model_trains_evaluates_and_encodes_new_images_as_its_data(
     samples, features, tmp_path, capsys
 ):

@@ -31,6 +31,7 @@ def test_splits_load_with_the_precomp_loader(tmp_path):
         assert (np.asarray(split.features) >= 0).all()
 
 
+@pytest.mark.training
 def test_default_size_fits_the_budget(tmp_path):
     report = generate(tmp_path, SynthConfig())
     assert open_split(tmp_path, "train").num_images == 10_000

@@ -37,6 +37,7 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.mark.training
 def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     config = load_config(None, {**TINY, "train.epochs": 4})
     result = train(config, data, tmp_path / "run", progress=False)
@@ -63,6 +64,7 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     assert kept == {"epoch-003", f"epoch-{result['best_epoch']:03d}"}
 
 
+@pytest.mark.training
 @pytest.mark.parametrize(
     "setup",
     [
@@ -92,6 +94,7 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
         assert torch.equal(x, y), name
 
 
+@pytest.mark.training
 def test_captions_of_one_image_share_its_encoding(data, tmp_path, monkeypatch):
     """With loss.mask_same_image a batch encodes each of its images once."""
     seen = []
@@ -109,6 +112,7 @@ def test_captions_of_one_image_share_its_encoding(data, tmp_path, monkeypatch):
     assert result["best_rsum"] > 0
 
 
+@pytest.mark.training
 def test_warmup_uses_all_negatives_first(data, tmp_path):
     config = load_config(None, {**TINY, "train.epochs": 2, "loss.name": "hardest"})
     config.loss.warmup_epochs = 1
@@ -117,6 +121,7 @@ def test_warmup_uses_all_negatives_first(data, tmp_path):
     assert objectives == {0: "all", 1: "hardest"}
 
 
+@pytest.mark.training
 def test_an_existing_run_is_not_overwritten(data, tmp_path):
     config = load_config(None, {**TINY, "train.epochs": 1})
     train(config, data, tmp_path / "run", progress=False)
@@ -124,6 +129,7 @@ def test_an_existing_run_is_not_overwritten(data, tmp_path):
         train(config, data, tmp_path / "run", progress=False)
 
 
+@pytest.mark.training
 def test_command_line_end_to_end(tmp_path, capsys):
     data = tmp_path / "data"
     args = ["--train", "48", "--dev", "10", "--test", "10", "--regions", "8", "--feature-dim", "12"]
@@ -185,6 +191,7 @@ def test_a_size_the_architecture_does_not_use_is_an_error(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.training
 def test_run_output_and_files(data, tmp_path, capsys, monkeypatch):
     """A start-of-run summary, epoch times, rounded log values, shareable checkpoint directories
     and the optimiser state only in ``last``."""
@@ -221,6 +228,7 @@ def scalars(run, tag):
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+@pytest.mark.training
 def test_tensorboard_events_hold_the_logs_scalars_and_survive_a_resume(data, tmp_path, capsys):
     argv = ["train", "--data", str(data), "--no-progress", "--log", "tensorboard"]
     argv += [f"--{k}={v}" for k, v in TINY.items()]
@@ -248,6 +256,7 @@ def test_tensorboard_events_hold_the_logs_scalars_and_survive_a_resume(data, tmp
         assert scalars(tmp_path / "part", tag) == scalars(tmp_path / "whole", tag), tag
 
 
+@pytest.mark.training
 def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
     """0.1.0 saved one loss's state as ``loss``, no epoch in the training state and none of the
     keys added since (those chosen from the data now resume as such a run was trained)."""
@@ -273,6 +282,7 @@ def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
     assert read_log(part) == read_log(tmp_path / "whole")
 
 
+@pytest.mark.training
 def test_training_stops_early_and_stays_stopped(data, tmp_path, capsys, monkeypatch):
     from selhn.checkpoint import read_meta
     from selhn.training import trainer as trainer_module
@@ -294,6 +304,7 @@ def test_training_stops_early_and_stays_stopped(data, tmp_path, capsys, monkeypa
     assert [r["epoch"] for r in read_log(run)[1]] == [0, 1, 2, 3]
 
 
+@pytest.mark.training
 def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
     """``--recipe paper``: 30 epochs, batch 128, the learning rate x0.1 from epoch 15, no
     warm-up and no early stop, whatever dev rSum does (small sizes for the test's speed)."""
@@ -308,6 +319,7 @@ def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
     assert [r["epoch"] for r in evals] == list(range(30))
 
 
+@pytest.mark.training
 def test_a_checkpoint_holds_the_average_of_the_weights_after_each_step(data, tmp_path, monkeypatch):
     from test_weight_average import moving_average
 

@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import selhn
+
+pytestmark = [pytest.mark.wheel]
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_PIN = re.search(r"^TORCH := (\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
