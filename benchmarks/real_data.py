@@ -6,50 +6,38 @@ model and seed ``selhn train --data FEATURES --out RUN --seed S`` with no tuning
 adds only ``--architecture probe``), timed, and ``selhn eval`` on the test split. Prints one table
 (test rSum mean ± std, train minutes) and, per set, the full model's rSum over the probe's and its
 time per 1,000 images, features included; then one line per run (best dev rSum, its epoch, the
-epochs trained, the peak share of anchors in the vanishing regime). ``--losses`` also compares
-losses on the full model with ``selhn experiment`` (its runs of the default loss are the default
-full runs, linked: the same configuration and seed).
+epochs trained, the peak share of anchors in the vanishing regime).
+
+``--losses`` also compares losses on the full model (``losses.py``): each loss (a name of
+``selhn experiment --losses``) with each ``--false-negatives`` mode, per seed, ``selhn train
+--loss NAME --false-negatives MODE`` and ``selhn eval``; the table (test rSum, standard and
+duplicate-aware, peak vanishing share, minutes) is printed, written to ``WORK/losses.md`` and,
+with ``--docs FILE``, into FILE between its ``<!-- real_data losses -->`` markers. ``--jobs N``
+trains N runs side by side, each with 2/N threads.
 
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
 Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seeds 3]
-           [--models full,probe]
-           [--losses all,hardest,hardest+warmup,selhn,infonce] [--work runs/real_data]
+           [--models full,probe] [--work runs/real_data]
+           [--losses infonce,selhn,hardest,hardest+warmup,selnce]
+           [--false-negatives none,same_caption] [--jobs 1] [--docs docs/experiment.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+from loss_table import Comparison
 from real_sets import build
+from training_runs import mean_std, selhn, timed_once, train_and_test
 
-from selhn.config.resolve import resolve
-from selhn.data.facts import DataFacts
 from selhn.training.run_dir import run_summary
 
 # full: the default model (the own-data recipe: the backbone's last stage learning on the stored
 # trunk activations, frozen sentence embeddings, the class prior, InfoNCE); probe: the baseline
 MODELS = {"full": [], "probe": ["--architecture", "probe"]}
-
-
-def selhn(*argv: str) -> float:
-    """Run ``selhn ARGV``, failing loudly; return its wall time in seconds."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "selhn", *argv], check=True)
-    return time.perf_counter() - started
-
-
-def timed_once(path: Path, work) -> float:
-    """Seconds of ``work()``, recorded in ``path`` so a rerun does not repeat it."""
-    if not path.exists():
-        path.write_text(json.dumps({"seconds": work()}))
-    return json.loads(path.read_text())["seconds"]
 
 
 def set_manifest(name: str, work: Path) -> Path:
@@ -73,62 +61,21 @@ def prepare(name: str, work: Path) -> tuple[Path, float, int]:
     return features, seconds, images
 
 
-def report_path(run: Path) -> Path:
-    """Where ``selhn eval`` writes the test metrics of a run (beside it)."""
-    return run.parent / f"{run.name}_test.json"
-
-
-def train_and_test(features: Path, run: Path, flags: list[str], seed: int) -> dict[str, float]:
-    """Train (if not done), evaluate on test; return test rSum and train seconds."""
-    seconds = timed_once(
-        run.parent / f"{run.name}_time.json",
-        lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
-                      "--no-progress", *flags),
-    )  # fmt: skip
-    expected = flags[flags.index("--loss") + 1] if "--loss" in flags else default_loss(features)
-    trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
-    if trained != expected:
-        raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
-                         "version's defaults?); use a new --work")  # fmt: skip
-    report = report_path(run)
-    if not report.exists():
-        selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
-              "--json", str(report))  # fmt: skip
-    return {"rsum": json.loads(report.read_text())["metrics"]["rsum"], "seconds": seconds}
-
-
-def default_loss(features: Path) -> str:
-    """The loss ``selhn train`` picks for ``features`` when no ``--loss`` is given."""
-    return resolve(DataFacts.read(features)).config.loss.name
-
-
-def link_default_runs(set_dir: Path, loss: str, losses: list[str], seeds: int) -> None:
-    """Let the loss comparison reuse the default full runs: with the default ``loss`` and the
-    same seed, its run has exactly their configuration."""
-    if loss not in losses:
-        return
-    for seed in range(seeds):
-        default = set_dir / "runs" / f"full-seed{seed}"
-        link = set_dir / "losses" / "runs" / f"{loss}-seed{seed}"
-        if (default / "last").exists() and not link.exists():  # loss checked by train_and_test
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(default.resolve(), target_is_directory=True)
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="openclipart,emoji,samples")
     parser.add_argument("--models", default="full,probe")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--losses", help="also compare these losses (selhn experiment)")
+    parser.add_argument("--losses", help="also compare these losses on the full model")
+    parser.add_argument("--false-negatives", default="none,same_caption")
+    parser.add_argument("--jobs", type=int, default=1, help="loss runs side by side")
+    parser.add_argument("--docs", help="write the loss table into this file's marked block")
     parser.add_argument("--work", default="runs/real_data")
     args = parser.parse_args()
     work = Path(args.work)
+    if args.losses:
+        compare = Comparison(args.losses.split(","), args.false_negatives.split(","),
+                                    args.seeds, args.jobs)  # fmt: skip
 
     rows, summary, per_run = [], [], []
     for name in args.sets.split(","):
@@ -156,17 +103,15 @@ def main() -> None:
                 f"{full_s / 60 * 1000 / images:.1f} min per 1,000 images (target <= 10)"
             )
         if args.losses:
-            link_default_runs(work / name, default_loss(features), args.losses.split(","),
-                              args.seeds)  # fmt: skip
-            selhn("experiment", "--data", str(features), "--out", str(work / name / "losses"),
-                  "--losses", args.losses, "--seeds", str(args.seeds), "--no-progress")  # fmt: skip
-            print((work / name / "losses" / "results.md").read_text())
+            compare.run(name, features, work / name / "losses")
 
     print(f"\n{args.seeds} seeds, default settings, test split")
     print("| set | model | test rSum | train min |\n|---|---|---|---|")
     print("\n".join(rows))
     print("\n".join(summary))
     print("\n".join(per_run))
+    if args.losses:
+        compare.report(work / "losses.md", args.docs)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def test_train_help_shows_defaults_choices_and_examples(capsys):
     defaults = Config()
     assert f"sets train.epochs (default {defaults.train.epochs})" in text
     assert f"sets train.lr (default {defaults.train.lr})" in text
-    assert "--loss {selhn,hardest,all,infonce}" in text
+    assert "--loss {selhn,hardest,all,infonce,selnce}" in text
+    assert "--false-negatives {none,same_image,same_caption,similar}" in text
     assert "examples: selhn train --data data/synth --out runs/demo --config demo" in text
     assert "--recipe {auto,own-data,paper,none}" in text
     assert "a packaged preset (demo, experiment, experiment_vsepp)" in text
@@ -34,7 +35,8 @@ def test_train_help_shows_defaults_choices_and_examples(capsys):
 
 def test_defaults_and_valid_names_elsewhere(capsys):
     text = help_of(capsys, "experiment")
-    assert "comma-separated, from all, hardest, hardest+warmup, selhn, infonce" in text
+    names = "all, hardest, hardest+warmup, selhn, infonce, selnce"
+    assert f"comma-separated, from {names}; NAME:MODE" in text
     assert "(default: 3)" in text  # --seeds
     assert "(default: 5)" in help_of(capsys, "search")  # --k
     assert "(default: None)" not in help_of(capsys, "eval")

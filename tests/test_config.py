@@ -39,9 +39,9 @@ def test_the_paper_recipe_is_one_argument_away():
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  lr: 1.0e-3\n  epochs: 4\nloss:\n  epsilon: .inf\n")
-    config = load_config(path, {"train.epochs": "7", "loss.mask_same_image": "true"})
+    config = load_config(path, {"train.epochs": "7", "loss.false_negatives": "same_caption"})
     assert config.train.lr == 1e-3 and config.train.epochs == 7
-    assert math.isinf(config.loss.epsilon) and config.loss.mask_same_image is True
+    assert math.isinf(config.loss.epsilon) and config.loss.false_negatives == "same_caption"
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
 
@@ -53,7 +53,9 @@ def test_file_then_overrides(tmp_path):
         ({"optim.lr": 1}, r"unknown key 'optim.lr'"),
         ({"train.epochs": "many"}, r"train.epochs must be int; got 'many'"),
         ({"train.epochs": "1.5"}, r"train.epochs must be int; got '1.5'"),
-        ({"loss.mask_same_image": "maybe"}, r"loss.mask_same_image must be bool"),
+        ({"loss.false_negatives": "maybe"}, r"loss.false_negatives must be one of \('none', "),
+        ({"loss.hardness": -1}, r"loss.hardness must be >= 0; got -1.0"),
+        ({"loss.similar_threshold": 2}, r"loss.similar_threshold must be in \[-1, 1\]; got 2.0"),
         ({"loss.epsilon": -1}, r"loss.epsilon must be >= 0; got -1.0"),
         ({"loss.name": "triplet"}, r"loss.name must be one of .*got 'triplet'"),
         ({"train.batch_size": 1}, r"train.batch_size must be >= 2; got 1"),
@@ -181,6 +183,12 @@ def test_a_config_written_by_0_1_0_still_loads():
     changed = {"model": {"architecture": "vsepp", "mlp_hidden": 256}}
     with pytest.raises(ValueError, match=r"model.mlp_hidden does not apply to .*=vsepp"):
         saved_config(changed, "config.yaml")
+
+
+@pytest.mark.parametrize(("masked", "mode"), [(True, "same_image"), (False, "none")])
+def test_a_config_with_mask_same_image_reads_as_false_negatives(masked, mode):
+    config = saved_config({"loss": {"name": "infonce", "mask_same_image": masked}}, "config.json")
+    assert config.loss.false_negatives == mode and config.loss.name == "infonce"
 
 
 def test_the_recipe_is_chosen_from_the_data_and_what_the_user_sets_is_kept(tmp_path):

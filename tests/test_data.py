@@ -176,13 +176,13 @@ def test_pair_dataset_without_augmentation_is_exact(tmp_path):
     split = open_split(tmp_path, "train")
     vocab = Vocabulary.build(captions)
     dataset = PairDataset(split, vocab)
-    regions, tokens, image = dataset[5]
-    assert image == 2 and np.array_equal(regions, features[2])
+    regions, tokens, image, caption = dataset[5]
+    assert image == 2 and caption == 5 and np.array_equal(regions, features[2])
     assert tokens == vocab.encode(captions[5])
     batch = dataset.collate([dataset[0], dataset[5]])
     features, lengths = batch.image_input
     assert features.shape == (2, 3, 5) and lengths.tolist() == [3, 3]
-    assert batch.image_ids.tolist() == [0, 2]
+    assert batch.image_ids.tolist() == [0, 2] and batch.caption_ids.tolist() == [0, 5]
     assert batch.tokens[1, : batch.token_lengths[1]].tolist() == tokens
 
 

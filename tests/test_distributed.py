@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,6 +20,7 @@ from selhn.checkpoint import load_model
 from selhn.config.resolve import resolve
 from selhn.config.schema import load_config
 from selhn.data.batch import Batch
+from selhn.data.duplicates import SplitDuplicates
 from selhn.data.facts import DataFacts
 from selhn.data.image_files import write_image_splits
 from selhn.data.manifest import read_manifest
@@ -35,12 +37,22 @@ pytestmark = [pytest.mark.distributed]
 
 WORLD = 2
 PER_RANK = 5
-SCENARIOS = [  # (loss, mask captions of the same image, global negatives)
-    ("selhn", True, True),
-    ("selhn", False, False),
-    ("infonce", False, True),
-    ("infonce", False, False),
+SCENARIOS = [  # (loss, false negatives, global negatives)
+    ("selhn", "same_image", True),
+    ("selhn", "none", False),
+    ("infonce", "none", True),
+    ("infonce", "none", False),
+    ("selhn", "same_caption", True),
+    ("infonce", "same_caption", True),
+    ("selnce", "same_caption", True),
 ]
+# same_caption: image 4 is image 1's file again; caption 3 (of image 3) reads as caption 0 (of
+# image 0) and caption 8 (of image 6) as caption 4 (of image 4), on the other rank
+DUPLICATES = SplitDuplicates.of(
+    np.array([0, 1, 2, 3, 1, 5, 6]),
+    np.array([0, 1, 2, 0, 4, 5, 6, 7, 4, 9]),
+    np.array([0, 1, 2, 3, 4, 0, 5, 2, 6, 1]),
+)
 
 
 def global_batch() -> Batch:
@@ -52,17 +64,19 @@ def global_batch() -> Batch:
     tokens = torch.randint(1, 30, (10, 7), generator=gen)
     token_lengths = torch.tensor([7, 5, 3, 6, 4, 7, 2, 5, 6, 3])
     tokens[torch.arange(7)[None, :] >= token_lengths[:, None]] = 0
-    return Batch((image_features[ids], lengths[ids]), tokens, token_lengths, ids)
+    return Batch((image_features[ids], lengths[ids]), tokens, token_lengths, ids,
+                 caption_ids=torch.arange(10))  # fmt: skip
 
 
 def shard(batch: Batch, rank: int) -> Batch:
     rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     images = tuple(t[rows] for t in batch.image_input)
-    return Batch(images, batch.tokens[rows], batch.token_lengths[rows], batch.image_ids[rows])
+    return Batch(images, batch.tokens[rows], batch.token_lengths[rows], batch.image_ids[rows],
+                 caption_ids=batch.caption_ids[rows])  # fmt: skip
 
 
 def one_step(
-    batch: Batch, loss_name: str, mask: bool, global_negatives: bool, job: Distributed
+    batch: Batch, loss_name: str, false_negatives: str, global_negatives: bool, job: Distributed
 ) -> dict:
     """Loss and gradients of one step from the seeded model, BatchNorm in eval mode."""
     torch.manual_seed(0)
@@ -72,10 +86,12 @@ def one_step(
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d):
             module.eval()
-    if mask:  # the trainer encodes each image of a batch once
+    if false_negatives != "none":  # the trainer encodes each image of a batch once
         batch = batch.one_row_per_image()
     loss_fn = make_loss(loss_name, margin=0.2, epsilon=0.05, gather=global_negatives)
-    objective = TrainingObjective(model, {loss_name: loss_fn}, mask)
+    duplicates = DUPLICATES if false_negatives == "same_caption" else None
+    objective = TrainingObjective(model, {loss_name: loss_fn}, false_negatives == "same_image",
+                                  duplicates)  # fmt: skip
     optimizer = torch.optim.SGD(objective.parameters(), lr=0.0)
     network = nn.parallel.DistributedDataParallel(objective) if job.enabled else objective
     loss = train_step(network, objective, model, optimizer, batch, 0.0)["loss"]
@@ -108,16 +124,17 @@ def assert_grads_close(got: dict, expected: dict) -> None:
 
 @pytest.mark.parametrize("index", range(len(SCENARIOS)), ids=[str(s) for s in SCENARIOS])
 def test_two_processes_match_one(ranks, index):
-    loss_name, mask, global_negatives = SCENARIOS[index]
+    loss_name, false_negatives, global_negatives = SCENARIOS[index]
     single = Distributed()
     if global_negatives:  # every rank: the loss and gradients of one process on the whole batch
-        whole = one_step(global_batch(), loss_name, mask, False, single)
+        whole = one_step(global_batch(), loss_name, false_negatives, False, single)
         for rank in range(WORLD):
             assert ranks[rank][index]["loss"] == pytest.approx(whole["loss"], abs=1e-5)
             assert_grads_close(ranks[rank][index]["grads"], whole["grads"])
     else:  # each rank: its own shard's loss; gradients: the mean over the shards
         batch = global_batch()
-        shards = [one_step(shard(batch, r), loss_name, mask, False, single) for r in range(WORLD)]
+        shards = [one_step(shard(batch, r), loss_name, false_negatives, False, single)
+                  for r in range(WORLD)]  # fmt: skip
         for rank in range(WORLD):
             assert ranks[rank][index]["loss"] == pytest.approx(shards[rank]["loss"], abs=1e-5)
             mean = {n: (g + shards[1]["grads"][n]) / 2 for n, g in shards[0]["grads"].items()}

@@ -183,15 +183,17 @@ def test_training_pairs_are_augmented_reproducibly(image_data):
     pairs = PairDataset(split, vocab, augmentation, seed=3)
     first = [pairs[i] for i in range(20)]
     again = [pairs[i] for i in range(20)]
-    assert [owner for _, _, owner in first] == split.caption_images[:20].tolist()
-    for ((image, keep), tokens, _), ((image2, keep2), tokens2, _) in zip(first, again, strict=True):
+    assert [owner for _, _, owner, _ in first] == split.caption_images[:20].tolist()
+    assert [caption for *_, caption in first] == list(range(20))
+    for ((image, keep), tokens, *_), ((image2, keep2), tokens2, *_) in zip(first, again,
+                                                                          strict=True):  # fmt: skip
         assert torch.equal(image, image2) and tokens == tokens2 and torch.equal(keep, keep2)
         assert keep.any()
-    assert any(not k.all() for (_, k), _, _ in first)
+    assert any(not k.all() for (_, k), *_ in first)
     pairs.epoch = 1
     assert any(not torch.equal(pairs[i][0][0], first[i][0][0]) for i in range(20))
     plain = PairDataset(split, vocab, None, seed=3)
-    (image, keep), tokens, owner = plain[5]
+    (image, keep), tokens, owner, _ = plain[5]
     assert torch.equal(image, split.image(owner)) and keep.all()
     assert tokens == vocab.encode(split.captions[5]) and owner == split.caption_images[5]
     uncropped = PairDataset(split, vocab, Augmentation(), seed=3)  # the default

@@ -96,7 +96,7 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
 
 @pytest.mark.training
 def test_captions_of_one_image_share_its_encoding(data, tmp_path, monkeypatch):
-    """With loss.mask_same_image a batch encodes each of its images once."""
+    """With loss.false_negatives=same_image a batch encodes each of its images once."""
     seen = []
     original = RVSEPP.encode_images
 
@@ -105,7 +105,7 @@ def test_captions_of_one_image_share_its_encoding(data, tmp_path, monkeypatch):
         return original(self, features, lengths)
 
     monkeypatch.setattr(RVSEPP, "encode_images", encode_images)
-    config = load_config(None, {**TINY, "train.epochs": 1, "loss.mask_same_image": True})
+    config = load_config(None, {**TINY, "train.epochs": 1, "loss.false_negatives": "same_image"})
     result = train(config, data, tmp_path / "run", progress=False)
     training = seen[:20]  # 20 steps of 16 captions of 64 images (5 each), then the dev encoding
     assert all(n <= 16 for n in training) and any(n < 16 for n in training)

@@ -48,7 +48,8 @@ def add(commands: Any) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
-    from selhn.evaluation.evaluate import encode_checkpoints
+    from selhn.evaluation.evaluate import duplicate_aware, encode_checkpoints
+    from selhn.evaluation.extended import format_extended
     from selhn.evaluation.metrics import (
         embedding_metrics,
         ensemble_scores,
@@ -76,9 +77,11 @@ def _eval(args: argparse.Namespace) -> None:
     models = len(checkpoints)
     print(f"{split.name} split, {protocol}, {models} model{'s' if models > 1 else ''}")
     print(format_table(metrics))
+    extended = duplicate_aware(split, img_embs, txt_embs, args.fold5)
+    print(format_extended(extended, extended["extra_pairs"]))
     if args.json:
         report = {"split": split.name, "fold5": args.fold5, "checkpoints": checkpoints,
-                  "metrics": metrics}  # fmt: skip
+                  "metrics": metrics, "duplicate_aware": extended}  # fmt: skip
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 

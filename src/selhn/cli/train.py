@@ -9,7 +9,7 @@ from typing import Any
 
 from selhn.cli.common import add_progress, command
 from selhn.config.resolve import AUTO, NONE, recipes
-from selhn.config.schema import LOSS_SETUPS, LOSSES, Config, presets
+from selhn.config.schema import FALSE_NEGATIVES, LOSS_SETUPS, LOSSES, Config, presets
 from selhn.models import ARCHITECTURES
 from selhn.models.rvsepp import TEXT_ENCODERS
 from selhn.utils.extras import require, require_all
@@ -26,6 +26,11 @@ SHORTCUTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "architecture": ("model.architecture", "the model", {"choices": sorted(ARCHITECTURES)}),
     "epsilon": ("loss.epsilon", "SelHN gap threshold", {"type": float}),
     "warmup_epochs": ("loss.warmup_epochs", "all-negatives epochs first", {"type": int}),
+    "false_negatives": (
+        "loss.false_negatives",
+        "which pairs besides a pair's own are not negatives (docs/losses.md)",
+        {"choices": FALSE_NEGATIVES},
+    ),
     "global_negatives": (
         "train.global_negatives",
         "under torchrun: mine negatives over the batches of all processes",
@@ -115,7 +120,8 @@ def add(commands: Any) -> None:
     exp.add_argument(
         "--losses",
         default="all,hardest,hardest+warmup,selhn,infonce",
-        help=f"comma-separated, from {', '.join(LOSS_SETUPS)}",
+        help=f"comma-separated, from {', '.join(LOSS_SETUPS)}; NAME:MODE also sets "
+        "loss.false_negatives (selhn:same_caption)",
     )
     exp.add_argument("--seeds", type=int, default=3, help="runs per loss, seeds 0, 1, ...")
     exp.add_argument("--plot-epochs", type=int, default=2, help="epochs in grad_norms.png")

@@ -17,7 +17,8 @@ import yaml
 
 from selhn.models.registry import ARCHITECTURES, model_class
 
-LOSSES = ("selhn", "hardest", "all", "infonce")
+LOSSES = ("selhn", "hardest", "all", "infonce", "selnce")
+FALSE_NEGATIVES = ("none", "same_image", "same_caption", "similar")  # loss.false_negatives
 
 # What each compared loss changes in the configuration; nothing else differs between runs.
 LOSS_SETUPS: dict[str, dict[str, Any]] = {
@@ -26,14 +27,28 @@ LOSS_SETUPS: dict[str, dict[str, Any]] = {
     "hardest+warmup": {"loss.name": "hardest", "loss.warmup_epochs": 1},
     "selhn": {"loss.name": "selhn"},
     "infonce": {"loss.name": "infonce"},
+    "selnce": {"loss.name": "selnce"},
 }
+
+
+def loss_setup(name: str) -> dict[str, Any]:
+    """What a compared loss changes: a ``LOSS_SETUPS`` name, and with ``:MODE`` (for example
+    ``selhn:same_caption``) its ``loss.false_negatives``."""
+    base, colon, mode = name.partition(":")
+    if base not in LOSS_SETUPS or (colon and mode not in FALSE_NEGATIVES):
+        raise ValueError(
+            f"--losses: unknown {name!r}; choose from {', '.join(LOSS_SETUPS)}, each optionally "
+            f"with :MODE, MODE one of {', '.join(FALSE_NEGATIVES)}"
+        )
+    return {**LOSS_SETUPS[base], **({"loss.false_negatives": mode} if colon else {})}
 
 
 def parse_losses(text: str) -> list[str]:
     losses = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in losses if name not in LOSS_SETUPS]
-    if unknown or not losses:
-        raise ValueError(f"--losses: unknown {unknown}; choose from {', '.join(LOSS_SETUPS)}")
+    if not losses:
+        raise ValueError("--losses: name at least one loss")
+    for name in losses:
+        loss_setup(name)
     return losses
 
 
@@ -60,12 +75,16 @@ class DataConfig:
 class LossConfig:
     """The loss (docs/method.md)."""
 
-    name: str = "selhn"  # selhn | hardest | all | infonce
+    name: str = "selhn"  # selhn | hardest | all | infonce | selnce (selective InfoNCE)
     margin: float = 0.2  # triplet margin
-    epsilon: float = 0.01  # SelHN gap threshold
-    temperature: float = 0.07  # infonce: initial temperature (learned)
+    epsilon: float = 0.01  # SelHN's (and selnce's) gap threshold
+    temperature: float = 0.07  # infonce, selnce: initial temperature (learned)
+    hardness: float = 0.5  # selnce: beta of the hard-negative weights, in units of the logits
     warmup_epochs: int = 0  # epochs of the all-negatives loss first (VSE-infinity uses 1)
-    mask_same_image: bool = False  # captions of one image in a batch are not negatives
+    false_negatives: str = "none"  # which pairs besides a pair's own are not negatives: none |
+    # same_image (an image's other captions) | same_caption (also identical caption texts and
+    # image files) | similar (also captions whose frozen sentence embeddings are close)
+    similar_threshold: float = 0.95  # false_negatives=similar: the cosine of "close"
 
 
 @dataclass
@@ -194,6 +213,10 @@ class Config:
             (self.loss.epsilon >= 0, "loss.epsilon", ">= 0"),
             (self.loss.warmup_epochs >= 0, "loss.warmup_epochs", ">= 0"),
             (self.loss.temperature > 0, "loss.temperature", "> 0"),
+            (self.loss.hardness >= 0, "loss.hardness", ">= 0"),
+            (self.loss.false_negatives in FALSE_NEGATIVES, "loss.false_negatives",
+             f"one of {FALSE_NEGATIVES}"),
+            (-1 <= self.loss.similar_threshold <= 1, "loss.similar_threshold", "in [-1, 1]"),
             (_none_or(self.train.epochs, 1), "train.epochs", "None or >= 1"),
             (_none_or(self.train.warmup_steps, 0), "train.warmup_steps", "None or >= 0"),
             (self.train.lr_decay_epoch is None or self.train.lr_decay_epoch >= 0,

@@ -9,6 +9,7 @@ what they saved differently.
   (``resolve.resume``), as that version chose them at every start.
 - selhn 0.1.0 saved one loss's training state as ``loss``, and the epoch only in
   ``config.json`` (``trainer_state``).
+- Runs before ``loss.false_negatives`` saved ``loss.mask_same_image``: true is ``same_image``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ FORMER_DEFAULTS = {"text_encoder": "bigru"}  # selhn 0.1.0's, written into its c
 def saved_config(values: dict[str, Any], source: str) -> Config:
     """The configuration a run saved (its checkpoint's ``config``), upgraded."""
     values = copy.deepcopy(values)
+    loss = values.get("loss")
+    if isinstance(loss, dict) and "mask_same_image" in loss:
+        loss["false_negatives"] = "same_image" if loss.pop("mask_same_image") else "none"
     model = values.get("model")
     if isinstance(model, dict):
         own = {

@@ -20,6 +20,7 @@ class Batch:
     token_lengths: Tensor  # (B,)
     image_ids: Tensor  # (B,) index of each caption's image in its split
     caption_to_image: Tensor | None = None  # (B,) image row of each caption
+    caption_ids: Tensor | None = None  # (B,) index of each caption in its split
 
     def to(self, device: torch.device | str) -> Batch:
         def move(t: Tensor | None) -> Tensor | None:
@@ -31,7 +32,16 @@ class Batch:
             self.token_lengths.to(device, non_blocking=True),
             self.image_ids.to(device, non_blocking=True),
             move(self.caption_to_image),
+            move(self.caption_ids),
         )
+
+    def image_rows(self) -> Tensor:
+        """(N,) the split index of each image row."""
+        if self.caption_to_image is None:
+            return self.image_ids
+        rows = torch.zeros(int(self.caption_to_image.max()) + 1, dtype=torch.long,
+                           device=self.image_ids.device)  # fmt: skip
+        return rows.scatter_(0, self.caption_to_image, self.image_ids)
 
     def one_row_per_image(self) -> Batch:
         """The same captions with each distinct image once (the input drawn for its first
@@ -45,6 +55,7 @@ class Batch:
             self.token_lengths,
             self.image_ids,
             caption_to_image,
+            self.caption_ids,
         )
 
 

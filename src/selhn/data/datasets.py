@@ -17,7 +17,7 @@ from selhn.data.vocab import TextVocabulary
 
 class PairDataset(Dataset):
     """One training pair per caption: (its image as training reads it, its token ids, image
-    index).
+    index, caption index).
 
     Augmentation draws from a generator keyed by (seed, epoch, caption), so a run is reproducible
     whatever the number of loader workers and across a resume: first the image's, then the
@@ -37,7 +37,7 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.captions)
 
-    def __getitem__(self, index: int) -> tuple[Any, list[int], int]:
+    def __getitem__(self, index: int) -> tuple[Any, list[int], int, int]:
         image = int(self.split.caption_images[index])
         rng = None
         if self.augmentation is not None:
@@ -46,14 +46,15 @@ class PairDataset(Dataset):
         tokens = self.vocab.encode(self.split.captions[index])
         if rng is not None:
             tokens = self.augmentation.tokens(tokens, self.vocab, rng)
-        return visual, tokens, image
+        return visual, tokens, image, index
 
-    def collate(self, items: list[tuple[Any, list[int], int]]) -> Batch:
+    def collate(self, items: list[tuple[Any, list[int], int, int]]) -> Batch:
         """The DataLoader's collate function for these pairs."""
-        visuals, tokens, images = zip(*items, strict=True)
+        visuals, tokens, images, captions = zip(*items, strict=True)
         token_ids, token_lengths = pad_tokens(list(tokens))
         image_input = self.split.collate_training_images(list(visuals))
-        return Batch(image_input, token_ids, token_lengths, torch.tensor(images))
+        return Batch(image_input, token_ids, token_lengths, torch.tensor(images),
+                     caption_ids=torch.tensor(captions))  # fmt: skip
 
 
 class ImageDataset(Dataset):

@@ -12,9 +12,11 @@ from torch.utils.data import DataLoader
 from selhn.checkpoint import load_model
 from selhn.data.batch import pad_tokens
 from selhn.data.datasets import CaptionDataset, ImageDataset
+from selhn.data.duplicates import split_duplicates
 from selhn.data.facts import check_same_features
 from selhn.data.inputs import ImageFiles, Split
 from selhn.data.vocab import TextVocabulary
+from selhn.evaluation.extended import extended_metrics
 from selhn.evaluation.metrics import embedding_metrics
 from selhn.models import DualEncoder
 
@@ -78,6 +80,18 @@ def evaluate(
     """Recall metrics of ``model`` on a split (``evaluation.embedding_metrics``)."""
     img_emb, txt_emb = encode_split(model, split, vocab, batch_size, device, num_workers)
     return embedding_metrics(img_emb, txt_emb, caption_to_image=split.caption_to_image())
+
+
+def duplicate_aware(
+    split: Split, img_embs: list[Tensor], txt_embs: list[Tensor], fold5: bool = False
+) -> dict[str, float]:
+    """The duplicate-aware metrics of a split's embeddings (``extended_metrics``; identical
+    caption texts and image files are the same), and ``extra_pairs``: how many positive pairs
+    that adds to the split's own."""
+    owners = split.caption_to_image()
+    positives = split_duplicates(split, "same_caption").describes(owners)
+    metrics = extended_metrics(img_embs, txt_embs, positives, fold5, owners)
+    return {"extra_pairs": int(positives.sum()) - len(owners), **metrics}
 
 
 def encode_checkpoints(

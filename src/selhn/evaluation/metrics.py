@@ -211,7 +211,7 @@ def _as_slice(positions: Tensor) -> slice | Tensor:
     return positions
 
 
-def _folds(index: Tensor, num_images: int, fold5: bool) -> list[tuple[slice, Any, Tensor]]:
+def folds(index: Tensor, num_images: int, fold5: bool) -> list[tuple[slice, Any, Tensor]]:
     """(image rows, caption columns, caption->image within the fold) of each fold."""
     if not fold5:
         return [(slice(0, num_images), slice(0, len(index)), index)]
@@ -255,7 +255,7 @@ def retrieval_metrics(
     _check_images(index, sims.shape[0])
     per_fold = [
         metrics_from_ranks(*ranks_from_sims(sims[rows, cols], fold_index))
-        for rows, cols, fold_index in _folds(index, sims.shape[0], fold5)
+        for rows, cols, fold_index in folds(index, sims.shape[0], fold5)
     ]
     return _average(per_fold)
 
@@ -306,7 +306,7 @@ def embedding_metrics(
     index = caption_index(txt_embs[0].shape[0], captions_per_image, caption_to_image)
     _check_images(index, img_embs[0].shape[0])
     per_fold = []
-    for rows, cols, fold_index in _folds(index, img_embs[0].shape[0], fold5):
+    for rows, cols, fold_index in folds(index, img_embs[0].shape[0], fold5):
         fold_img = [e[rows] for e in img_embs]
         fold_txt = [e[cols if isinstance(cols, slice) else cols.to(e.device)] for e in txt_embs]
         per_fold.append(metrics_from_ranks(*ranks_from_embeddings(fold_img, fold_txt, fold_index)))

@@ -1,4 +1,5 @@
-"""Losses for image-text matching: SelHN, hardest negative (VSE++), all negatives (VSE0), InfoNCE.
+"""Losses for image-text matching: SelHN, hardest negative (VSE++), all negatives (VSE0), InfoNCE
+and selective InfoNCE.
 
 Every loss takes embeddings (``loss(img_emb, txt_emb)``) or a score matrix (``loss.from_scores``),
 works inside ``torch.autocast``, takes several captions per image (``caption_to_image``), returns
@@ -8,6 +9,8 @@ per-pair terms with ``reduction="none"`` and can gather the batch over a process
 from selhn.losses.base import PairLoss
 from selhn.losses.hinges import STAT_NAMES
 from selhn.losses.infonce import InfoNCELoss
+from selhn.losses.inputs import Duplicates
+from selhn.losses.selective import SelectiveInfoNCELoss
 from selhn.losses.triplet import (
     AllNegativesLoss,
     HardestNegativeLoss,
@@ -18,9 +21,11 @@ from selhn.losses.triplet import (
 __all__ = [
     "STAT_NAMES",
     "AllNegativesLoss",
+    "Duplicates",
     "HardestNegativeLoss",
     "InfoNCELoss",
     "PairLoss",
     "SelHNLoss",
+    "SelectiveInfoNCELoss",
     "default_vanishing_threshold",
 ]

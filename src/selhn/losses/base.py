@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from selhn.losses.inputs import (
+    Duplicates,
     PairIndex,
     check_reduction,
     prepare_embeddings,
@@ -56,6 +57,7 @@ class PairLoss(nn.Module):
         txt_emb: Tensor,
         ids: IntVector = None,
         caption_to_image: IntVector = None,
+        duplicates: Duplicates | None = None,
     ) -> Tensor:
         """Loss of a batch of matching pairs; scores are ``img_emb @ txt_emb.T``.
 
@@ -69,18 +71,26 @@ class PairLoss(nn.Module):
                 ``img_emb[caption_to_image]`` paired row by row with ``txt_emb`` and
                 ``ids=caption_to_image`` (or ``ids`` where given), in value and gradients, from
                 an (N, P) score matrix. Every image row needs a caption.
+            duplicates: optional ``Duplicates``: captions that also describe another image of
+                the batch (false negatives): never negatives; InfoNCE counts them as positives.
+                Gathered with the embeddings under ``gather_distributed``.
 
         Returns:
             0-d tensor, or (2, P) with ``reduction="none"``.
         """
         img_emb, txt_emb, pairs = prepare_embeddings(
-            img_emb, txt_emb, ids, caption_to_image, self.check_inputs, self.gather_distributed
-        )
+            img_emb, txt_emb, ids, caption_to_image, self.check_inputs, self.gather_distributed,
+            duplicates,
+        )  # fmt: skip
         with scoring_precision(img_emb.device):
             return self._reduce(self.embedding_terms(img_emb, txt_emb, pairs))
 
     def from_scores(
-        self, scores: Tensor, ids: IntVector = None, caption_to_image: IntVector = None
+        self,
+        scores: Tensor,
+        ids: IntVector = None,
+        caption_to_image: IntVector = None,
+        duplicates: Duplicates | None = None,
     ) -> Tensor:
         """Loss of a score matrix whose diagonal holds the matching pairs.
 
@@ -89,12 +99,13 @@ class PairLoss(nn.Module):
                 ``caption_to_image``, (N images, P captions).
             ids: optional (P,) integers; pairs that share an id are not negatives of each other.
             caption_to_image: optional (P,) image row of each caption, as in ``forward``.
+            duplicates: optional ``Duplicates``, as in ``forward``.
 
         Returns:
             0-d tensor, or (2, P) with ``reduction="none"``.
         """
         refuse_gathered_scores(self.gather_distributed)
-        scores, pairs = prepare_scores(scores, ids, caption_to_image, self.check_inputs)
+        scores, pairs = prepare_scores(scores, ids, caption_to_image, self.check_inputs, duplicates)
         with scoring_precision(scores.device):
             return self._reduce(self.score_terms(scores, pairs))
 

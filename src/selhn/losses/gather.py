@@ -38,26 +38,29 @@ def _gather_rows(tensor: Tensor, sizes: list[int]) -> Tensor:
 
 
 def gather_batch(
-    img_emb: Tensor, txt_emb: Tensor, rows: Tensor | None, ids: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    img_emb: Tensor, txt_emb: Tensor, rows: Tensor | None, ids: Tensor | None, duplicates=None
+) -> tuple:
     """The global batch: (N, D) images, (P, D) captions, each caption's image row (offset past
-    the earlier ranks' images) and id, gathered from every rank.
+    the earlier ranks' images), id and ``duplicates`` (``inputs.Duplicates``: its image keys
+    gathered with the images, its caption keys with the captions), from every rank.
 
     One small exchange of the ranks' batch sizes comes first; reading it waits for the device.
-    ``rows`` and ``ids`` must be given on every rank or on none.
+    ``rows``, ``ids`` and ``duplicates`` must be given on every rank or on none, and
+    ``duplicates.image_captions`` must be as wide on every rank.
     """
-    local = torch.tensor(
-        [img_emb.shape[0], txt_emb.shape[0], rows is not None, ids is not None],
-        device=img_emb.device,
-    )
+    width = duplicates.image_captions.shape[1] if duplicates is not None else -1
+    given = [rows is not None, ids is not None, duplicates is not None, width]
+    local = torch.tensor([img_emb.shape[0], txt_emb.shape[0], *given], device=img_emb.device)
     sizes = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, local)
     table = torch.stack(sizes).tolist()
-    if len({(r[2], r[3]) for r in table}) > 1:
+    if len({tuple(r[2:]) for r in table}) > 1:
         raise ValueError(
-            "ids and caption_to_image must be given on every rank or on none; ranks differ: "
+            "ids, caption_to_image and duplicates (of one width) must be given on every rank or "
+            "on none; ranks differ: "
             + ", ".join(
-                f"rank {k}: ids {bool(r[3])}, caption_to_image {bool(r[2])}"
+                f"rank {k}: ids {bool(r[3])}, caption_to_image {bool(r[2])}, duplicates "
+                f"{bool(r[4])} (width {r[5]})"
                 for k, r in enumerate(table)
             )
         )
@@ -69,4 +72,10 @@ def gather_batch(
         rows = _gather_rows(rows + offset, n_pairs)
     if ids is not None:
         ids = _gather_rows(ids, n_pairs)
-    return img_all, txt_all, rows, ids
+    if duplicates is not None:
+        duplicates = type(duplicates)(
+            _gather_rows(duplicates.image_keys, n_images),
+            _gather_rows(duplicates.caption_keys, n_pairs),
+            _gather_rows(duplicates.image_captions, n_images),
+        )
+    return img_all, txt_all, rows, ids, duplicates

@@ -55,6 +55,7 @@ class _Direction:
     hardest_index: Tensor  # (P,) column (image anchors) or pair row (text anchors) of it
     hinge_sum: Tensor  # (P,) sum of the anchor's hinges
     active: Tensor  # (P,) number of active hinges
+    negatives: Tensor  # (P,) number of negatives
 
 
 @dataclass
@@ -69,7 +70,9 @@ class Selection:
     col_hardest: Tensor  # pair row of each text anchor's hardest negative
     row_active: Tensor  # active hinges per image anchor
     col_active: Tensor
-    negatives: Tensor  # negatives per anchor (the same for both directions)
+    row_negatives: Tensor  # negatives per image anchor
+    col_negatives: Tensor  # negatives per text anchor (the same as the image anchors' but
+    # where duplicates relate captions to other images)
 
     def tensors(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, field.name) for field in fields(self))
@@ -93,17 +96,11 @@ def _pair_rows(scores: Tensor, rows: Tensor | None, start: int, stop: int) -> Te
     return scores[start:stop] if rows is None else scores.index_select(0, rows[start:stop])
 
 
-def _same_group(groups: Tensor | None, start: int, stop: int) -> Tensor | None:
-    """(stop - start, P): pairs of rows ``start:stop`` against every pair, True where they share a
-    group (and so are not negatives); None where only the diagonal is excluded."""
-    return None if groups is None else groups[start:stop, None] == groups[None, :]
-
-
 def _reduce(
     scores: Tensor, pairs: PairIndex, margin: float
 ) -> tuple[Tensor, _Direction, _Direction, Tensor]:
     """One chunked pass over S' giving the positives, every per-anchor statistic of both
-    directions and the number of negatives of each anchor."""
+    directions."""
     n_pairs = scores.shape[1]
     pos = positives(scores, pairs.rows)
     threshold = pos - margin  # a hinge is active where the negative's score exceeds this
@@ -113,14 +110,17 @@ def _reduce(
     col_max = torch.full_like(pos, -math.inf)
     col_arg = torch.zeros_like(row_arg)
     col_sum, col_active = torch.zeros_like(pos), torch.zeros_like(row_arg)
-    negatives = torch.full_like(row_arg, n_pairs - 1)
+    row_negatives = torch.full_like(row_arg, n_pairs - 1)
+    col_excluded = torch.zeros_like(row_arg)  # beyond the pair's own
     for start, stop in _chunks(n_pairs, n_pairs):
         block = _pair_rows(scores, pairs.rows, start, stop).clone()  # (rows, P)
         block.diagonal(offset=start).fill_(-math.inf)
-        same = _same_group(pairs.groups, start, stop)
+        same = pairs.excluded(start, stop, n_pairs, scores.device)  # the diagonal included
         if same is not None:
             block.masked_fill_(same, -math.inf)
-            negatives[start:stop] = n_pairs - same.sum(dim=1)
+            row_negatives[start:stop] = n_pairs - same.sum(dim=1)
+            col_excluded += same.sum(dim=0)
+            col_excluded[start:stop] -= same.diagonal(offset=start).long()
         row_max[start:stop], row_arg[start:stop] = block.max(dim=1)
         chunk_max, chunk_arg = block.max(dim=0)
         better = chunk_max > col_max  # strict: the first maximal row wins, as in torch.max
@@ -133,26 +133,25 @@ def _reduce(
         hinge = torch.sub(block, threshold, out=hinge).clamp_(min=0)
         col_sum += hinge.sum(dim=0)
         col_active += torch.count_nonzero(hinge, dim=0)
-    rows = _Direction(row_max, row_arg, row_sum, row_active)
-    cols = _Direction(col_max, col_arg, col_sum, col_active)
-    return pos, rows, cols, negatives
+    rows = _Direction(row_max, row_arg, row_sum, row_active, row_negatives)
+    cols = _Direction(col_max, col_arg, col_sum, col_active, n_pairs - 1 - col_excluded)
+    return pos, rows, cols
 
 
 def _select(
-    pos: Tensor, direction: _Direction, negatives: Tensor, opts: HingeOptions
+    pos: Tensor, direction: _Direction, opts: HingeOptions
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-anchor loss, mean-branch mask, hardest-active mask and gap of one direction."""
     gap = (pos - direction.hardest_score).abs()  # inf for an anchor without negatives
     use_mean = gap < opts.epsilon
     hardest = (direction.hardest_score - pos + opts.margin).clamp(min=0)
-    mean = direction.hinge_sum / negatives.clamp(min=1)
+    mean = direction.hinge_sum / direction.negatives.clamp(min=1)
     loss = torch.where(use_mean, mean, hardest)
     return loss, use_mean, (hardest > 0) & ~use_mean, gap
 
 
-def _direction_stats(
-    gap: Tensor, direction: _Direction, negatives: Tensor, threshold: float
-) -> tuple[Tensor, ...]:
+def _direction_stats(gap: Tensor, direction: _Direction, threshold: float) -> tuple[Tensor, ...]:
+    negatives = direction.negatives
     has_negative = negatives > 0
     vanishing = (gap < threshold).to(gap.dtype).mean()
     mean_gap = torch.where(has_negative, gap, 0).sum() / has_negative.sum().clamp(min=1)
@@ -165,11 +164,11 @@ def hinge_losses(
 ) -> tuple[Tensor, Tensor, Selection]:
     """Per-anchor losses (2, P) (row 0: image anchors, row 1: text anchors), diagnostics (see
     STAT_NAMES) and backward selection of a detached (N, P) score matrix."""
-    pos, rows, cols, negatives = _reduce(scores, pairs, opts.margin)
-    row_loss, row_mean, row_hard, row_gap = _select(pos, rows, negatives, opts)
-    col_loss, col_mean, col_hard, col_gap = _select(pos, cols, negatives, opts)
-    row_stats = _direction_stats(row_gap, rows, negatives, opts.threshold)
-    col_stats = _direction_stats(col_gap, cols, negatives, opts.threshold)
+    pos, rows, cols = _reduce(scores, pairs, opts.margin)
+    row_loss, row_mean, row_hard, row_gap = _select(pos, rows, opts)
+    col_loss, col_mean, col_hard, col_gap = _select(pos, cols, opts)
+    row_stats = _direction_stats(row_gap, rows, opts.threshold)
+    col_stats = _direction_stats(col_gap, cols, opts.threshold)
     # STAT_NAMES order; stacked as tensors (a list index would be copied to the device blocking)
     stats = torch.stack([s for pair in zip(row_stats, col_stats, strict=True) for s in pair])
     selection = Selection(
@@ -181,7 +180,8 @@ def hinge_losses(
         col_hardest=cols.hardest_index,
         row_active=rows.active,
         col_active=cols.active,
-        negatives=negatives,
+        row_negatives=rows.negatives,
+        col_negatives=cols.negatives,
     )
     return torch.stack([row_loss, col_loss]), stats, selection
 
@@ -204,9 +204,10 @@ class _Weights:
 
     @classmethod
     def of(cls, selection: Selection, grad: Tensor) -> _Weights:
-        per_hinge = 1 / selection.negatives.clamp(min=1).to(grad.dtype)
-        row_hinge = torch.where(selection.row_mean, grad[0] * per_hinge, 0)
-        col_hinge = torch.where(selection.col_mean, grad[1] * per_hinge, 0)
+        per_row_hinge = 1 / selection.row_negatives.clamp(min=1).to(grad.dtype)
+        per_col_hinge = 1 / selection.col_negatives.clamp(min=1).to(grad.dtype)
+        row_hinge = torch.where(selection.row_mean, grad[0] * per_row_hinge, 0)
+        col_hinge = torch.where(selection.col_mean, grad[1] * per_col_hinge, 0)
         row_hard = torch.where(selection.row_hard, grad[0], 0)
         col_hard = torch.where(selection.col_hard, grad[1], 0)
         diagonal = -(
@@ -234,7 +235,7 @@ def _score_grad(
             torch.mul(row_active, w.row_hinge[start:stop, None], out=part)
             part.addcmul_(block > (pos - margin)[None, :], w.col_hinge[None, :])
             part.diagonal(offset=start).zero_()
-            same = _same_group(pairs.groups, start, stop)
+            same = pairs.excluded(start, stop, n_pairs, scores.device)
             if same is not None:
                 part.masked_fill_(same, 0)
             if not in_place:
@@ -293,14 +294,17 @@ def _first_order_only(backward: Callable) -> Callable:
     return checked
 
 
+INDEX = 5  # the tensors of a PairIndex (PairIndex.tensors), saved by the functions below
+
+
 class ScoresHingeLoss(torch.autograd.Function):
     """Per-anchor losses and statistics of an (N, P) score matrix."""
 
     @staticmethod
-    def forward(ctx, scores, rows, groups, opts):  # type: ignore[override]
-        pairs = PairIndex(rows, groups)
+    def forward(ctx, scores, opts, *index):  # type: ignore[override]
+        pairs = PairIndex.from_tensors(*index)
         losses, stats, sel = hinge_losses(scores, pairs, opts)
-        ctx.save_for_backward(scores, rows, groups, *sel.tensors())
+        ctx.save_for_backward(scores, *index, *sel.tensors())
         ctx.opts, ctx.dense = opts, needs_dense_backward(sel, scores.device)
         ctx.mark_non_differentiable(stats)
         return losses, stats
@@ -309,26 +313,24 @@ class ScoresHingeLoss(torch.autograd.Function):
     @_first_order_only
     @once_differentiable
     def backward(ctx, grad_losses, _grad_stats):  # type: ignore[override]
-        scores, rows, groups, *saved = ctx.saved_tensors
-        sel = Selection(*saved)
+        scores, *saved = ctx.saved_tensors
+        pairs, sel = PairIndex.from_tensors(*saved[:INDEX]), Selection(*saved[INDEX:])
         with scoring_precision(scores.device):
             weights = _Weights.of(sel, grad_losses)
-            grad = _score_grad(
-                scores, PairIndex(rows, groups), ctx.opts.margin, sel, weights, ctx.dense
-            )
-        return grad, None, None, None
+            grad = _score_grad(scores, pairs, ctx.opts.margin, sel, weights, ctx.dense)
+        return grad, None, *(None,) * INDEX
 
 
 class EmbeddingHingeLoss(torch.autograd.Function):
     """Per-anchor losses and statistics of S = img @ txt.T."""
 
     @staticmethod
-    def forward(ctx, img, txt, rows, groups, opts):  # type: ignore[override]
+    def forward(ctx, img, txt, opts, *index):  # type: ignore[override]
         scores = img @ txt.T
-        losses, stats, sel = hinge_losses(scores, PairIndex(rows, groups), opts)
+        losses, stats, sel = hinge_losses(scores, PairIndex.from_tensors(*index), opts)
         dense = needs_dense_backward(sel, scores.device)
         # Without a mean-branch anchor the backward pass is sparse and needs no scores.
-        ctx.save_for_backward(img, txt, scores if dense else None, rows, groups, *sel.tensors())
+        ctx.save_for_backward(img, txt, scores if dense else None, *index, *sel.tensors())
         ctx.opts = opts
         ctx.mark_non_differentiable(stats)
         return losses, stats
@@ -337,11 +339,11 @@ class EmbeddingHingeLoss(torch.autograd.Function):
     @_first_order_only
     @once_differentiable
     def backward(ctx, grad_losses, _grad_stats):  # type: ignore[override]
-        img, txt, scores, rows, groups, *saved = ctx.saved_tensors
-        sel = Selection(*saved)
+        img, txt, scores, *saved = ctx.saved_tensors
+        pairs, sel = PairIndex.from_tensors(*saved[:INDEX]), Selection(*saved[INDEX:])
         with scoring_precision(img.device):
             weights = _Weights.of(sel, grad_losses)
             grad_img, grad_txt = _embedding_grads(
-                img, txt, scores, PairIndex(rows, groups), ctx.opts.margin, sel, weights
+                img, txt, scores, pairs, ctx.opts.margin, sel, weights
             )
-        return grad_img, grad_txt, None, None, None
+        return grad_img, grad_txt, None, *(None,) * INDEX

@@ -3,7 +3,9 @@ whatever the autocast state, the pair index, and (optionally) gathering over the
 
 A batch holds P pairs. Caption p is paired with image row ``rows[p]`` of the image embeddings
 (``caption_to_image``; by default row p), and pairs that share a group (``ids``; by default their
-image row) are not negatives of each other.
+image row) are not negatives of each other. ``duplicates`` names captions that also describe
+another image of the batch (an identical caption, an identical image): false negatives, which
+the triplet losses leave out of the negatives and InfoNCE counts as positives.
 """
 
 from __future__ import annotations
@@ -22,21 +24,83 @@ REDUCTIONS = ("mean", "none")
 
 
 @dataclass(frozen=True)
+class Duplicates:
+    """Which captions of a batch also describe another of its images, by identity: images with
+    equal ``image_keys`` are one image (a caption of either describes both), and a caption whose
+    ``caption_keys`` value is among an image's ``image_captions`` describes it (an identical
+    caption, or one the caller counts as the same). Keys are integers >= 0; -1 pads
+    ``image_captions``.
+
+    ``image_keys``: (N,) one per image row; ``caption_keys``: (P,) one per caption;
+    ``image_captions``: (N, K) the caption keys of each image (all its known captions, not only
+    those in the batch).
+    """
+
+    image_keys: Tensor
+    caption_keys: Tensor
+    image_captions: Tensor
+
+    def describes(self, images: Tensor, caption_images: Tensor) -> Tensor:
+        """(len(images), P) bool: caption q describes image row ``images[i]``
+        (``caption_images``: the (P,) image row of each caption)."""
+        keys = self.image_keys
+        same_image = keys[images][:, None] == keys[caption_images][None, :]
+        named = self.image_captions[images][:, :, None] == self.caption_keys[None, None, :]
+        return same_image | named.any(dim=1)
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.image_keys, self.caption_keys, self.image_captions
+
+
+@dataclass(frozen=True)
 class PairIndex:
     """Which score-matrix row each pair uses and which pairs are not negatives of each other.
 
     ``rows``: (P,) image row of each pair; None when pair p is row p (a square score matrix).
     ``groups``: (P,) pairs with equal values are not negatives of each other; None when only a
-    pair itself is excluded. Where ``rows`` is given, ``groups`` is too.
+    pair itself is excluded. Where ``rows`` is given, ``groups`` is too. ``duplicates``: which
+    captions also describe another image (``Duplicates``), or None.
     """
 
     rows: Tensor | None = None
     groups: Tensor | None = None
+    duplicates: Duplicates | None = None
 
     @classmethod
-    def of(cls, rows: Tensor | None, ids: Tensor | None) -> PairIndex:
+    def of(
+        cls, rows: Tensor | None, ids: Tensor | None, duplicates: Duplicates | None = None
+    ) -> PairIndex:
         """Pairs grouped by ``ids``, or by their image row when no ids are given."""
-        return cls(rows, rows if ids is None else ids)
+        return cls(rows, rows if ids is None else ids, duplicates)
+
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        """Every tensor of the index, for an autograd function to save (``from_tensors``)."""
+        dup = self.duplicates.tensors() if self.duplicates is not None else (None, None, None)
+        return (self.rows, self.groups, *dup)
+
+    @classmethod
+    def from_tensors(cls, rows, groups, image_keys, caption_keys, image_captions) -> PairIndex:
+        duplicates = None
+        if image_keys is not None:
+            duplicates = Duplicates(image_keys, caption_keys, image_captions)
+        return cls(rows, groups, duplicates)
+
+    def image_rows(self, n_pairs: int, device: torch.device) -> Tensor:
+        """(P,) the image row of each pair."""
+        return torch.arange(n_pairs, device=device) if self.rows is None else self.rows
+
+    def excluded(self, start: int, stop: int, n_pairs: int, device: torch.device) -> Tensor | None:
+        """(stop - start, P): pairs ``start:stop`` (rows of the pair score matrix) against every
+        caption, True where the caption is not a negative of the pair's image (the same group,
+        or a duplicate); None where only a pair's own caption is."""
+        same = None
+        if self.groups is not None:
+            same = self.groups[start:stop, None] == self.groups[None, :]
+        if self.duplicates is None:
+            return same
+        rows = self.image_rows(n_pairs, device)
+        described = self.duplicates.describes(rows[start:stop], rows)
+        return described if same is None else same | described
 
 
 def check_reduction(reduction: str) -> str:
@@ -160,6 +224,26 @@ def pair_index(
     return rows, ids
 
 
+def check_duplicates(duplicates: Duplicates | None, n_images: int, n_pairs: int) -> None:
+    """ValueError unless ``duplicates`` holds integer keys of the batch's shapes."""
+    if duplicates is None:
+        return
+    expected = {"image_keys": (n_images,), "caption_keys": (n_pairs,)}
+    for name, shape in expected.items():
+        value = getattr(duplicates, name)
+        if value.shape != shape or value.dtype.is_floating_point or value.dtype.is_complex:
+            raise ValueError(
+                f"duplicates.{name} must be a length-{shape[0]} integer tensor; got shape "
+                f"{tuple(value.shape)}, dtype {value.dtype}"
+            )
+    named = duplicates.image_captions
+    if named.dim() != 2 or named.shape[0] != n_images or named.dtype.is_floating_point:
+        raise ValueError(
+            f"duplicates.image_captions must be an ({n_images}, K) integer tensor; got shape "
+            f"{tuple(named.shape)}, dtype {named.dtype}"
+        )
+
+
 def prepare_embeddings(
     img_emb: Tensor,
     txt_emb: Tensor,
@@ -167,6 +251,7 @@ def prepare_embeddings(
     caption_to_image: Tensor | list[int] | None,
     check: bool | None,
     gather: bool,
+    duplicates: Duplicates | None = None,
 ) -> tuple[Tensor, Tensor, PairIndex]:
     """Checked embeddings in their scoring dtype, gathered over the process group if asked, and
     the pair index of the (possibly gathered) batch."""
@@ -196,13 +281,16 @@ def prepare_embeddings(
                 f"above {MAX_SCORE:.3g}, where the loss overflows; normalise them"
             )
     rows, ids = pair_index(ids, caption_to_image, img_emb.shape[0], txt_emb.shape[0], device, check)
+    check_duplicates(duplicates, img_emb.shape[0], txt_emb.shape[0])
     img_emb, txt_emb = as_scoring_dtype(img_emb), as_scoring_dtype(txt_emb)
     txt_emb = txt_emb.to(img_emb.dtype)
     if gather and process_group_size() > 1:
-        img_emb, txt_emb, rows, ids = gather_batch(img_emb, txt_emb, rows, ids)
+        img_emb, txt_emb, rows, ids, duplicates = gather_batch(
+            img_emb, txt_emb, rows, ids, duplicates
+        )
     if txt_emb.shape[0] < 2:
         raise ValueError(f"img_emb and txt_emb need B >= 2 pairs; got B = {txt_emb.shape[0]}")
-    return img_emb, txt_emb, PairIndex.of(rows, ids)
+    return img_emb, txt_emb, PairIndex.of(rows, ids, duplicates)
 
 
 def prepare_scores(
@@ -210,6 +298,7 @@ def prepare_scores(
     ids: Tensor | list[int] | None,
     caption_to_image: Tensor | list[int] | None,
     check: bool | None,
+    duplicates: Duplicates | None = None,
 ) -> tuple[Tensor, PairIndex]:
     """Checked (N, P) scores in their scoring dtype and their pair index."""
     check_floating("scores", scores)
@@ -223,9 +312,10 @@ def prepare_scores(
         check_finite("scores", scores)
         check_score_range("scores", scores)
     rows, ids = pair_index(ids, caption_to_image, *scores.shape, scores.device, check)
+    check_duplicates(duplicates, *scores.shape)
     if scores.shape[1] < 2:
         raise ValueError(f"scores needs B >= 2 pairs; got {tuple(scores.shape)}")
-    return as_scoring_dtype(scores), PairIndex.of(rows, ids)
+    return as_scoring_dtype(scores), PairIndex.of(rows, ids, duplicates)
 
 
 def refuse_gathered_scores(gather: bool) -> None:

@@ -79,11 +79,11 @@ class SelHNLoss(PairLoss):
         """The hinge terms from the embeddings (the backward pass needs no B x B matrix when
         every anchor is on its hardest branch)."""
         return self._record(
-            *EmbeddingHingeLoss.apply(img_emb, txt_emb, pairs.rows, pairs.groups, self._opts)
+            *EmbeddingHingeLoss.apply(img_emb, txt_emb, self._opts, *pairs.tensors())
         )
 
     def score_terms(self, scores: Tensor, pairs: PairIndex) -> Tensor:
-        return self._record(*ScoresHingeLoss.apply(scores, pairs.rows, pairs.groups, self._opts))
+        return self._record(*ScoresHingeLoss.apply(scores, self._opts, *pairs.tensors()))
 
 
 class HardestNegativeLoss(SelHNLoss):

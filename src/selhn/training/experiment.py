@@ -17,7 +17,7 @@ import yaml
 
 from selhn.checkpoint import load_model, read_meta
 from selhn.config.resolve import AUTO, resolve
-from selhn.config.schema import LOSS_SETUPS
+from selhn.config.schema import loss_setup
 from selhn.data.facts import DataFacts
 from selhn.evaluation.evaluate import evaluate, split_for
 from selhn.evaluation.metrics import METRIC_NAMES
@@ -80,7 +80,7 @@ def run_experiment(
         runs[loss] = []
         per_seed = []
         for seed in range(seeds):
-            changes = {**(overrides or {}), **LOSS_SETUPS[loss], "train.seed": seed}
+            changes = {**(overrides or {}), **loss_setup(loss), "train.seed": seed}
             config = resolve(facts, recipe, config_file, changes).config
             run = out / "runs" / f"{loss}-seed{seed}"
             if not _finished(run, config.train.epochs):
@@ -90,7 +90,7 @@ def run_experiment(
             runs[loss].append(run)
             per_seed.append(_test_metrics(run, data, test_split, config.train.device))
         results["losses"][loss] = {
-            "changes": LOSS_SETUPS[loss],
+            "changes": loss_setup(loss),
             "seeds": per_seed,
             **{name: _mean_std([m[name] for m in per_seed]) for name in METRIC_NAMES},
         }

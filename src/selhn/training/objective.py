@@ -11,10 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from selhn.data.batch import Batch
+from selhn.data.duplicates import SplitDuplicates
 from selhn.losses import (
     AllNegativesLoss,
+    Duplicates,
     HardestNegativeLoss,
     InfoNCELoss,
+    SelectiveInfoNCELoss,
     SelHNLoss,
     default_vanishing_threshold,
 )
@@ -27,10 +30,13 @@ def make_loss(
     epsilon: float = 0.01,
     temperature: float = 0.07,
     gather: bool = False,
+    hardness: float = 0.5,
 ) -> nn.Module:
     """The loss named by ``loss.name``; the triplet losses measure vanishing at ``epsilon``.
     With ``gather`` the loss mines over the batches of every rank of the process group."""
     threshold = default_vanishing_threshold(epsilon)
+    if name == "selnce":
+        return SelectiveInfoNCELoss(temperature, epsilon, hardness, gather_distributed=gather)
     if name == "selhn":
         return SelHNLoss(margin, epsilon, gather_distributed=gather)
     if name == "hardest":
@@ -39,7 +45,7 @@ def make_loss(
         return AllNegativesLoss(margin, threshold, gather_distributed=gather)
     if name == "infonce":
         return InfoNCELoss(temperature, gather_distributed=gather)
-    raise ValueError(f"loss.name must be selhn, hardest, all or infonce; got {name!r}")
+    raise ValueError(f"loss.name must be selhn, hardest, all, infonce or selnce; got {name!r}")
 
 
 class TrainingObjective(nn.Module):
@@ -49,7 +55,9 @@ class TrainingObjective(nn.Module):
         model: the model, or its ``torch.compile`` wrapper.
         losses: the objectives by name; the first is in use until ``use`` picks another. The
             parameters of a loss not in use do not learn.
-        mask_same_image: captions of one image in a batch are not negatives of each other.
+        same_image: captions of one image in a batch are not negatives of each other.
+        duplicates: the keys of the training split's images and captions, whose duplicates in
+            a batch are not negatives either (InfoNCE's targets); None: no duplicates.
         amp: the autocast dtype of the model's forward pass, or None.
     """
 
@@ -57,15 +65,21 @@ class TrainingObjective(nn.Module):
         self,
         model: nn.Module,
         losses: dict[str, nn.Module],
-        mask_same_image: bool = False,
+        same_image: bool = False,
+        duplicates: SplitDuplicates | None = None,
         amp: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.losses = nn.ModuleDict(losses)
-        self.mask_same_image = mask_same_image
+        self.same_image = same_image or duplicates is not None
         self.amp = amp
         self.objective = next(iter(losses))
+        # buffers, not saved: they follow the module to its device
+        keys = duplicates.tensors() if duplicates is not None else (None, None, None)
+        for name, value in zip(("image_keys", "caption_keys", "image_captions"), keys,
+                               strict=True):  # fmt: skip
+            self.register_buffer(name, value, persistent=False)
 
     def use(self, name: str) -> bool:
         """Make ``name`` the objective; True if the set of learning parameters changed."""
@@ -97,7 +111,18 @@ class TrainingObjective(nn.Module):
             autocast = torch.autocast(batch.tokens.device.type, dtype=self.amp)
         with autocast:
             img_emb, txt_emb = self.model(batch.image_input, batch.tokens, batch.token_lengths)
-        ids = batch.image_ids if self.mask_same_image else None
+        ids = batch.image_ids if self.same_image else None
         loss_fn = self.losses[self.objective]
-        loss = loss_fn(img_emb, txt_emb, ids, batch.caption_to_image)
+        loss = loss_fn(img_emb, txt_emb, ids, batch.caption_to_image, self._duplicates(batch))
         return loss, loss_fn.stats
+
+    def _duplicates(self, batch: Batch) -> Duplicates | None:
+        """The keys of the batch's image rows and captions."""
+        if self.image_keys is None:
+            return None
+        if batch.caption_ids is None:
+            raise ValueError("false negatives need each caption's index (Batch.caption_ids)")
+        rows = batch.image_rows()
+        return Duplicates(
+            self.image_keys[rows], self.caption_keys[batch.caption_ids], self.image_captions[rows]
+        )

@@ -97,18 +97,26 @@ def read_log(run: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return [r for r in records if r["type"] == "step"], [r for r in records if r["type"] == "eval"]
 
 
-def run_summary(run: Path) -> str:
-    """Best dev rSum, its epoch and the epochs trained (1-based); for the triplet losses, the
-    peak over the logged steps of the share of anchors in the vanishing regime (gap below the
-    run's epsilon, both directions averaged; the steps of a warm-up loss left out)."""
-    steps, evals = read_log(run)
-    best = max(evals, key=lambda record: record["rsum"])
+def vanishing_peak(run: Path) -> float | None:
+    """The peak over the logged steps of the share of anchors in the vanishing regime (gap below
+    the run's epsilon, both directions averaged; the steps of a warm-up loss left out); None
+    for a loss that does not measure it."""
+    steps, _ = read_log(run)
     shares = [
         (record["vanishing_i2t"] + record["vanishing_t2i"]) / 2
         for record in steps
         if "vanishing_i2t" in record and record["objective"] == steps[-1]["objective"]
     ]
-    vanishing = f"; vanishing peak {max(shares):.2f}" if shares else ""
+    return max(shares) if shares else None
+
+
+def run_summary(run: Path) -> str:
+    """Best dev rSum, its epoch and the epochs trained (1-based), and the peak vanishing share
+    where the loss measures it (``vanishing_peak``)."""
+    _, evals = read_log(run)
+    best = max(evals, key=lambda record: record["rsum"])
+    peak = vanishing_peak(run)
+    vanishing = f"; vanishing peak {peak:.2f}" if peak is not None else ""
     return (
         f"best dev rSum {best['rsum']:.1f} at epoch {best['epoch'] + 1} of "
         f"{evals[-1]['epoch'] + 1}{vanishing}"

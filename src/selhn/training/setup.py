@@ -17,6 +17,7 @@ from selhn.config.resolve import check_resumable
 from selhn.config.schedule import steps_per_epoch
 from selhn.config.schema import Config
 from selhn.data.datasets import PairDataset
+from selhn.data.duplicates import split_duplicates
 from selhn.data.facts import check_same_features, feature_job
 from selhn.data.inputs import Split, fingerprint
 from selhn.data.vocab import TextVocabulary
@@ -68,18 +69,29 @@ def provenance(model: DualEncoder, data: Path, train_split: Split) -> dict[str, 
     return {"train_data": fingerprint(train_split), "image_features": features}
 
 
-def make_objective(model: DualEncoder, config: Config, device: torch.device) -> TrainingObjective:
+def make_objective(
+    model: DualEncoder, config: Config, device: torch.device, train_split: Split, announce: bool
+) -> TrainingObjective:
     """The model and its losses: the configured one, and the all-negatives loss for warm-up
-    epochs."""
+    epochs; with the keys of ``train_split``'s duplicates where ``loss.false_negatives`` asks
+    (how many, printed if ``announce``)."""
     tc, lc = config.train, config.loss
-    losses = {
-        lc.name: make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature, tc.global_negatives)
-    }
+    gather = tc.global_negatives
+    loss = make_loss(lc.name, lc.margin, lc.epsilon, lc.temperature, gather, lc.hardness)
+    losses = {lc.name: loss}
     if lc.warmup_epochs and "all" not in losses:
-        losses["all"] = make_loss("all", lc.margin, lc.epsilon, gather=tc.global_negatives)
+        losses["all"] = make_loss("all", lc.margin, lc.epsilon, gather=gather)
     amp = torch.bfloat16 if tc.amp == "bf16" else None
     network_model = torch.compile(model) if tc.compile else model
-    return TrainingObjective(network_model, losses, lc.mask_same_image, amp).to(device)
+    duplicates = None
+    if lc.false_negatives in ("same_caption", "similar"):
+        embed = getattr(model.text_encoder, "embed_texts", None)
+        duplicates = split_duplicates(train_split, lc.false_negatives, embed, lc.similar_threshold)
+        if announce:
+            found = duplicates.summary(train_split.caption_to_image())
+            print(f"false negatives ({lc.false_negatives}): {found}", flush=True)
+    same_image = lc.false_negatives == "same_image"
+    return TrainingObjective(network_model, losses, same_image, duplicates, amp).to(device)
 
 
 def make_state(objective: TrainingObjective, model: DualEncoder, config: Config) -> TrainState:

@@ -161,7 +161,7 @@ class _Run:
         dev_split = model.reads().open(data, dc.dev_split)
         if job.enabled and tc.sync_batchnorm:
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        objective = make_objective(model, config, device)
+        objective = make_objective(model, config, device, train_split, job.is_main)
         state = make_state(objective, model, config)
         if saved is not None:
             state.load_state_dict(saved)
@@ -230,7 +230,7 @@ class _Run:
         workers = self.config.data.num_workers
         loader = epoch_loader(self.dataset, tc.batch_size, tc.seed, epoch, workers, self.job)
         for batch in _progress(loader, epoch, show_progress):
-            if self.config.loss.mask_same_image:  # captions of one image: encode it once
+            if self.objective.same_image:  # captions of one image: encode it once
                 batch = batch.one_row_per_image()
             lr = self.schedule.lr(step)
             for group in state.optimizer.param_groups:

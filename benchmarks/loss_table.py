@@ -1,0 +1,109 @@
+"""The loss comparison of ``real_data.py``: each loss with each false-negative mode, over seeds,
+on the full model with every other setting at its default.
+
+A loss is a name of ``selhn experiment --losses`` (``hardest+warmup``: one all-negatives epoch
+first); a mode a value of ``loss.false_negatives``. The runs of the default loss without false
+negatives are the default full runs of ``real_data.py`` where those exist (linked: the same
+configuration and seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from training_runs import default_loss, mean_std, train_and_test
+
+from selhn.config.schema import loss_setup
+from selhn.training.run_dir import run_summary, vanishing_peak
+
+MARKERS = ("<!-- real_data losses -->", "<!-- /real_data losses -->")
+
+
+def flags(loss: str, mode: str) -> list[str]:
+    """``selhn train`` flags of a loss and false-negative mode."""
+    setup = loss_setup(f"{loss}:{mode}")
+    out = ["--loss", setup.pop("loss.name"), "--false-negatives", setup.pop("loss.false_negatives")]
+    return out + [f"--{key}={value}" for key, value in setup.items()]
+
+
+class Comparison:
+    """Runs, results and the table of every (set, loss, mode, seed)."""
+
+    def __init__(self, losses: list[str], modes: list[str], seeds: int, jobs: int = 1) -> None:
+        self.cases = [(loss, mode) for loss in losses for mode in modes]
+        for loss, mode in self.cases:
+            loss_setup(f"{loss}:{mode}")  # a bad name fails now, not hours later
+        self.seeds, self.jobs = seeds, max(1, jobs)
+        self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.results: dict[str, dict[tuple[str, str], list[dict]]] = {}
+
+    def run(self, name: str, features: Path, out: Path) -> None:
+        """Train and test every case of one set under ``out`` (reusing what is there)."""
+        default = default_loss(features)
+        for seed in range(self.seeds):
+            full = out.parent / "runs" / f"full-seed{seed}"
+            link = out / "runs" / f"{default}-none-seed{seed}"
+            if (default, "none") in self.cases and (full / "last").exists() and not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(full.resolve(), target_is_directory=True)
+                for suffix in ("_time.json", "_test.json"):
+                    made = full.parent / f"{full.name}{suffix}"
+                    if made.exists():
+                        (link.parent / f"{link.name}{suffix}").write_text(made.read_text())
+        tasks = [(case, seed) for case in self.cases for seed in range(self.seeds)]
+
+        def one(task):
+            (loss, mode), seed = task
+            run = out / "runs" / f"{loss}-{mode}-seed{seed}"
+            found = train_and_test(features, run, flags(loss, mode), seed, self.threads)
+            return {**found, "vanishing": vanishing_peak(run), "summary": run_summary(run)}
+
+        with ThreadPoolExecutor(self.jobs) as pool:
+            done = list(pool.map(one, tasks))
+        per_case = self.results.setdefault(name, {})
+        for (case, _), found in zip(tasks, done, strict=True):
+            per_case.setdefault(case, []).append(found)
+
+    def table(self) -> str:
+        """The markdown table and the per-seed lines."""
+        lines = [
+            f"{self.seeds} seeds, test split, mean ± std; runs {self.jobs} side by side, "
+            f"{self.threads} thread(s) each",
+            "",
+            "| set | loss | false negatives | test rSum | duplicate-aware rSum | vanishing peak "
+            "| train min |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        seeds = []
+        for name, per_case in self.results.items():
+            for (loss, mode), runs in per_case.items():
+                peaks = [r["vanishing"] for r in runs if r["vanishing"] is not None]
+                peak = f"{statistics.mean(peaks):.2f}" if peaks else "-"
+                minutes = statistics.mean(r["seconds"] for r in runs) / 60
+                lines.append(
+                    f"| {name} | {loss} | {mode} | {mean_std([r['rsum'] for r in runs])} | "
+                    f"{mean_std([r['dup_rsum'] for r in runs])} | {peak} | {minutes:.1f} |"
+                )
+                seeds += [f"- {name} {loss} {mode} seed {s}: test rSum {r['rsum']:.1f} "
+                          f"(duplicate-aware {r['dup_rsum']:.1f}); {r['summary']}"
+                          for s, r in enumerate(runs)]  # fmt: skip
+        return "\n".join([*lines, "", "Per seed:", "", *seeds])
+
+    def report(self, path: Path, docs: str | None) -> None:
+        """Print the table, write it to ``path`` and into ``docs``'s marked block."""
+        text = self.table()
+        print(text)
+        path.write_text(text + "\n")
+        if docs:
+            page = Path(docs).read_text()
+            start, end = (page.index(marker) for marker in MARKERS)
+            block = f"{MARKERS[0]}\n{text}\n"
+            Path(docs).write_text(page[:start] + block + page[end:])
+        json_path = path.with_suffix(".json")
+        results = {name: {f"{loss}:{mode}": runs for (loss, mode), runs in per_case.items()}
+                   for name, per_case in self.results.items()}  # fmt: skip
+        json_path.write_text(json.dumps(results, indent=2))

@@ -1,0 +1,70 @@
+"""Training and testing runs of ``selhn`` in processes of their own, timed once and reused: what
+``real_data.py`` and ``loss_table.py`` share."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from selhn.config.resolve import resolve
+from selhn.data.facts import DataFacts
+
+
+def selhn(*argv: str, threads: int | None = None) -> float:
+    """Run ``selhn ARGV``, failing loudly; return its wall time in seconds. ``threads``: the
+    torch threads it may use (all by default)."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "selhn", *argv], check=True, env=env)
+    return time.perf_counter() - started
+
+
+def timed_once(path: Path, work) -> float:
+    """Seconds of ``work()``, recorded in ``path`` so a rerun does not repeat it."""
+    if not path.exists():
+        path.write_text(json.dumps({"seconds": work()}))
+    return json.loads(path.read_text())["seconds"]
+
+
+def report_path(run: Path) -> Path:
+    """Where ``selhn eval`` writes the test metrics of a run (beside it)."""
+    return run.parent / f"{run.name}_test.json"
+
+
+def train_and_test(
+    features: Path, run: Path, flags: list[str], seed: int, threads: int | None = None
+) -> dict[str, float]:
+    """Train (if not done), evaluate on test; return test rSum (standard and duplicate-aware)
+    and train seconds."""
+    seconds = timed_once(
+        run.parent / f"{run.name}_time.json",
+        lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
+                      "--no-progress", *flags, threads=threads),
+    )  # fmt: skip
+    expected = flags[flags.index("--loss") + 1] if "--loss" in flags else default_loss(features)
+    trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
+    if trained != expected:
+        raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
+                         "version's defaults?); use a new --work")  # fmt: skip
+    report = report_path(run)
+    if not report.exists() or "duplicate_aware" not in json.loads(report.read_text()):
+        selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
+              "--json", str(report), threads=threads)  # fmt: skip
+    found = json.loads(report.read_text())
+    return {"rsum": found["metrics"]["rsum"], "dup_rsum": found["duplicate_aware"]["rsum"],
+            "seconds": seconds}  # fmt: skip
+
+
+def default_loss(features: Path) -> str:
+    """The loss ``selhn train`` picks for ``features`` when no ``--loss`` is given."""
+    return resolve(DataFacts.read(features)).config.loss.name
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"

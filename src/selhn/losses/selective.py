@@ -1,0 +1,94 @@
+"""Selective InfoNCE: SelHN's per-anchor switch inside a softmax objective."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from selhn.losses.hinges import positives
+from selhn.losses.infonce import Candidates, InfoNCELoss, NegativeWeights, contrastive_terms
+from selhn.losses.inputs import PairIndex, as_scoring_dtype
+
+
+def _log_mean_exp(values: Tensor, count: Tensor | None, dim: int) -> Tensor:
+    """log of the mean of exp(values) along ``dim``, each entry counted ``count`` times (once
+    if None); -inf entries are left out."""
+    present = torch.isfinite(values).to(values.dtype)
+    if count is None:
+        return torch.logsumexp(values, dim=dim) - present.sum(dim).log()
+    count = count.to(values.dtype)
+    return torch.logsumexp(values + count.log(), dim=dim) - (present * count).sum(dim).log()
+
+
+class SelectiveInfoNCELoss(InfoNCELoss):
+    """InfoNCE whose negatives are weighted by hardness for the anchors that pass SelHN's gap
+    test (docs/losses.md, "Selective InfoNCE").
+
+    For each anchor (an image's pair, or a caption) the gap is ``|S_pos - max S_neg|`` on the
+    scores (cosine for unit embeddings), S_neg over its negatives. An anchor with gap >=
+    ``epsilon`` weights each negative's exponential by ``exp(hardness * l) / mean exp(hardness *
+    l)`` over its negatives (HN-NCE's weights, ``l`` the logits); one with gap < ``epsilon`` (the
+    regime where the hardest triplet's gradient vanishes) keeps InfoNCE's uniform negatives. The
+    weights and the switch carry no gradient. ``hardness=0`` or ``epsilon=inf`` is InfoNCE.
+
+    Args:
+        temperature, learnable: as in ``InfoNCELoss``.
+        epsilon: the gap below which an anchor keeps uniform negatives.
+        hardness: beta of the weights, in units of the logits (>= 0).
+        reduction, gather_distributed, check_inputs: as in ``PairLoss``.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        epsilon: float = 0.01,
+        hardness: float = 0.5,
+        learnable: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(temperature, learnable, **options)
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        if not 0 <= hardness < math.inf:
+            raise ValueError(f"hardness must be a finite number >= 0, got {hardness}")
+        self.epsilon, self.hardness = epsilon, hardness
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}, hardness={self.hardness}"
+
+    def score_terms(self, scores: Tensor, pairs: PairIndex) -> Tensor:
+        scale = as_scoring_dtype(self.logit_scale).clamp(max=math.log(100)).exp()
+        logits = scale * scores
+        candidates = Candidates.of(pairs, *scores.shape, scores.device)
+        weights = self._weights(scores.detach(), logits.detach(), pairs, candidates)
+        self.stats["temperature"] = (1 / scale).detach()
+        return contrastive_terms(logits, pairs, candidates, weights)
+
+    def _weights(
+        self, scores: Tensor, logits: Tensor, pairs: PairIndex, candidates: Candidates
+    ) -> NegativeWeights:
+        """The hardness weights and which anchors use them (the gap test); sets ``stats``."""
+        negatives = scores.masked_fill(~candidates.negative, -math.inf)
+        pos = positives(scores, pairs.rows)
+        row_gap = (pos - negatives.max(dim=1).values[candidates.rows]).abs()
+        col_gap = (pos - negatives.max(dim=0).values).abs()  # inf where no negative
+        image_pairs, text_pairs = row_gap >= self.epsilon, col_gap >= self.epsilon
+        hard = (self.hardness * logits).masked_fill(~candidates.negative, -math.inf)
+        image = hard - _log_mean_exp(hard, None, dim=1)[:, None]
+        text = hard - _log_mean_exp(hard, candidates.count, dim=0)[None, :]
+        self.stats = {}
+        for name, gap in (("i2t", row_gap), ("t2i", col_gap)):
+            finite = torch.isfinite(gap)
+            self.stats[f"vanishing_{name}"] = (gap < self.epsilon).float().mean()
+            total = gap.where(finite, torch.zeros_like(gap)).sum()
+            self.stats[f"gap_{name}"] = total / finite.sum().clamp(min=1)
+        zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+        return NegativeWeights(
+            image.nan_to_num(nan=0.0).where(candidates.negative, zero),
+            text.nan_to_num(nan=0.0).where(candidates.negative, zero),
+            image_pairs,
+            text_pairs,
+        )
