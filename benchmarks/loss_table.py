@@ -2,9 +2,8 @@
 on the full model with every other setting at its default.
 
 A loss is a name of ``selhn experiment --losses`` (``hardest+warmup``: one all-negatives epoch
-first); a mode a value of ``loss.false_negatives``. The runs of the default loss without false
-negatives are the default full runs of ``real_data.py`` where those exist (linked: the same
-configuration and seed).
+first); a mode a value of ``loss.false_negatives``. Every run is trained here, so all of them are
+timed alike (``--jobs`` side by side).
 """
 
 from __future__ import annotations
@@ -15,9 +14,11 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from training_runs import default_loss, mean_std, train_and_test
+from training_runs import mean_std, train_and_test
 
 from selhn.config.schema import loss_setup
+from selhn.data.duplicates import split_duplicates
+from selhn.data.precomp import open_split
 from selhn.training.run_dir import run_summary, vanishing_peak
 
 MARKERS = ("<!-- real_data losses -->", "<!-- /real_data losses -->")
@@ -40,20 +41,19 @@ class Comparison:
         self.seeds, self.jobs = seeds, max(1, jobs)
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
         self.results: dict[str, dict[tuple[str, str], list[dict]]] = {}
+        self.duplicates: list[str] = []
 
     def run(self, name: str, features: Path, out: Path) -> None:
         """Train and test every case of one set under ``out`` (reusing what is there)."""
-        default = default_loss(features)
-        for seed in range(self.seeds):
-            full = out.parent / "runs" / f"full-seed{seed}"
-            link = out / "runs" / f"{default}-none-seed{seed}"
-            if (default, "none") in self.cases and (full / "last").exists() and not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(full.resolve(), target_is_directory=True)
-                for suffix in ("_time.json", "_test.json"):
-                    made = full.parent / f"{full.name}{suffix}"
-                    if made.exists():
-                        (link.parent / f"{link.name}{suffix}").write_text(made.read_text())
+        for split_name in ("train", "dev", "test"):
+            split = open_split(features, split_name)
+            found = split_duplicates(split, "same_caption")
+            counts = found.counts(split.caption_images)
+            self.duplicates.append(
+                f"| {name} | {split_name} | {split.num_images} | {len(split.captions)} | "
+                f"{counts['extra_pairs']} | {counts['captions_with_extra_images']} | "
+                f"{counts['images_per_caption']:.2f} | {counts['captions_per_image']:.2f} |"
+            )
         tasks = [(case, seed) for case in self.cases for seed in range(self.seeds)]
 
         def one(task):
@@ -91,7 +91,16 @@ class Comparison:
                 seeds += [f"- {name} {loss} {mode} seed {s}: test rSum {r['rsum']:.1f} "
                           f"(duplicate-aware {r['dup_rsum']:.1f}); {r['summary']}"
                           for s, r in enumerate(runs)]  # fmt: skip
-        return "\n".join([*lines, "", "Per seed:", "", *seeds])
+        duplicates = [
+            "Extended positives (`same_caption`: identical caption words or image files) per "
+            "split:",
+            "",
+            "| set | split | images | captions | extra positive pairs | captions describing "
+            "another image | positive images per caption | positive captions per image |",
+            "|---|---|---|---|---|---|---|---|",
+            *self.duplicates,
+        ]
+        return "\n".join([*lines, "", *duplicates, "", "Per seed:", "", *seeds])
 
     def report(self, path: Path, docs: str | None) -> None:
         """Print the table, write it to ``path`` and into ``docs``'s marked block."""

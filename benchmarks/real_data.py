@@ -8,12 +8,13 @@ adds only ``--architecture probe``), timed, and ``selhn eval`` on the test split
 time per 1,000 images, features included; then one line per run (best dev rSum, its epoch, the
 epochs trained, the peak share of anchors in the vanishing regime).
 
-``--losses`` also compares losses on the full model (``losses.py``): each loss (a name of
+``--losses`` also compares losses on the full model (``loss_table.py``): each loss (a name of
 ``selhn experiment --losses``) with each ``--false-negatives`` mode, per seed, ``selhn train
 --loss NAME --false-negatives MODE`` and ``selhn eval``; the table (test rSum, standard and
 duplicate-aware, peak vanishing share, minutes) is printed, written to ``WORK/losses.md`` and,
 with ``--docs FILE``, into FILE between its ``<!-- real_data losses -->`` markers. ``--jobs N``
-trains N runs side by side, each with 2/N threads.
+trains N runs side by side, each with (CPU cores / N) threads; ``--models ''`` trains no
+model comparison.
 
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
@@ -81,7 +82,7 @@ def main() -> None:
     for name in args.sets.split(","):
         features, feature_s, images = prepare(name, work)
         results = {}
-        for model in args.models.split(","):
+        for model in [m for m in args.models.split(",") if m]:
             runs = []
             for seed in range(args.seeds):
                 run = work / name / "runs" / f"{model}-seed{seed}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
@@ -20,8 +21,10 @@ from selhn.data.duplicates import (
 )
 from selhn.data.precomp import open_split
 from selhn.data.synth import SynthConfig, generate
+from selhn.evaluation import evaluate
 from selhn.evaluation.evaluate import encode_split
 from selhn.evaluation.extended import extended_metrics
+from selhn.models.sentence import SentenceEncoder
 from selhn.training.run_dir import read_log
 
 
@@ -33,6 +36,7 @@ class FakeSplit:
     caption_images: np.ndarray
     files: list[str] | None = None
     stored: list[np.ndarray] = field(default_factory=list)
+    captions_path: Path = Path("/nonexistent/train_caps.txt")
 
     @property
     def num_images(self) -> int:
@@ -67,16 +71,19 @@ def test_normalised_captions_ignore_case_spacing_and_punctuation():
 
 
 def naive_describes(captions, images, image_same):
-    """caption q describes image i: its own, an identical image's, or an image that has a
-    caption with the same words."""
+    """caption q describes image i: an image identical to i (i itself included) is q's own
+    image or has a caption with q's words."""
     words = [normalise_caption(c) for c in captions]
     n = len(image_same)
     out = np.zeros((n, len(captions)), dtype=bool)
     for i in range(n):
         for q in range(len(captions)):
-            own = image_same[i][images[q]]
-            same_words = any(words[c] == words[q] for c in range(len(captions)) if images[c] == i)
-            out[i, q] = own or same_words
+            for j in range(n):
+                if not image_same[i][j]:
+                    continue
+                own = images[q] == j
+                same_words = any(words[c] == words[q] for c in np.flatnonzero(images == j))
+                out[i, q] |= bool(own or same_words)
     return out
 
 
@@ -99,25 +106,47 @@ def test_identical_files_and_caption_texts_describe_each_others_images(tmp_path:
     # image 0, the same file as image 2) describe another image
     assert counts["captions_with_extra_images"] == 6
     assert found.summary(IMAGES) == (
-        "6 of 6 captions also describe another image; 2 of 4 images recur"
+        "6 of 6 captions also describe another image; 2 of 4 images recur (compared by image files)"
     )
 
 
 def test_without_the_files_the_stored_inputs_say_which_images_are_the_same():
     stored = [np.full((2, 3), v, dtype=np.float32) for v in (1.0, 2.0, 1.0, 3.0)]
     missing = FakeSplit(CAPTIONS, IMAGES, ["/nonexistent/a.png"] * 4, stored)
-    keys = split_duplicates(missing, "same_caption").image_keys
-    assert keys.tolist() == [0, 1, 0, 2]
+    found = split_duplicates(missing, "same_caption")
+    assert found.image_keys.tolist() == [0, 1, 0, 2]
+    assert "(compared by stored image input)" in found.summary(IMAGES)
+
+
+def test_listed_names_are_read_relative_to_the_data_directory(tmp_path: Path):
+    for name, content in (("a.png", b"1"), ("b.png", b"2"), ("c.png", b"1"), ("d.png", b"3")):
+        (tmp_path / name).write_bytes(content)
+    split = FakeSplit(CAPTIONS, IMAGES, ["a.png", "b.png", "c.png", "d.png"],
+                      captions_path=tmp_path / "test_caps.txt")  # fmt: skip
+    found = split_duplicates(split, "same_caption")
+    assert found.image_keys.tolist() == [0, 1, 0, 2]
+    assert "(compared by image files)" in found.summary(IMAGES)
+
+
+def test_an_identical_image_shares_the_captions_of_its_copy():
+    """Image 2 is image 1's file; image 1 has a caption with image 0's words: that caption of
+    image 0 describes image 2 too."""
+    captions, owners = ["a dog", "a dog", "a cat"], np.array([0, 1, 2])
+    keys = SplitDuplicates.of(np.array([0, 1, 1]), equal_keys(captions), owners)
+    same = [[True, False, False], [False, True, True], [False, True, True]]
+    assert keys.describes(owners).tolist() == naive_describes(captions, owners, same).tolist()
+    assert keys.describes(owners)[2, 0]
 
 
 def test_similar_captions_join_by_chains_of_close_embeddings():
     # rows 0-1 and 1-2 are close (cosine 0.98), 0-2 is not (0.92); row 3 is far from all
     angles = torch.tensor([0.0, 0.2, 0.4, 1.5])
-    vectors = torch.stack([angles.cos(), angles.sin()], dim=1) * torch.tensor([[1.0], [3.0],
-                                                                                [0.5], [2.0]])
+    vectors = torch.stack([angles.cos(), angles.sin()], dim=1) * torch.tensor(
+        [[1.0], [3.0], [0.5], [2.0]]
+    )
     assert similar_groups(vectors, threshold=0.97).tolist() == [0, 0, 0, 1]
     assert similar_groups(vectors, threshold=0.99).tolist() == [0, 1, 2, 3]
-    assert similar_groups(vectors, threshold=0.97, chunk=1).tolist() == [0, 0, 0, 1]
+    assert similar_groups(vectors, threshold=0.97, elements=4).tolist() == [0, 0, 0, 1]  # 1 row
 
 
 def test_similar_needs_sentence_embeddings_and_groups_distinct_texts():
@@ -136,9 +165,9 @@ def test_similar_needs_sentence_embeddings_and_groups_distinct_texts():
     assert seen == ["a dog runs", "a brown dog on grass", "two cats"]  # each text once
     assert found.caption_keys.tolist() == [0, 0, 0, 1, 0, 1]
     strict = split_duplicates(split, "similar", embed, threshold=0.999)
-    assert strict.caption_keys.tolist() == equal_keys(
-        normalise_caption(c) for c in CAPTIONS
-    ).tolist()
+    assert (
+        strict.caption_keys.tolist() == equal_keys(normalise_caption(c) for c in CAPTIONS).tolist()
+    )
 
 
 def test_the_caption_table_pads_images_with_fewer_captions():
@@ -147,7 +176,7 @@ def test_the_caption_table_pads_images_with_fewer_captions():
 
 
 @pytest.mark.training
-def test_training_with_false_negatives_and_a_duplicate_aware_eval(tmp_path, capsys):
+def test_training_with_false_negatives_and_a_duplicate_aware_eval(tmp_path, capsys, monkeypatch):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, SynthConfig(train=40, dev=10, test=10, regions=8, feature_dim=8, seed=1))
     test_caps = data / "test_caps.txt"
@@ -186,3 +215,27 @@ def test_training_with_false_negatives_and_a_duplicate_aware_eval(tmp_path, caps
     assert {k: found["duplicate_aware"][k] for k in want} == pytest.approx(want)
     assert found["duplicate_aware"]["rsum"] >= found["metrics"]["rsum"]
     assert "duplicate-aware (" in capsys.readouterr().out
+    monkeypatch.setattr(evaluate, "DUPLICATE_AWARE_LIMIT", split.num_images * len(owners) - 1)
+    assert main(["eval", "--checkpoint", str(run / "best"), "--data", str(data),
+                 "--json", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["duplicate_aware"] is None
+    assert "duplicate-aware metrics left out: 10 x 50 pairs" in capsys.readouterr().out
+
+
+def test_similar_with_the_packaged_sentence_model_joins_paraphrases_only():
+    text = SentenceEncoder(None, 8)
+    text.load_pretrained()
+    captions = ["a dog runs on the grass", "A dog running on grass.", "two cats sleep on a sofa",
+                "a dog runs on the grass"]  # fmt: skip
+    split = FakeSplit(
+        captions, np.array([0, 1, 2, 3]), None, [np.array([float(i)]) for i in range(4)]
+    )
+    unit = F.normalize(text.embed_texts([normalise_caption(c) for c in captions]), dim=1)
+    close = float(unit[0] @ unit[1])
+    far = float(unit[0] @ unit[2])
+    assert far < close < 0.999  # the paraphrase is closer than the other caption, not identical
+    threshold = (close + far) / 2
+    found = split_duplicates(split, "similar", text.embed_texts, threshold)
+    assert found.caption_keys.tolist() == [0, 0, 1, 0]
+    strict = split_duplicates(split, "similar", text.embed_texts, (close + 1) / 2)
+    assert strict.caption_keys.tolist() == [0, 1, 2, 0]  # identical words alone

@@ -91,6 +91,8 @@ def test_bad_positives_are_refused():
     img, txt, positives, _ = problem(6)
     with pytest.raises(ValueError, match=r"positives must be a \(20, 60\) bool matrix"):
         extended_metrics(img, txt, positives.float())
+    with pytest.raises(ValueError, match="fold5 needs caption_to_image"):
+        extended_metrics(img, txt, positives, fold5=True)
     positives[:, 0] = False
     with pytest.raises(ValueError, match="every image and every caption needs a positive"):
         extended_metrics(img, txt, positives)

@@ -21,7 +21,7 @@ TRIPLET = {
 
 def batch(seed=0, images=6, per_image=(2, 1, 2, 1, 1, 2), dim=5):
     """Clustered embeddings (many gaps below epsilon), each image's captions, and duplicates:
-    images 1 and 4 are the same file; caption 3 reads like a caption of image 0."""
+    images 1 and 4 are the same file; caption 3 (of image 2) reads like caption 0 (of image 0)."""
     gen = torch.Generator().manual_seed(seed)
     rows = torch.tensor([i for i, n in enumerate(per_image) for _ in range(n)])
     centres = torch.randn(3, dim, generator=gen, dtype=torch.float64)
@@ -31,7 +31,7 @@ def batch(seed=0, images=6, per_image=(2, 1, 2, 1, 1, 2), dim=5):
                                                    dtype=torch.float64), dim=1)  # fmt: skip
     image_keys = torch.tensor([0, 1, 2, 3, 1, 5])
     caption_keys = torch.arange(len(rows))
-    caption_keys[3] = caption_keys[0]  # caption 3 (of image 1) is word for word caption 0's
+    caption_keys[3] = caption_keys[0]  # caption 3 (of image 2) is word for word caption 0
     known = [[q for q in range(len(rows)) if rows[q] == i] for i in range(images)]
     width = max(len(k) for k in known)
     image_captions = torch.tensor(
@@ -266,3 +266,14 @@ def test_selective_infonce_square_batch_and_autocast():
 def test_selective_infonce_refuses_bad_options(value):
     with pytest.raises(ValueError, match=next(iter(value))):
         SelectiveInfoNCELoss(**value)
+
+
+def test_negative_caption_keys_and_keys_on_another_device_are_refused():
+    img, txt, rows, dup = batch(6)
+    loss = SelHNLoss()
+    padded_like = Duplicates(dup.image_keys, dup.caption_keys - 1, dup.image_captions)
+    with pytest.raises(ValueError, match=r"duplicates.caption_keys must be >= 0"):
+        loss(img, txt, caption_to_image=rows, duplicates=padded_like)
+    elsewhere = Duplicates(*(t.to("meta") for t in dup.tensors()))
+    with pytest.raises(ValueError, match=r"duplicates.image_keys is on meta; the scores are on"):
+        loss(img, txt, caption_to_image=rows, duplicates=elsewhere)

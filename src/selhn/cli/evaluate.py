@@ -48,7 +48,11 @@ def add(commands: Any) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
-    from selhn.evaluation.evaluate import duplicate_aware, encode_checkpoints
+    from selhn.evaluation.evaluate import (
+        DUPLICATE_AWARE_LIMIT,
+        duplicate_aware,
+        encode_checkpoints,
+    )
     from selhn.evaluation.extended import format_extended
     from selhn.evaluation.metrics import (
         embedding_metrics,
@@ -78,7 +82,11 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{split.name} split, {protocol}, {models} model{'s' if models > 1 else ''}")
     print(format_table(metrics))
     extended = duplicate_aware(split, img_embs, txt_embs, args.fold5)
-    print(format_extended(extended, extended["extra_pairs"]))
+    if extended is None:
+        print(f"duplicate-aware metrics left out: {split.num_images} x {len(owners)} pairs is "
+              f"more than {DUPLICATE_AWARE_LIMIT:,}")  # fmt: skip
+    else:
+        print(format_extended(extended, extended["extra_pairs"]))
     if args.json:
         report = {"split": split.name, "fold5": args.fold5, "checkpoints": checkpoints,
                   "metrics": metrics, "duplicate_aware": extended}  # fmt: skip

@@ -21,6 +21,7 @@ class Batch:
     image_ids: Tensor  # (B,) index of each caption's image in its split
     caption_to_image: Tensor | None = None  # (B,) image row of each caption
     caption_ids: Tensor | None = None  # (B,) index of each caption in its split
+    row_image_ids: Tensor | None = None  # (N,) with caption_to_image: each image row's image id
 
     def to(self, device: torch.device | str) -> Batch:
         def move(t: Tensor | None) -> Tensor | None:
@@ -33,12 +34,15 @@ class Batch:
             self.image_ids.to(device, non_blocking=True),
             move(self.caption_to_image),
             move(self.caption_ids),
+            move(self.row_image_ids),
         )
 
     def image_rows(self) -> Tensor:
         """(N,) the split index of each image row."""
         if self.caption_to_image is None:
             return self.image_ids
+        if self.row_image_ids is not None:
+            return self.row_image_ids
         rows = torch.zeros(int(self.caption_to_image.max()) + 1, dtype=torch.long,
                            device=self.image_ids.device)  # fmt: skip
         return rows.scatter_(0, self.caption_to_image, self.image_ids)
@@ -56,6 +60,7 @@ class Batch:
             self.image_ids,
             caption_to_image,
             self.caption_ids,
+            images,
         )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +48,24 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def image_keys(split: Split) -> np.ndarray:
-    """(N_images,) keys equal for images with identical file bytes: those of the listed image
-    files where every one is present, else those of each image's stored input."""
+def image_keys(split: Split) -> tuple[np.ndarray, str]:
+    """((N_images,) keys equal for identical images, what they were read from): the bytes of
+    the listed image files where every one is present (names relative to the data directory),
+    else each image's stored input."""
     files = split.image_files()
-    if files and all(Path(f).is_file() for f in files):
-        return equal_keys(_file_digest(Path(f)) for f in files)
+    if files:
+        root = split.captions_path.parent
+        paths = [Path(f) if Path(f).is_absolute() else root / f for f in files]
+        if all(path.is_file() for path in paths):
+            return equal_keys(_file_digest(path) for path in paths), "image files"
     stored = (np.asarray(split.image(i)) for i in range(split.num_images))
-    return equal_keys(hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest() for a in stored)
+    keys = equal_keys(hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest() for a in stored)
+    return keys, "stored image input"
 
 
-def similar_groups(embeddings: Tensor, threshold: float, chunk: int = 4096) -> np.ndarray:
+def similar_groups(embeddings: Tensor, threshold: float, elements: int = 1 << 24) -> np.ndarray:
     """(M,) keys of the connected components of rows whose cosine is >= ``threshold`` (the rows
-    of an (M, H) matrix, compared in chunks on its device)."""
+    of an (M, H) matrix, compared on its device in blocks of about ``elements`` scores)."""
     unit = torch.nn.functional.normalize(embeddings.float(), dim=1)
     parent = np.arange(len(unit))
 
@@ -70,8 +75,9 @@ def similar_groups(embeddings: Tensor, threshold: float, chunk: int = 4096) -> n
             i = parent[i]
         return i
 
-    for start in range(0, len(unit), chunk):
-        close = (unit[start : start + chunk] @ unit.T >= threshold).nonzero().cpu().numpy()
+    step = max(1, elements // max(len(unit), 1))
+    for start in range(0, len(unit), step):
+        close = (unit[start : start + step] @ unit.T >= threshold).nonzero().cpu().numpy()
         for a, b in close:
             ra, rb = root(start + int(a)), root(int(b))
             if ra != rb:
@@ -84,24 +90,36 @@ class SplitDuplicates:
     """Keys of a split's images and captions; equal keys are the same image (caption).
 
     ``image_keys``: (N_images,); ``caption_keys``: (N_captions,); ``image_captions``: (N_images,
-    K) the caption keys of each image's captions, -1 padded.
+    K) the caption keys of the captions of each image and of every image identical to it, -1
+    padded; ``image_source``: what the image keys were read from.
     """
 
     image_keys: np.ndarray
     caption_keys: np.ndarray
     image_captions: np.ndarray
+    image_source: str = ""
 
     @classmethod
-    def of(cls, image_keys: np.ndarray, caption_keys: np.ndarray, caption_images: np.ndarray):
-        """The keys of images and captions, with ``caption_images`` the image of each caption."""
-        n_images = len(image_keys)
-        per_image = np.bincount(caption_images, minlength=n_images)
-        table = np.full((n_images, max(int(per_image.max(initial=0)), 1)), -1, dtype=np.int64)
-        order = np.argsort(caption_images, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(per_image)[:-1]])
-        slot = np.arange(len(order)) - starts[caption_images[order]]
-        table[caption_images[order], slot] = caption_keys[order]
-        return cls(image_keys, caption_keys, table)
+    def of(
+        cls,
+        image_keys: np.ndarray,
+        caption_keys: np.ndarray,
+        caption_images: np.ndarray,
+        image_source: str = "",
+    ) -> SplitDuplicates:
+        """The keys of images and captions, with ``caption_images`` the image of each caption.
+        Identical images share their captions: a caption of one describes the others."""
+        _, image_class = np.unique(image_keys, return_inverse=True)
+        if not len(caption_keys):
+            return cls(image_keys, caption_keys, np.full((len(image_keys), 1), -1), image_source)
+        owner = image_class[caption_images]  # each caption's class of identical images
+        pairs = np.unique(np.stack([owner, caption_keys]), axis=1)  # distinct (class, key)
+        per_class = np.bincount(pairs[0], minlength=int(image_class.max(initial=-1)) + 1)
+        table = np.full((len(per_class), max(int(per_class.max(initial=0)), 1)), -1, np.int64)
+        starts = np.concatenate([[0], np.cumsum(per_class)[:-1]]).astype(np.int64)
+        slot = np.arange(pairs.shape[1]) - starts[pairs[0]]  # pairs are sorted by class
+        table[pairs[0], slot] = pairs[1]
+        return cls(image_keys, caption_keys, table[image_class], image_source)
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
         return tuple(
@@ -109,13 +127,18 @@ class SplitDuplicates:
             for a in (self.image_keys, self.caption_keys, self.image_captions)
         )
 
-    def describes(self, caption_images: np.ndarray) -> Tensor:
+    def describes(self, caption_images: np.ndarray, elements: int = 1 << 24) -> Tensor:
         """(N_images, N_captions) bool: caption q describes image i (its own image, an identical
-        image, or an image with an identical caption)."""
-        images, captions, table = self.tensors()
-        keys = Duplicates(images, captions, table)
-        every = torch.arange(len(images))
-        return keys.describes(every, torch.as_tensor(caption_images))
+        image, or an image with an identical caption), built in blocks of images."""
+        keys = Duplicates(*self.tensors())
+        owners = torch.as_tensor(caption_images)
+        n_images, width = len(self.image_keys), self.image_captions.shape[1]
+        step = max(1, elements // max(len(owners) * width, 1))
+        blocks = [
+            keys.describes(torch.arange(start, min(start + step, n_images)), owners)
+            for start in range(0, n_images, step)
+        ]
+        return torch.cat(blocks) if blocks else torch.zeros(0, len(owners), dtype=torch.bool)
 
     def summary(self, caption_images: np.ndarray) -> str:
         """How many captions describe another image too, and how many images recur (counted
@@ -131,7 +154,8 @@ class SplitDuplicates:
         recurring = int((images_per_key[image_key] > 1).sum())
         return (
             f"{shared} of {len(self.caption_keys)} captions also describe another image; "
-            f"{recurring} of {len(self.image_keys)} images recur"
+            f"{recurring} of {len(self.image_keys)} images recur (compared by "
+            f"{self.image_source or 'key'})"
         )
 
     def counts(self, caption_images: np.ndarray) -> dict[str, float]:
@@ -148,12 +172,17 @@ class SplitDuplicates:
 
 
 def split_duplicates(
-    split: Split, mode: str, embed_texts=None, threshold: float = 0.95
+    split: Split,
+    mode: str,
+    embed_texts: Callable[[list[str]], Tensor] | None = None,
+    threshold: float = 0.95,
+    device: torch.device | str = "cpu",
 ) -> SplitDuplicates:
     """The keys of ``split`` for a false-negative ``mode`` (``same_caption`` or ``similar``).
 
     ``embed_texts``: for ``similar``, a function from a list of strings to their (M, H) frozen
-    sentence embeddings; ``threshold``: the cosine at which two captions are similar.
+    sentence embeddings, compared on ``device``; ``threshold``: the cosine at which two
+    captions are similar.
     """
     if mode not in ("same_caption", "similar"):
         raise ValueError(f"split_duplicates: mode must be same_caption or similar; got {mode!r}")
@@ -166,6 +195,9 @@ def split_duplicates(
                 "text_encoder=sentence (or the probe)"
             )
         distinct = list(dict.fromkeys(texts))  # in key order
-        caption_keys = similar_groups(embed_texts(distinct), threshold)[caption_keys]
+        if distinct:
+            embeddings = embed_texts(distinct).to(device)
+            caption_keys = similar_groups(embeddings, threshold)[caption_keys]
     caption_images = np.asarray(split.caption_to_image(), dtype=np.int64)
-    return SplitDuplicates.of(image_keys(split), caption_keys, caption_images)
+    keys, source = image_keys(split)
+    return SplitDuplicates.of(keys, caption_keys, caption_images, source)

@@ -82,13 +82,20 @@ def evaluate(
     return embedding_metrics(img_emb, txt_emb, caption_to_image=split.caption_to_image())
 
 
+# The duplicate-aware metrics hold the images x captions positives whole (one byte each)
+DUPLICATE_AWARE_LIMIT = 250_000_000
+
+
 def duplicate_aware(
     split: Split, img_embs: list[Tensor], txt_embs: list[Tensor], fold5: bool = False
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """The duplicate-aware metrics of a split's embeddings (``extended_metrics``; identical
     caption texts and image files are the same), and ``extra_pairs``: how many positive pairs
-    that adds to the split's own."""
+    that adds to the split's own. None for a split of more than ``DUPLICATE_AWARE_LIMIT``
+    image-caption pairs."""
     owners = split.caption_to_image()
+    if split.num_images * len(owners) > DUPLICATE_AWARE_LIMIT:
+        return None
     positives = split_duplicates(split, "same_caption").describes(owners)
     metrics = extended_metrics(img_embs, txt_embs, positives, fold5, owners)
     return {"extra_pairs": int(positives.sum()) - len(owners), **metrics}

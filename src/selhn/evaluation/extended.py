@@ -84,6 +84,8 @@ def extended_metrics(
     if not bool(positives.any(dim=1).all() and positives.any(dim=0).all()):
         raise ValueError("every image and every caption needs a positive")
     if fold5:
+        if caption_to_image is None:
+            raise ValueError("fold5 needs caption_to_image (the image of each caption)")
         index = torch.as_tensor(caption_to_image)
         return average([
             _metrics([e[rows] for e in img_embs], [e[cols] for e in txt_embs],

@@ -51,24 +51,46 @@ class Candidates:
 
 
 @dataclass(frozen=True)
-class NegativeWeights:
-    """Log-weights added to the negatives' logits of some anchors (no gradient through them).
+class Sharpening:
+    """HN-NCE's hardness weights on the negatives of some anchors: negative j's exponential
+    weighs w_j = exp(hardness * l_j) / mean_k exp(hardness * l_k) over the anchor's negatives
+    (an image shared by several captions counted once per caption), without gradient.
 
-    ``image``: (N, P), row r for the image anchors of row r's pairs; ``text``: (N, P), column q
-    for caption anchor q; ``image_pairs``, ``text_pairs``: (P,) bool, the anchors weighted.
+    ``image_pairs``, ``text_pairs``: (P,) bool, the image (text) anchors weighted; ``hardness``
+    > 0.
     """
 
-    image: Tensor
-    text: Tensor
+    hardness: float
     image_pairs: Tensor
     text_pairs: Tensor
+
+    def log_sums(
+        self, negatives: Tensor, log_count: Tensor, candidates: Candidates
+    ) -> tuple[Tensor, Tensor]:
+        """(N,) log sum_j w_j exp(l_j) over each image row's negative captions and (P,) over
+        each caption's negative images, from the -inf-masked negative logits."""
+        fixed = self.hardness * negatives.detach()  # -inf off the negatives
+        sharp = negatives + fixed  # logsumexp: sum_j exp(l_j) exp(hardness * l_j), gradient
+        # through exp(l_j) only
+
+        def log_mean(values: Tensor, dim: int, total: Tensor) -> Tensor:
+            norm = torch.logsumexp(values, dim=dim)  # -inf for an anchor with no negatives
+            return torch.where(torch.isfinite(norm), norm - total.log(), torch.zeros_like(norm))
+
+        negative = candidates.negative.to(negatives.dtype)
+        count = log_count.exp()
+        image = torch.logsumexp(sharp, dim=1) - log_mean(fixed, 1, negative.sum(1))
+        text = torch.logsumexp(sharp + log_count, dim=0) - log_mean(
+            fixed + log_count, 0, (negative * count).sum(0)
+        )
+        return image, text
 
 
 def contrastive_terms(
     logits: Tensor,
     pairs: PairIndex,
     candidates: Candidates,
-    weights: NegativeWeights | None = None,
+    sharpening: Sharpening | None = None,
 ) -> Tensor:
     """(2, P) cross-entropies of an (N, P) logit matrix: row 0 each image anchor's over the
     captions, row 1 each caption's over the images.
@@ -76,7 +98,7 @@ def contrastive_terms(
     Each term is -log(sum over the targets / sum over the targets and the negatives), the
     targets being the pair's own and its duplicates. An image that several captions share is
     counted once per caption among a caption's candidates (log-weight log(count)), as if it
-    were repeated. ``weights`` reweights the negatives of the anchors it names."""
+    were repeated. ``sharpening`` reweights the negatives of the anchors it names."""
     rows = candidates.rows
     pos = positives(logits, pairs.rows)
     negatives = logits.masked_fill(~candidates.negative, -math.inf)
@@ -86,11 +108,10 @@ def contrastive_terms(
     text_pos = torch.logaddexp(pos, torch.logsumexp(extra + count, dim=0))
     image_neg = torch.logsumexp(negatives, dim=1)[rows]
     text_neg = torch.logsumexp(negatives + count, dim=0)
-    if weights is not None:
-        image_weighted = torch.logsumexp(negatives + weights.image, dim=1)[rows]
-        text_weighted = torch.logsumexp(negatives + count + weights.text, dim=0)
-        image_neg = torch.where(weights.image_pairs, image_weighted, image_neg)
-        text_neg = torch.where(weights.text_pairs, text_weighted, text_neg)
+    if sharpening is not None:
+        image_sharp, text_sharp = sharpening.log_sums(negatives, count, candidates)
+        image_neg = torch.where(sharpening.image_pairs, image_sharp[rows], image_neg)
+        text_neg = torch.where(sharpening.text_pairs, text_sharp, text_neg)
     image_term = torch.logaddexp(image_neg, image_pos) - image_pos
     text_term = torch.logaddexp(text_neg, text_pos) - text_pos
     return torch.stack([image_term, text_term])

@@ -45,7 +45,8 @@ class Duplicates:
         (``caption_images``: the (P,) image row of each caption)."""
         keys = self.image_keys
         same_image = keys[images][:, None] == keys[caption_images][None, :]
-        named = self.image_captions[images][:, :, None] == self.caption_keys[None, None, :]
+        table = self.image_captions[images]
+        named = (table[:, :, None] == self.caption_keys[None, None, :]) & (table >= 0)[:, :, None]
         return same_image | named.any(dim=1)
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -224,8 +225,11 @@ def pair_index(
     return rows, ids
 
 
-def check_duplicates(duplicates: Duplicates | None, n_images: int, n_pairs: int) -> None:
-    """ValueError unless ``duplicates`` holds integer keys of the batch's shapes."""
+def check_duplicates(
+    duplicates: Duplicates | None, n_images: int, n_pairs: int, device: torch.device, check: bool
+) -> None:
+    """ValueError unless ``duplicates`` holds integer keys of the batch's shapes on ``device``
+    (and, with ``check``, no negative caption key)."""
     if duplicates is None:
         return
     expected = {"image_keys": (n_images,), "caption_keys": (n_pairs,)}
@@ -242,6 +246,12 @@ def check_duplicates(duplicates: Duplicates | None, n_images: int, n_pairs: int)
             f"duplicates.image_captions must be an ({n_images}, K) integer tensor; got shape "
             f"{tuple(named.shape)}, dtype {named.dtype}"
         )
+    for name, value in zip(("image_keys", "caption_keys", "image_captions"), duplicates.tensors(),
+                           strict=True):  # fmt: skip
+        if value.device != device:
+            raise ValueError(f"duplicates.{name} is on {value.device}; the scores are on {device}")
+    if check and duplicates.caption_keys.numel() and int(duplicates.caption_keys.min()) < 0:
+        raise ValueError("duplicates.caption_keys must be >= 0 (-1 pads image_captions)")
 
 
 def prepare_embeddings(
@@ -281,7 +291,7 @@ def prepare_embeddings(
                 f"above {MAX_SCORE:.3g}, where the loss overflows; normalise them"
             )
     rows, ids = pair_index(ids, caption_to_image, img_emb.shape[0], txt_emb.shape[0], device, check)
-    check_duplicates(duplicates, img_emb.shape[0], txt_emb.shape[0])
+    check_duplicates(duplicates, img_emb.shape[0], txt_emb.shape[0], device, check)
     img_emb, txt_emb = as_scoring_dtype(img_emb), as_scoring_dtype(txt_emb)
     txt_emb = txt_emb.to(img_emb.dtype)
     if gather and process_group_size() > 1:
@@ -312,7 +322,7 @@ def prepare_scores(
         check_finite("scores", scores)
         check_score_range("scores", scores)
     rows, ids = pair_index(ids, caption_to_image, *scores.shape, scores.device, check)
-    check_duplicates(duplicates, *scores.shape)
+    check_duplicates(duplicates, *scores.shape, scores.device, check)
     if scores.shape[1] < 2:
         raise ValueError(f"scores needs B >= 2 pairs; got {tuple(scores.shape)}")
     return as_scoring_dtype(scores), PairIndex.of(rows, ids, duplicates)

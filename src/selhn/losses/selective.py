@@ -9,18 +9,8 @@ import torch
 from torch import Tensor
 
 from selhn.losses.hinges import positives
-from selhn.losses.infonce import Candidates, InfoNCELoss, NegativeWeights, contrastive_terms
+from selhn.losses.infonce import Candidates, InfoNCELoss, Sharpening, contrastive_terms
 from selhn.losses.inputs import PairIndex, as_scoring_dtype
-
-
-def _log_mean_exp(values: Tensor, count: Tensor | None, dim: int) -> Tensor:
-    """log of the mean of exp(values) along ``dim``, each entry counted ``count`` times (once
-    if None); -inf entries are left out."""
-    present = torch.isfinite(values).to(values.dtype)
-    if count is None:
-        return torch.logsumexp(values, dim=dim) - present.sum(dim).log()
-    count = count.to(values.dtype)
-    return torch.logsumexp(values + count.log(), dim=dim) - (present * count).sum(dim).log()
 
 
 class SelectiveInfoNCELoss(InfoNCELoss):
@@ -63,32 +53,24 @@ class SelectiveInfoNCELoss(InfoNCELoss):
         scale = as_scoring_dtype(self.logit_scale).clamp(max=math.log(100)).exp()
         logits = scale * scores
         candidates = Candidates.of(pairs, *scores.shape, scores.device)
-        weights = self._weights(scores.detach(), logits.detach(), pairs, candidates)
+        sharpening = self._gap_test(scores.detach(), pairs, candidates)
         self.stats["temperature"] = (1 / scale).detach()
-        return contrastive_terms(logits, pairs, candidates, weights)
+        return contrastive_terms(logits, pairs, candidates, sharpening)
 
-    def _weights(
-        self, scores: Tensor, logits: Tensor, pairs: PairIndex, candidates: Candidates
-    ) -> NegativeWeights:
-        """The hardness weights and which anchors use them (the gap test); sets ``stats``."""
+    def _gap_test(
+        self, scores: Tensor, pairs: PairIndex, candidates: Candidates
+    ) -> Sharpening | None:
+        """The anchors whose gap reaches epsilon, to be sharpened; sets ``stats``."""
         negatives = scores.masked_fill(~candidates.negative, -math.inf)
         pos = positives(scores, pairs.rows)
         row_gap = (pos - negatives.max(dim=1).values[candidates.rows]).abs()
         col_gap = (pos - negatives.max(dim=0).values).abs()  # inf where no negative
-        image_pairs, text_pairs = row_gap >= self.epsilon, col_gap >= self.epsilon
-        hard = (self.hardness * logits).masked_fill(~candidates.negative, -math.inf)
-        image = hard - _log_mean_exp(hard, None, dim=1)[:, None]
-        text = hard - _log_mean_exp(hard, candidates.count, dim=0)[None, :]
         self.stats = {}
         for name, gap in (("i2t", row_gap), ("t2i", col_gap)):
             finite = torch.isfinite(gap)
             self.stats[f"vanishing_{name}"] = (gap < self.epsilon).float().mean()
             total = gap.where(finite, torch.zeros_like(gap)).sum()
             self.stats[f"gap_{name}"] = total / finite.sum().clamp(min=1)
-        zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
-        return NegativeWeights(
-            image.nan_to_num(nan=0.0).where(candidates.negative, zero),
-            text.nan_to_num(nan=0.0).where(candidates.negative, zero),
-            image_pairs,
-            text_pairs,
-        )
+        if not self.hardness:
+            return None
+        return Sharpening(self.hardness, row_gap >= self.epsilon, col_gap >= self.epsilon)

@@ -75,11 +75,12 @@ class TrainingObjective(nn.Module):
         self.same_image = same_image or duplicates is not None
         self.amp = amp
         self.objective = next(iter(losses))
-        # buffers, not saved: they follow the module to its device
+        # buffers that follow the module to its device, neither saved nor synchronised by DDP
+        names = ("image_keys", "caption_keys", "image_captions")
         keys = duplicates.tensors() if duplicates is not None else (None, None, None)
-        for name, value in zip(("image_keys", "caption_keys", "image_captions"), keys,
-                               strict=True):  # fmt: skip
+        for name, value in zip(names, keys, strict=True):
             self.register_buffer(name, value, persistent=False)
+        self._ddp_params_and_buffers_to_ignore = list(names)
 
     def use(self, name: str) -> bool:
         """Make ``name`` the objective; True if the set of learning parameters changed."""

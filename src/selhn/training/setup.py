@@ -86,7 +86,9 @@ def make_objective(
     duplicates = None
     if lc.false_negatives in ("same_caption", "similar"):
         embed = getattr(model.text_encoder, "embed_texts", None)
-        duplicates = split_duplicates(train_split, lc.false_negatives, embed, lc.similar_threshold)
+        duplicates = split_duplicates(
+            train_split, lc.false_negatives, embed, lc.similar_threshold, device
+        )
         if announce:
             found = duplicates.summary(train_split.caption_to_image())
             print(f"false negatives ({lc.false_negatives}): {found}", flush=True)
