@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,9 @@ class Candidates:
 
     rows: Tensor  # (P,) image row of each caption
     negative: Tensor  # (N, P) bool: image i and caption q are negatives of each other
-    target: Tensor  # (N, P) bool: caption q describes image i (a duplicate), not its own pair
-    count: Tensor  # (N, 1) the number of captions of each image row
+    target: Tensor | None  # (N, P) bool: caption q describes image i (a duplicate), not its
+    # own pair; None without duplicates
+    count: Tensor | None  # (N, 1) the number of captions of each image row; None: one each
 
     @classmethod
     def of(cls, pairs: PairIndex, n_images: int, n_pairs: int, device: torch.device):
@@ -41,13 +43,21 @@ class Candidates:
         else:
             same = image_groups[:, None] == pairs.groups[None, :]
         rows = pairs.image_rows(n_pairs, device)
-        target = torch.zeros_like(same)
+        target, negative = None, ~same
         if pairs.duplicates is not None:
             images = torch.arange(n_images, device=device)
             target = pairs.duplicates.describes(images, rows) & ~same
-        count = torch.zeros(n_images, device=device)
-        count.index_add_(0, rows, torch.ones(n_pairs, device=device))
-        return cls(rows, ~(same | target), target, count[:, None])
+            negative &= ~target
+        count = None
+        if pairs.rows is not None:
+            count = torch.zeros(n_images, device=device)
+            count.index_add_(0, rows, torch.ones(n_pairs, device=device))
+            count = count[:, None]
+        return cls(rows, negative, target, count)
+
+    def log_count(self, dtype: torch.dtype) -> Tensor | float:
+        """(N, 1) log of the captions of each image row (0 where each has one)."""
+        return 0.0 if self.count is None else self.count.to(dtype).log()
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class Sharpening:
     text_pairs: Tensor
 
     def log_sums(
-        self, negatives: Tensor, log_count: Tensor, candidates: Candidates
+        self, negatives: Tensor, log_count: Tensor | float, candidates: Candidates
     ) -> tuple[Tensor, Tensor]:
         """(N,) log sum_j w_j exp(l_j) over each image row's negative captions and (P,) over
         each caption's negative images, from the -inf-masked negative logits."""
@@ -78,10 +88,11 @@ class Sharpening:
             return torch.where(torch.isfinite(norm), norm - total.log(), torch.zeros_like(norm))
 
         negative = candidates.negative.to(negatives.dtype)
-        count = log_count.exp()
+        count = candidates.count
+        col_total = negative.sum(0) if count is None else count.to(negative.dtype).T @ negative
         image = torch.logsumexp(sharp, dim=1) - log_mean(fixed, 1, negative.sum(1))
         text = torch.logsumexp(sharp + log_count, dim=0) - log_mean(
-            fixed + log_count, 0, (negative * count).sum(0)
+            fixed + log_count, 0, col_total.reshape(-1)
         )
         return image, text
 
@@ -90,7 +101,7 @@ def contrastive_terms(
     logits: Tensor,
     pairs: PairIndex,
     candidates: Candidates,
-    sharpening: Sharpening | None = None,
+    sharpen: Callable[[Tensor, Tensor], Sharpening | None] | None = None,
 ) -> Tensor:
     """(2, P) cross-entropies of an (N, P) logit matrix: row 0 each image anchor's over the
     captions, row 1 each caption's over the images.
@@ -98,16 +109,20 @@ def contrastive_terms(
     Each term is -log(sum over the targets / sum over the targets and the negatives), the
     targets being the pair's own and its duplicates. An image that several captions share is
     counted once per caption among a caption's candidates (log-weight log(count)), as if it
-    were repeated. ``sharpening`` reweights the negatives of the anchors it names."""
+    were repeated. ``sharpen``, given the (P,) positive logits and the (N, P) negative ones
+    (-inf elsewhere), both detached, may reweight the negatives of some anchors."""
     rows = candidates.rows
     pos = positives(logits, pairs.rows)
     negatives = logits.masked_fill(~candidates.negative, -math.inf)
-    extra = logits.masked_fill(~candidates.target, -math.inf)
-    count = candidates.count.to(logits.dtype).log()
-    image_pos = torch.logaddexp(pos, torch.logsumexp(extra, dim=1)[rows])  # (P,)
-    text_pos = torch.logaddexp(pos, torch.logsumexp(extra + count, dim=0))
+    count = candidates.log_count(logits.dtype)
+    image_pos = text_pos = pos
+    if candidates.target is not None:
+        extra = logits.masked_fill(~candidates.target, -math.inf)
+        image_pos = torch.logaddexp(pos, torch.logsumexp(extra, dim=1)[rows])  # (P,)
+        text_pos = torch.logaddexp(pos, torch.logsumexp(extra + count, dim=0))
     image_neg = torch.logsumexp(negatives, dim=1)[rows]
     text_neg = torch.logsumexp(negatives + count, dim=0)
+    sharpening = sharpen(pos.detach(), negatives.detach()) if sharpen is not None else None
     if sharpening is not None:
         image_sharp, text_sharp = sharpening.log_sums(negatives, count, candidates)
         image_neg = torch.where(sharpening.image_pairs, image_sharp[rows], image_neg)

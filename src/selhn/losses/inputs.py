@@ -43,11 +43,14 @@ class Duplicates:
     def describes(self, images: Tensor, caption_images: Tensor) -> Tensor:
         """(len(images), P) bool: caption q describes image row ``images[i]``
         (``caption_images``: the (P,) image row of each caption)."""
-        keys = self.image_keys
-        same_image = keys[images][:, None] == keys[caption_images][None, :]
+        keys, captions = self.image_keys, self.caption_keys
+        described = keys[images][:, None] == keys[caption_images][None, :]
         table = self.image_captions[images]
-        named = (table[:, :, None] == self.caption_keys[None, None, :]) & (table >= 0)[:, :, None]
-        return same_image | named.any(dim=1)
+        # padding becomes a value no caption key has, so it matches nothing
+        table = torch.where(table >= 0, table, captions.min() - 1 if captions.numel() else -1)
+        for column in table.unbind(dim=1):  # one (len(images), P) comparison per known caption
+            described |= column[:, None] == captions[None, :]
+        return described
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.image_keys, self.caption_keys, self.image_captions

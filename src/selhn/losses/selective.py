@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selhn.losses.hinges import positives
 from selhn.losses.infonce import Candidates, InfoNCELoss, Sharpening, contrastive_terms
 from selhn.losses.inputs import PairIndex, as_scoring_dtype
 
@@ -51,26 +50,22 @@ class SelectiveInfoNCELoss(InfoNCELoss):
 
     def score_terms(self, scores: Tensor, pairs: PairIndex) -> Tensor:
         scale = as_scoring_dtype(self.logit_scale).clamp(max=math.log(100)).exp()
-        logits = scale * scores
         candidates = Candidates.of(pairs, *scores.shape, scores.device)
-        sharpening = self._gap_test(scores.detach(), pairs, candidates)
-        self.stats["temperature"] = (1 / scale).detach()
-        return contrastive_terms(logits, pairs, candidates, sharpening)
+        self.stats = {"temperature": (1 / scale).detach()}
 
-    def _gap_test(
-        self, scores: Tensor, pairs: PairIndex, candidates: Candidates
-    ) -> Sharpening | None:
-        """The anchors whose gap reaches epsilon, to be sharpened; sets ``stats``."""
-        negatives = scores.masked_fill(~candidates.negative, -math.inf)
-        pos = positives(scores, pairs.rows)
-        row_gap = (pos - negatives.max(dim=1).values[candidates.rows]).abs()
-        col_gap = (pos - negatives.max(dim=0).values).abs()  # inf where no negative
-        self.stats = {}
-        for name, gap in (("i2t", row_gap), ("t2i", col_gap)):
-            finite = torch.isfinite(gap)
-            self.stats[f"vanishing_{name}"] = (gap < self.epsilon).float().mean()
-            total = gap.where(finite, torch.zeros_like(gap)).sum()
-            self.stats[f"gap_{name}"] = total / finite.sum().clamp(min=1)
-        if not self.hardness:
-            return None
-        return Sharpening(self.hardness, row_gap >= self.epsilon, col_gap >= self.epsilon)
+        def gap_test(pos: Tensor, negatives: Tensor) -> Sharpening | None:
+            """The anchors whose gap |S_pos - max S_neg| (logits / scale) reaches epsilon."""
+            rows = candidates.rows
+            unit = scale.detach()
+            row_gap = (pos - negatives.max(dim=1).values[rows]).abs() / unit
+            col_gap = (pos - negatives.max(dim=0).values).abs() / unit  # inf: no negative
+            for name, gap in (("i2t", row_gap), ("t2i", col_gap)):
+                finite = torch.isfinite(gap)
+                self.stats[f"vanishing_{name}"] = (gap < self.epsilon).float().mean()
+                total = gap.where(finite, torch.zeros_like(gap)).sum()
+                self.stats[f"gap_{name}"] = total / finite.sum().clamp(min=1)
+            if not self.hardness:
+                return None
+            return Sharpening(self.hardness, row_gap >= self.epsilon, col_gap >= self.epsilon)
+
+        return contrastive_terms(scale * scores, pairs, candidates, gap_test)
