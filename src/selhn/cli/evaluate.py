@@ -86,7 +86,7 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"duplicate-aware metrics left out: {split.num_images} x {len(owners)} pairs is "
               f"more than {DUPLICATE_AWARE_LIMIT:,}")  # fmt: skip
     else:
-        print(format_extended(extended, extended["extra_pairs"]))
+        print(format_extended(extended, extended["extra_pairs"], extended["images_compared_by"]))
     if args.json:
         report = {"split": split.name, "fold5": args.fold5, "checkpoints": checkpoints,
                   "metrics": metrics, "duplicate_aware": extended}  # fmt: skip

@@ -90,15 +90,17 @@ def duplicate_aware(
     split: Split, img_embs: list[Tensor], txt_embs: list[Tensor], fold5: bool = False
 ) -> dict[str, float] | None:
     """The duplicate-aware metrics of a split's embeddings (``extended_metrics``; identical
-    caption texts and image files are the same), and ``extra_pairs``: how many positive pairs
-    that adds to the split's own. None for a split of more than ``DUPLICATE_AWARE_LIMIT``
-    image-caption pairs."""
+    caption words and image files are the same), ``extra_pairs``: how many positive pairs that
+    adds to the split's own, and ``images_compared_by``: what identical images were found by.
+    None for a split of more than ``DUPLICATE_AWARE_LIMIT`` image-caption pairs."""
     owners = split.caption_to_image()
     if split.num_images * len(owners) > DUPLICATE_AWARE_LIMIT:
         return None
-    positives = split_duplicates(split, "same_caption").describes(owners)
+    keys = split_duplicates(split, "same_caption")
+    positives = keys.describes(owners)
     metrics = extended_metrics(img_embs, txt_embs, positives, fold5, owners)
-    return {"extra_pairs": int(positives.sum()) - len(owners), **metrics}
+    extra = int(positives.sum()) - len(owners)
+    return {"extra_pairs": extra, "images_compared_by": keys.image_source, **metrics}
 
 
 def encode_checkpoints(

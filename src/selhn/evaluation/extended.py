@@ -110,13 +110,13 @@ def average(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return {name: float(np.mean([m[name] for m in per_fold])) for name in EXTENDED_NAMES}
 
 
-def format_extended(metrics: dict[str, float], extra_pairs: int) -> str:
+def format_extended(metrics: dict[str, float], extra_pairs: int, compared_by: str) -> str:
     """The duplicate-aware row of ``selhn eval``."""
     recalls = " ".join(
         f"{d} R@{k} {metrics[f'{d}_r{k}']:.1f}" for d in ("i2t", "t2i") for k in RECALL_KS
     )
     return (
-        f"duplicate-aware ({extra_pairs} extra positive pairs: identical caption text or image "
-        f"bytes): {recalls}; rSum {metrics['rsum']:.1f}; mAP@R i2t {metrics['i2t_map_r']:.1f}, "
-        f"t2i {metrics['t2i_map_r']:.1f}"
+        f"duplicate-aware ({extra_pairs} extra positive pairs: captions with the same words, "
+        f"identical images by {compared_by}): {recalls}; rSum {metrics['rsum']:.1f}; mAP@R i2t "
+        f"{metrics['i2t_map_r']:.1f}, t2i {metrics['t2i_map_r']:.1f}"
     )
