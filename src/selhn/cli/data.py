@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from selhn.cli.common import add_device, add_progress, command
+from selhn.cli.common import add_device, add_progress, check_output, command
 from selhn.utils.extras import require
 
 
@@ -27,6 +27,15 @@ def add(commands: Any) -> None:
     samples.add_argument("--test", type=int, default=150, help="test digit pairs")
     samples.add_argument("--seed", type=int, default=0, help="the pairs' random draws")
     samples.set_defaults(run=_samples)
+    folder = command(data, "folder", "a manifest of a folder of images, captions and splits")
+    folder.add_argument("folder", help="the image folder (searched recursively)")
+    folder.add_argument("--out", required=True, help="the manifest to write (JSON lines)")
+    folder.add_argument(
+        "--captions",
+        help="a caption table: CSV with image and caption columns, or JSON lines with image and "
+        "captions (image paths relative to the folder); sidecar .txt files are read too",
+    )
+    folder.set_defaults(run=_folder)
     images = command(
         data, "images", "captions and image lists of a manifest, to train from images (no features)"
     )
@@ -74,6 +83,21 @@ def _samples(args: argparse.Namespace) -> None:
     print(f"wrote {manifest} and its images")
 
 
+def _folder(args: argparse.Namespace) -> None:
+    require("images", "selhn data folder")
+    from selhn.data.folder import folder_manifest
+
+    check_output(args.out, "--out")
+    found = folder_manifest(args.folder, args.out, args.captions)
+    splits = ", ".join(f"{split} {n}" for split, n in found.splits.items())
+    print(f"wrote {args.out}: {splits} captioned images; {found.index_only} without captions "
+          "(indexed, not trained on)")  # fmt: skip
+    if sum(found.splits.values()) and not found.splits["dev"]:
+        print("warning: no dev split (fewer than 3 distinct captioned images); training needs one")
+    for name, why in found.skipped:
+        print(f"left out {name}: {why}")
+
+
 def _image_records(args: argparse.Namespace, command: str) -> list:
     """The records of ``--manifest`` or ``--karpathy`` (with ``--images``)."""
     from selhn.data.manifest import read_karpathy, read_manifest
@@ -82,7 +106,12 @@ def _image_records(args: argparse.Namespace, command: str) -> list:
         raise SystemExit(f"selhn {command}: --karpathy needs --images DIR (the image folder)")
     if args.karpathy:
         return read_karpathy(args.karpathy, args.images)
-    return read_manifest(args.manifest, args.images)
+    index_only: list[str] = []
+    records = read_manifest(args.manifest, args.images, index_only)
+    if index_only:
+        print(f"{args.manifest}: {len(index_only)} images without captions or split left out "
+              "(they are for selhn index)")  # fmt: skip
+    return records
 
 
 def _images(args: argparse.Namespace) -> None:

@@ -37,8 +37,22 @@ class DataFacts:
         path = Path(data)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: data directory not found")
+        check_split(path, "train")
         pairs = len(read_captions(path / "train_caps.txt"))
         return cls(path, feature_job(path), trunk_path(path, "train").is_file(), pairs)
+
+
+def check_split(data: str | Path, split: str) -> None:
+    """FileNotFoundError naming the fix where the data directory has no ``split``, which
+    training reads (train, and the dev split it evaluates after every epoch)."""
+    path = Path(data) / f"{split}_caps.txt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{data}: no {split} split ({path.name} not found); training needs a train and a "
+            f"dev split: give images \"split\": \"{split}\" in the manifest and rerun selhn "
+            "features (or selhn data images), or let `selhn data folder DIR --out MANIFEST` "
+            "assign the splits"
+        )
 
 
 def feature_job(data: str | Path) -> dict[str, Any] | None:

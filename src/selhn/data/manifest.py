@@ -4,7 +4,9 @@ Karpathy's files (``dataset_flickr30k.json``, ``dataset_coco.json``, ...) hold
 ``{"images": [{"filepath"?, "filename", "split", "sentences": [{"raw": ...}, ...]}, ...]}``;
 ``val`` is the dev split and ``restval`` joins train. A manifest holds one JSON object per line:
 ``{"image": "path relative to the manifest", "captions": ["...", ...], "split": "train"}``;
-other keys are ignored. Every problem is reported with the line or entry it is in.
+other keys are ignored. A line with neither captions nor a split (an image to index only, as
+``selhn data folder`` writes one) is not a training image. Every problem is reported with the
+line or entry it is in.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ class ImageRecord:
 def _record(image: Path, captions: Any, split: Any, source: str) -> ImageRecord:
     if split not in SPLIT_NAMES:
         expected = sorted(SPLIT_NAMES)
-        raise ValueError(f"{source}: unknown split {split!r}; expected one of {expected}")
+        raise ValueError(
+            f"{source}: unknown split {split!r}; expected one of {expected} (`selhn data folder "
+            "DIR --out MANIFEST` writes a manifest with splits for a folder of images)"
+        )
     if not isinstance(captions, list) or not captions:
         raise ValueError(f"{source}: no captions (expected a non-empty list of strings)")
     cleaned = []
@@ -64,13 +69,19 @@ def manifest_entries(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield source, entry
 
 
-def read_manifest(path: str | Path, images: str | Path | None = None) -> list[ImageRecord]:
+def read_manifest(
+    path: str | Path, images: str | Path | None = None, index_only: list[str] | None = None
+) -> list[ImageRecord]:
     """Records of a JSON-lines manifest; image paths are relative to ``images`` (default: the
-    manifest's folder). Blank lines are skipped."""
+    manifest's folder). Blank lines are skipped; the images of lines with neither captions nor
+    a split are appended to ``index_only`` (an error if it is None)."""
     path = Path(path)
     root = Path(images) if images is not None else path.parent
     records = []
     for source, entry in manifest_entries(path):
+        if index_only is not None and not entry.get("captions") and "split" not in entry:
+            index_only.append(entry["image"])
+            continue
         image = root / entry["image"]
         records.append(_record(image, entry.get("captions"), entry.get("split"), source))
     if not records:

@@ -24,6 +24,7 @@ from selhn.data.augment import Augmentation
 from selhn.data.batch import Batch
 from selhn.data.caption_checks import caption_warnings
 from selhn.data.datasets import PairDataset
+from selhn.data.facts import check_split
 from selhn.data.inputs import Split
 from selhn.data.vocab import TextVocabulary
 from selhn.evaluation.evaluate import evaluate
@@ -100,6 +101,7 @@ def train(
     Under ``torchrun`` this joins the job's process group (unless the caller already did) and
     trains with DistributedDataParallel; rank 0 evaluates and writes the run directory.
     """
+    check_split(data, config.data.dev_split)
     if config.unresolved():
         raise ValueError(
             f"train needs a resolved configuration; {', '.join(config.unresolved())} still "

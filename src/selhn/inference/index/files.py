@@ -18,14 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-_KINDS = {
-    stat.S_IFDIR: "a folder",
-    stat.S_IFIFO: "a named pipe",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFLNK: "a link",
-}
+from selhn.data.walk import kind_of
+
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -47,20 +41,6 @@ class FileIdentity:
 
 
 MAX_FILE_BYTES = 2**30  # larger files are not read as images
-
-
-def kind_of(mode: int) -> str:
-    """'a named pipe', 'a folder', ... for a ``st_mode`` that is not a regular file's."""
-    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-
-
-def inside(root: Path, path: Path) -> str | None:
-    """``path`` resolved (links followed) relative to the resolved ``root``, as POSIX text; None
-    if it resolves outside ``root``."""
-    real_root, real = os.path.realpath(root), os.path.realpath(path)
-    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        return None
-    return PurePosixPath(Path(os.path.relpath(real, real_root))).as_posix()
 
 
 def _parts(target: str) -> tuple[str, ...]:
