@@ -49,7 +49,7 @@ def check_split(data: str | Path, split: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(
             f"{data}: no {split} split ({path.name} not found); training needs a train and a "
-            f"dev split: give images \"split\": \"{split}\" in the manifest and rerun selhn "
+            f'dev split: give images "split": "{split}" in the manifest and rerun selhn '
             "features (or selhn data images), or let `selhn data folder DIR --out MANIFEST` "
             "assign the splits"
         )
