@@ -1,5 +1,6 @@
 import json
 
+from selhn.training import report
 from selhn.training.run_dir import run_summary
 
 
@@ -45,3 +46,21 @@ def test_run_summary_of_the_mean_loss_counts_its_own_steps(tmp_path):
                      _eval(1, 95.0)])  # fmt: skip
     # no warm-up: every step is the run's loss; peak of (0.1+0.3)/2=0.2 and (0.5+0.1)/2=0.3
     assert run_summary(run) == "best dev rSum 95.0 at epoch 2 of 2; vanishing peak 0.30"
+
+
+def test_the_time_left_says_when_early_stopping_would_end_the_run(monkeypatch):
+    now = iter(range(0, 1000, 10))  # every epoch takes 10 s
+    monkeypatch.setattr(report.time, "perf_counter", lambda: float(next(now)))
+    clock = report.EpochClock(epochs=10, patience=3)
+    assert (
+        clock.lap(0, best_epoch=0)
+        == "10 s, at most 2 min left; 30 s if the dev rSum does not improve"
+    )
+    assert (
+        clock.lap(1, best_epoch=0)
+        == "10 s, at most 80 s left; 20 s if the dev rSum does not improve"
+    )
+    assert clock.lap(7, best_epoch=7) == "10 s, about 20 s left"  # the patience outlasts the run
+    assert clock.lap(9, best_epoch=7) == "10 s"
+    plain = report.EpochClock(epochs=200)
+    assert plain.lap(0, best_epoch=0) == "10 s, about 33 min left"

@@ -67,7 +67,7 @@ def _eval(args: argparse.Namespace) -> None:
     checkpoints = [args.checkpoint, *args.ensemble]
     device = resolve_device(args.device)
     split, img_embs, txt_embs = encode_checkpoints(
-        checkpoints, args.data, args.split, args.batch_size, device
+        checkpoints, args.data, args.split, args.batch_size, device, progress=True
     )
     owners = split.caption_to_image()
     if args.save_sims:

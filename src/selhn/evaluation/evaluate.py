@@ -19,6 +19,7 @@ from selhn.data.vocab import TextVocabulary
 from selhn.evaluation.extended import extended_metrics
 from selhn.evaluation.metrics import embedding_metrics
 from selhn.models import DualEncoder
+from selhn.utils.progress import tracked
 
 
 @torch.no_grad()
@@ -29,8 +30,10 @@ def encode_split(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(N_images, D) image and (N_captions, D) caption embeddings of a split, on the CPU.
+    """(N_images, D) image and (N_captions, D) caption embeddings of a split, on the CPU, with
+    their progress shown if ``progress``.
 
     The split must be opened as the model reads it (``split_for``)."""
     was_training = model.training
@@ -42,6 +45,8 @@ def encode_split(
             num_workers=num_workers,
             collate_fn=split.collate_images,
         )
+        images = tracked(images, f"encoding {split.name} images", split.num_images, "images",
+                         progress, lambda batch: len(batch[0]))  # fmt: skip
         img_emb = [model.encode_images(*(t.to(device) for t in batch)).cpu() for batch in images]
         texts = DataLoader(
             CaptionDataset(split.captions, vocab),
@@ -49,6 +54,8 @@ def encode_split(
             num_workers=num_workers,
             collate_fn=pad_tokens,
         )
+        texts = tracked(texts, f"encoding {split.name} captions", len(split.captions), "captions",
+                        progress, lambda batch: len(batch[0]))  # fmt: skip
         txt_emb = [model.encode_texts(t.to(device), n.to(device)).cpu() for t, n in texts]
     finally:
         model.train(was_training)
@@ -109,6 +116,7 @@ def encode_checkpoints(
     split: str,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> tuple[Split, list[Tensor], list[Tensor]]:
     """(the split, each checkpoint's image embeddings, each one's caption embeddings): the
     models of an ensemble, each reading the split as it reads images (``split_for``)."""
@@ -116,7 +124,7 @@ def encode_checkpoints(
     for checkpoint in checkpoints:
         model, vocab, meta = load_model(checkpoint, device)
         opened = split_for(model, data, split, meta)
-        img, txt = encode_split(model, opened, vocab, batch_size, device)
+        img, txt = encode_split(model, opened, vocab, batch_size, device, progress=progress)
         img_embs.append(img)
         txt_embs.append(txt)
     return opened, img_embs, txt_embs

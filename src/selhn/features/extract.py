@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from selhn.data.precomp import features_path
 from selhn.data.trunk import trunk_path
 from selhn.models.backbones import DEFAULT_BACKBONE, GridBackbone, build_backbone, grid_shape
 from selhn.models.stage import finish_stage, has_cut, trunk_activations
+from selhn.utils.progress import tracked
 from selhn.utils.textfiles import read_json, write_atomic
 
 
@@ -139,11 +139,8 @@ def _extract_split(
     loader = DataLoader(
         _RecordImages(records[start:], job.image_size), batch_size, num_workers=num_workers
     )
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc=f"{split} from image {start}", leave=False)
-    for images in loader:
+    label = f"features {split}" + (f" from image {start}" if start else "")
+    for images in tracked(loader, label, len(records) - start, "images", progress, len):
         batch = _compute(backbone, images.to(device), outputs)
         if not arrays:  # shapes known from the first batch
             for name, values in batch.items():
@@ -196,11 +193,10 @@ def extract_features(
         model = backbone if backbone is not None else build_backbone(job.backbone, job.weights)
         model = model.to(device).eval()
         grid_shape(model, job.image_size)  # a clear error for a size too small
-        show = progress and sys.stderr.isatty()
         for split, part in todo.items():
             computed += _extract_split(
                 out, split, part, model, todo_outputs[split], job, device, batch_size,
-                num_workers, show,
+                num_workers, progress,
             )  # fmt: skip
     return {
         "images": {split: len(part) for split, part in splits.items()},

@@ -17,18 +17,30 @@ from selhn.utils.distributed import Distributed
 
 
 class EpochClock:
-    """Seconds per epoch (training and evaluation) and an estimate of the time left."""
+    """Seconds per epoch (training and evaluation) and an estimate of the time left: at most the
+    remaining epochs, and with early stopping (``patience`` epochs without a better dev rSum)
+    the time until it stops if the dev rSum does not improve."""
 
-    def __init__(self, epochs: int) -> None:
-        self.epochs, self.start, self.done, self.total = epochs, time.perf_counter(), 0, 0.0
+    def __init__(self, epochs: int, patience: int = 0) -> None:
+        self.epochs, self.patience = epochs, patience
+        self.start, self.done, self.total = time.perf_counter(), 0, 0.0
 
-    def lap(self, epoch: int) -> str:
-        """The time of the epoch that just ended, and the time left at the mean epoch time."""
+    def lap(self, epoch: int, best_epoch: int) -> str:
+        """The time of the epoch that just ended (0-based ``epoch``), and the time left."""
         now = time.perf_counter()
         seconds, self.start, self.done = now - self.start, now, self.done + 1
         self.total += seconds
-        left = self.total / self.done * (self.epochs - epoch - 1)
-        return f"{seconds:.0f} s" + (f", about {_duration(left)} left" if left else "")
+        mean, remaining = self.total / self.done, self.epochs - epoch - 1
+        if not remaining:
+            return f"{seconds:.0f} s"
+        if self.patience:
+            unless = self.patience - (epoch - best_epoch)
+            if 0 < unless < remaining:
+                return (
+                    f"{seconds:.0f} s, at most {_duration(mean * remaining)} left; "
+                    f"{_duration(mean * unless)} if the dev rSum does not improve"
+                )
+        return f"{seconds:.0f} s, about {_duration(mean * remaining)} left"
 
 
 def _duration(seconds: float) -> str:
@@ -78,7 +90,7 @@ def epoch_line(state: TrainState, schedule: Schedule, rsum: float, clock: EpochC
     epoch = state.epoch - 1
     return (
         f"epoch {epoch + 1}/{schedule.epochs}  dev rSum {rsum:.1f}  (best {state.best_rsum:.1f} "
-        f"at epoch {state.best_epoch + 1})  {clock.lap(epoch)}"
+        f"at epoch {state.best_epoch + 1})  {clock.lap(epoch, state.best_epoch)}"
     )
 
 

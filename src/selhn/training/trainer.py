@@ -9,7 +9,6 @@ share of each batch with DistributedDataParallel; rank 0 evaluates and writes th
 
 from __future__ import annotations
 
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from selhn.utils.distributed import (
     process_group,
     resolve_device,
 )
+from selhn.utils.progress import tracked
 
 
 def grad_norm(module: nn.Module) -> Tensor:
@@ -197,8 +197,8 @@ class _Run:
     def train(self, progress: bool) -> dict[str, Any]:
         state, schedule, tc = self.state, self.schedule, self.config.train
         step = state.epoch * schedule.steps_per_epoch
-        show_progress = progress and self.job.is_main and sys.stderr.isatty()
-        clock = report.EpochClock(schedule.epochs)
+        show_progress = progress and self.job.is_main
+        clock = report.EpochClock(schedule.epochs, schedule.patience)
         network = None
         try:
             for epoch in range(state.epoch, schedule.epochs):
@@ -277,8 +277,4 @@ class _Run:
 
 
 def _progress(loader: DataLoader, epoch: int, enabled: bool):
-    if not enabled:
-        return loader
-    from tqdm import tqdm
-
-    return tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+    return tracked(loader, f"epoch {epoch + 1}", len(loader), "steps", enabled)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from selhn.inference.index.shards import (
 )
 from selhn.utils.distributed import SINGLE_PROCESS, Distributed
 from selhn.utils.locks import FolderLock
+from selhn.utils.progress import Progress
 from selhn.utils.textfiles import read_json, write_atomic
 
 FORMAT = 2  # 1: absolute file paths and no record of what each file was
@@ -226,11 +226,8 @@ def _encode_mine(
     numbers = range(plan["first"], plan["first"] + math.ceil(count / job.shard_size))
     mine = [n for n in numbers[process.rank :: process.world_size] if n not in store.rows]
     todo = sum(min(job.shard_size, count - (n - plan["first"]) * job.shard_size) for n in mine)
-    bar = None
-    if progress and sys.stderr.isatty() and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=todo, desc=f"encoding (process {process.rank})", unit="image")
+    label = "encoding" + (f" (process {process.rank})" if process.enabled else "")
+    bar = Progress(label, todo, "images", progress and todo > 0)
     totals = [0, 0]
     for number in mine:
         start = (number - plan["first"]) * job.shard_size
@@ -240,8 +237,7 @@ def _encode_mine(
             workers, bar,
         )  # fmt: skip
         totals = [totals[0] + read, totals[1] + encoded]
-    if bar is not None:
-        bar.close()
+    bar.close()
     if process.enabled:  # waits for every process: then all shards are written
         summed = torch.tensor(totals, device=encoder.device)
         dist.all_reduce(summed)

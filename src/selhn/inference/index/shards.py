@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from selhn.data.image_files import UnreadableImage, load_image
 from selhn.inference.encoder import Encoder
 from selhn.inference.index.files import FileIdentity, read_inside
+from selhn.utils.progress import Progress
 from selhn.utils.textfiles import read_json, write_atomic
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -119,7 +120,7 @@ def drop_partials(folder: Path) -> None:
 
 def encode_shard(
     encoder: Encoder, store: Store, root: Path, targets: list[str], number: int, dtype: str,
-    batch_size: int, workers: int, bar: Any,
+    batch_size: int, workers: int, bar: Progress,
 ) -> tuple[int, int]:  # fmt: skip
     """Encode the files ``targets`` (under ``root``) as shard ``number`` (resuming its partial
     file) and write it; return the files (read, encoded) by this call."""
@@ -134,8 +135,7 @@ def encode_shard(
         partial, "r+" if resuming else "w+", DTYPES[dtype], None if resuming else shape
     )
     done, encoded = state["done"], 0
-    if bar is not None:
-        bar.update(done)
+    bar.advance(done)
     reader = _Files(root, targets[done:], done, encoder.image_size, store.by_hash)
     loader = DataLoader(reader, batch_size, num_workers=workers, collate_fn=_as_list)
     for batch in loader:
@@ -154,8 +154,7 @@ def encode_shard(
         array.flush()
         state["done"] += len(batch)
         write_atomic(progress, json.dumps(state))
-        if bar is not None:
-            bar.update(len(batch))
+        bar.advance(len(batch))
     kept = [row[0] for row in state["rows"]]
     tmp = shards / f".{name}.tmp.npy"
     np.save(tmp, np.ascontiguousarray(array[kept]))
