@@ -14,7 +14,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from training_runs import mean_std, train_and_test
+from training_runs import mean_std, report_path, train_and_test
 
 from selhn.config.schema import loss_setup
 from selhn.data.duplicates import split_duplicates
@@ -43,8 +43,9 @@ class Comparison:
         self.results: dict[str, dict[tuple[str, str], list[dict]]] = {}
         self.duplicates: list[str] = []
 
-    def run(self, name: str, features: Path, out: Path) -> None:
-        """Train and test every case of one set under ``out`` (reusing what is there)."""
+    def run(self, name: str, features: Path, out: Path, finished_only: bool = False) -> None:
+        """Train and test every case of one set under ``out`` (reusing what is there); with
+        ``finished_only``, only read the runs already trained and tested."""
         for split_name in ("train", "dev", "test"):
             split = open_split(features, split_name)
             found = split_duplicates(split, "same_caption")
@@ -54,25 +55,31 @@ class Comparison:
                 f"{counts['extra_pairs']} | {counts['captions_with_extra_images']} | "
                 f"{counts['images_per_caption']:.2f} | {counts['captions_per_image']:.2f} |"
             )
-        tasks = [(case, seed) for case in self.cases for seed in range(self.seeds)]
+        # seed by seed, so a table read before the end compares every case
+        tasks = [(case, seed) for seed in range(self.seeds) for case in self.cases]
 
         def one(task):
             (loss, mode), seed = task
             run = out / "runs" / f"{loss}-{mode}-seed{seed}"
+            if finished_only and not report_path(run).exists():
+                return None
             found = train_and_test(features, run, flags(loss, mode), seed, self.threads)
-            return {**found, "vanishing": vanishing_peak(run), "summary": run_summary(run)}
+            return {**found, "seed": seed, "vanishing": vanishing_peak(run),
+                    "summary": run_summary(run)}  # fmt: skip
 
         with ThreadPoolExecutor(self.jobs) as pool:
             done = list(pool.map(one, tasks))
         per_case = self.results.setdefault(name, {})
         for (case, _), found in zip(tasks, done, strict=True):
-            per_case.setdefault(case, []).append(found)
+            if found is not None:
+                per_case.setdefault(case, []).append(found)
 
     def table(self) -> str:
         """The markdown table and the per-seed lines."""
         lines = [
             f"{self.seeds} seeds, test split, mean ± std; runs {self.jobs} side by side, "
-            f"{self.threads} thread(s) each",
+            f"{self.threads} thread(s) each; train minutes of the runs not resumed after an "
+            "interruption",
             "",
             "| set | loss | false negatives | test rSum | duplicate-aware rSum | vanishing peak "
             "| train min |",
@@ -83,14 +90,15 @@ class Comparison:
             for (loss, mode), runs in per_case.items():
                 peaks = [r["vanishing"] for r in runs if r["vanishing"] is not None]
                 peak = f"{statistics.mean(peaks):.2f}" if peaks else "-"
-                minutes = statistics.mean(r["seconds"] for r in runs) / 60
+                whole = [r["seconds"] for r in runs if not r["resumed"]]
+                minutes = f"{statistics.mean(whole) / 60:.1f}" if whole else "-"
                 lines.append(
                     f"| {name} | {loss} | {mode} | {mean_std([r['rsum'] for r in runs])} | "
-                    f"{mean_std([r['dup_rsum'] for r in runs])} | {peak} | {minutes:.1f} |"
+                    f"{mean_std([r['dup_rsum'] for r in runs])} | {peak} | {minutes} |"
                 )
-                seeds += [f"- {name} {loss} {mode} seed {s}: test rSum {r['rsum']:.1f} "
+                seeds += [f"- {name} {loss} {mode} seed {r['seed']}: test rSum {r['rsum']:.1f} "
                           f"(duplicate-aware {r['dup_rsum']:.1f}); {r['summary']}"
-                          for s, r in enumerate(runs)]  # fmt: skip
+                          for r in runs]  # fmt: skip
         duplicates = [
             "Extended positives (`same_caption`: identical caption words or image files) per "
             "split:",

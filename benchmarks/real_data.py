@@ -12,7 +12,9 @@ epochs trained, the peak share of anchors in the vanishing regime).
 ``selhn experiment --losses``) with each ``--false-negatives`` mode, per seed, ``selhn train
 --loss NAME --false-negatives MODE`` and ``selhn eval``; the table (test rSum, standard and
 duplicate-aware, peak vanishing share, minutes) is printed, written to ``WORK/losses.md`` and,
-with ``--docs FILE``, into FILE between its ``<!-- real_data losses -->`` markers. ``--jobs N``
+with ``--docs FILE``, into FILE between its ``<!-- real_data losses -->`` markers (after each
+set too, without ``--docs``; ``--finished-only`` makes the table of the finished runs and trains
+nothing). ``--jobs N``
 trains N runs side by side, each with (CPU cores / N) threads; ``--models ''`` trains no
 model comparison.
 
@@ -71,6 +73,9 @@ def main() -> None:
     parser.add_argument("--false-negatives", default="none,same_caption")
     parser.add_argument("--jobs", type=int, default=1, help="loss runs side by side")
     parser.add_argument("--docs", help="write the loss table into this file's marked block")
+    parser.add_argument(
+        "--finished-only", action="store_true", help="the loss table of the finished runs only"
+    )
     parser.add_argument("--work", default="runs/real_data")
     args = parser.parse_args()
     work = Path(args.work)
@@ -80,6 +85,8 @@ def main() -> None:
 
     rows, summary, per_run = [], [], []
     for name in args.sets.split(","):
+        if args.finished_only and not (work / name / "features" / "features.json").exists():
+            continue
         features, feature_s, images = prepare(name, work)
         results = {}
         for model in [m for m in args.models.split(",") if m]:
@@ -104,7 +111,8 @@ def main() -> None:
                 f"{full_s / 60 * 1000 / images:.1f} min per 1,000 images (target <= 10)"
             )
         if args.losses:
-            compare.run(name, features, work / name / "losses")
+            compare.run(name, features, work / name / "losses", args.finished_only)
+            compare.report(work / "losses.md", None)  # the table so far
 
     print(f"\n{args.seeds} seeds, default settings, test split")
     print("| set | model | test rSum | train min |\n|---|---|---|---|")

@@ -24,10 +24,11 @@ def selhn(*argv: str, threads: int | None = None) -> float:
     return time.perf_counter() - started
 
 
-def timed_once(path: Path, work) -> float:
-    """Seconds of ``work()``, recorded in ``path`` so a rerun does not repeat it."""
+def timed_once(path: Path, work, resumed: bool = False) -> float:
+    """Seconds of ``work()``, recorded in ``path`` (with whether it ``resumed`` an interrupted
+    job) so a rerun does not repeat it."""
     if not path.exists():
-        path.write_text(json.dumps({"seconds": work()}))
+        path.write_text(json.dumps({"seconds": work(), "resumed": resumed}))
     return json.loads(path.read_text())["seconds"]
 
 
@@ -41,10 +42,15 @@ def train_and_test(
 ) -> dict[str, float]:
     """Train (if not done), evaluate on test; return test rSum (standard and duplicate-aware)
     and train seconds."""
+    # a run cut short (no time recorded) resumes from its last epoch; its time is then that of
+    # the part after the resume, and says so
+    resumed = (run / "last").exists() and not (run.parent / f"{run.name}_time.json").exists()
+    again = ["--resume"] if resumed else []
     seconds = timed_once(
         run.parent / f"{run.name}_time.json",
         lambda: selhn("train", "--data", str(features), "--out", str(run), "--seed", str(seed),
-                      "--no-progress", *flags, threads=threads),
+                      "--no-progress", *flags, *again, threads=threads),
+        resumed,
     )  # fmt: skip
     expected = flags[flags.index("--loss") + 1] if "--loss" in flags else default_loss(features)
     trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
@@ -56,8 +62,9 @@ def train_and_test(
         selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
               "--json", str(report), threads=threads)  # fmt: skip
     found = json.loads(report.read_text())
+    timing = json.loads((run.parent / f"{run.name}_time.json").read_text())
     return {"rsum": found["metrics"]["rsum"], "dup_rsum": found["duplicate_aware"]["rsum"],
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "resumed": timing.get("resumed", False)}  # fmt: skip
 
 
 def default_loss(features: Path) -> str:
