@@ -1,8 +1,13 @@
 """Help that teaches: a description per command, defaults and choices, examples for train."""
 
+import argparse
+import subprocess
+import sys
+
 import pytest
 
 from selhn.cli import build_parser, main
+from selhn.cli.common import COMMANDS
 from selhn.config.schema import Config
 
 
@@ -40,3 +45,46 @@ def test_defaults_and_valid_names_elsewhere(capsys):
     assert "(default: 3)" in text  # --seeds
     assert "(default: 5)" in help_of(capsys, "search")  # --k
     assert "(default: None)" not in help_of(capsys, "eval")
+
+
+def test_the_command_list_needs_no_command_module_nor_torch():
+    """``selhn --help`` and ``--version`` print from ``COMMANDS`` alone; it lists every command of
+    the full parser with the same summary."""
+    full = build_parser()._subparsers._group_actions[0].choices
+    assert {name: parser.description for name, parser in full.items()} == {
+        name: summary for name, (_, summary) in COMMANDS.items()
+    }
+    script = (
+        "import sys, contextlib, io\n"
+        "from selhn.cli import main\n"
+        "for argv in (['--version'], ['--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('selhn.cli.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "['selhn.cli.common']", done.stderr
+
+
+def test_every_option_has_help(capsys):
+    for name in COMMANDS:
+        for parser in _parsers(build_parser(name)._subparsers._group_actions[0].choices[name]):
+            for action in parser._actions:
+                if action.option_strings and action.help is None:
+                    raise AssertionError(f"{parser.prog} {action.option_strings[0]}: no help")
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_config_show_names_every_architecture(capsys):
+    from selhn.models.registry import ARCHITECTURES
+
+    assert main(["config", "show"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "architecture:" in x)
+    assert line.endswith(" | ".join(sorted(ARCHITECTURES, key=["rvsepp", "vsepp", "probe"].index)))

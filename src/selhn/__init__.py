@@ -1,17 +1,9 @@
 """selhn: Selectively Hard Negative Mining (SelHN) for image-text matching.
 
-The losses are imported with the package; the model, the encoder and the factory load on first
-use (``from selhn import RVSEPP, Encoder, create_model``), so ``import selhn`` stays light."""
+Everything loads on first use (``from selhn import SelHNLoss, RVSEPP, Encoder, create_model``),
+so ``import selhn`` (and ``selhn --version``) does not import torch."""
 
 from typing import Any
-
-from selhn.losses import (
-    STAT_NAMES,
-    AllNegativesLoss,
-    HardestNegativeLoss,
-    InfoNCELoss,
-    SelHNLoss,
-)
 
 __all__ = [
     "RVSEPP",
@@ -21,11 +13,23 @@ __all__ = [
     "HardestNegativeLoss",
     "InfoNCELoss",
     "SelHNLoss",
+    "SelectiveInfoNCELoss",
     "create_model",
 ]
 __version__ = "0.1.0"
 
 _LAZY = {
+    **{
+        name: "selhn.losses"
+        for name in (
+            "STAT_NAMES",
+            "AllNegativesLoss",
+            "HardestNegativeLoss",
+            "InfoNCELoss",
+            "SelHNLoss",
+            "SelectiveInfoNCELoss",
+        )
+    },
     "RVSEPP": "selhn.models",
     "create_model": "selhn.models",
     "Encoder": "selhn.inference.encoder",
@@ -38,3 +42,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'selhn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

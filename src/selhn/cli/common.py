@@ -24,8 +24,28 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def command(group: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """A subcommand whose one-line summary is both its entry in the list and its description."""
+# The commands, each with the module of its adapters and its one-line summary: the list that
+# ``selhn --help`` prints without importing any of them
+COMMANDS = {
+    "train": ("train", "train a model (RVSE++ by default)"),
+    "experiment": ("train", "train the same model once per loss and seed, compare, plot"),
+    "config": ("train", "configurations"),
+    "data": ("data", "write data sets"),
+    "features": ("data", "grid features of raw images (precomp layout)"),
+    "eval": ("evaluate", "evaluate checkpoints on a split"),
+    "encode": ("evaluate", "save the image and caption embeddings of a split"),
+    "search": ("evaluate", "top-k text->image or image->text search"),
+    "index": ("serving", "encode a folder or manifest of images into a searchable index"),
+    "serve": ("serving", "a web page and JSON API to search an index"),
+}
+
+
+def command(
+    group: Any, name: str, summary: str | None = None, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary (a top-level command's from ``COMMANDS``) is both its
+    entry in the list and its description."""
+    summary = summary or COMMANDS[name][1]
     return group.add_parser(name, help=summary, description=summary, **kwargs)
 
 

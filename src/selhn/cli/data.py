@@ -10,7 +10,7 @@ from selhn.utils.extras import require
 
 
 def add(commands: Any) -> None:
-    data = command(commands, "data", "write data sets").add_subparsers(dest="data", required=True)
+    data = command(commands, "data").add_subparsers(dest="data", required=True)
     synth = command(data, "synth", "write the synthetic default data set")
     synth.add_argument("--out", required=True, help="output directory (SCAN precomp layout)")
     synth.add_argument("--train", type=int, default=10_000, help="training images")
@@ -40,7 +40,7 @@ def add(commands: Any) -> None:
         data, "images", "captions and image lists of a manifest, to train from images (no features)"
     )
     images.set_defaults(run=_images)
-    feats = command(commands, "features", "grid features of raw images (precomp layout)")
+    feats = command(commands, "features")
     feats.set_defaults(run=_features)
     for sub in (images, feats):
         source = sub.add_mutually_exclusive_group(required=True)

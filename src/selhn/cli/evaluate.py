@@ -13,11 +13,11 @@ from selhn.utils.extras import require
 
 
 def add(commands: Any) -> None:
-    ev = command(commands, "eval", "evaluate checkpoints on a split")
+    ev = command(commands, "eval")
     ev.set_defaults(run=_eval)
-    enc = command(commands, "encode", "save the image and caption embeddings of a split")
+    enc = command(commands, "encode")
     enc.set_defaults(run=_encode)
-    search = command(commands, "search", "top-k text->image or image->text search")
+    search = command(commands, "search")
     search.set_defaults(run=_search)
     for sub in (ev, enc, search):
         sub.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")

@@ -12,9 +12,7 @@ from selhn.utils.extras import require
 
 
 def add(commands: Any) -> None:
-    index = command(
-        commands, "index", "encode a folder or manifest of images into a searchable index"
-    )
+    index = command(commands, "index")
     index.set_defaults(run=_index)
     index.add_argument("--checkpoint", required=True, help="model directory, e.g. RUN/best")
     source = index.add_mutually_exclusive_group(required=True)
@@ -42,7 +40,7 @@ def add(commands: Any) -> None:
     index.add_argument("--workers", type=int, default=0, help="image-decoding processes")
     add_progress(index)
 
-    serve = command(commands, "serve", "a web page and JSON API to search an index")
+    serve = command(commands, "serve")
     serve.set_defaults(run=_serve)
     serve.add_argument("--index", required=True, help="index directory of selhn index")
     serve.add_argument("--checkpoint", help="the index's model, if it has moved")

@@ -68,21 +68,18 @@ def _configured(key: str) -> str:
 
 
 def add(commands: Any) -> None:
-    config = command(commands, "config", "configurations").add_subparsers(
-        dest="config", required=True
-    )
+    config = command(commands, "config").add_subparsers(dest="config", required=True)
     show = command(config, "show", "print a configuration, every key commented")
     show.add_argument(
         "name", nargs="?", help=f"a recipe ({', '.join(recipes())}), a preset "
         f"({', '.join(presets())}) or a YAML file; none: the defaults",
     )  # fmt: skip
     show.set_defaults(run=_show)
-    train = command(commands, "train", "train a model (RVSE++ by default)", epilog=EXAMPLES)
+    train = command(commands, "train", epilog=EXAMPLES)
     train.set_defaults(run=_train, overrides_allowed=True)
     exp = command(
         commands,
         "experiment",
-        "train the same model once per loss and seed, compare, plot",
         epilog="Settings shared by every run can be given as --section.key=value.",
     )
     exp.set_defaults(run=_experiment, overrides_allowed=True)

@@ -30,7 +30,7 @@ from selhn.utils.extras import EXTRAS
 class ProbeSettings:
     """Everything Probe is built from."""
 
-    architecture: str = "probe"  # the registered model
+    architecture: str = "probe"  # the registered model: rvsepp | vsepp | probe
     vocab_size: int | None = None  # from the data: pieces of the tokenizer
     img_dim: int | None = 2048  # from the data: channels per region
     embed_size: int = 1024  # joint embedding dimension

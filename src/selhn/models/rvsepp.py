@@ -49,7 +49,7 @@ TOKENIZED = ("transformer", "sentence")  # text encoders with the transformer's 
 class RVSEPPSettings:
     """Everything RVSEPP is built from; the defaults are the paper's."""
 
-    architecture: str = "rvsepp"  # the registered model: rvsepp | vsepp
+    architecture: str = "rvsepp"  # the registered model: rvsepp | vsepp | probe
     vocab_size: int | None = None  # from the data: words of the vocabulary (or tokenizer)
     img_dim: int | None = 2048  # from the data: channels per region (None with a backbone)
     embed_size: int = 1024  # joint embedding dimension

@@ -23,7 +23,7 @@ from selhn.utils.extras import EXTRAS
 class VSEPPSettings:
     """Everything VSEPP is built from."""
 
-    architecture: str = "vsepp"  # the registered model: rvsepp | vsepp
+    architecture: str = "vsepp"  # the registered model: rvsepp | vsepp | probe
     vocab_size: int | None = None  # from the data: words of the vocabulary
     img_dim: int | None = 2048  # from the data: channels per region
     embed_size: int = 1024  # joint embedding dimension
