@@ -99,7 +99,8 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        command = [sys.executable, "-m", "selhn", "serve", "--index", str(index)]
+        command = [sys.executable, "-m", "selhn", "serve", "--index", str(index), "--log-level",
+                   "warning"]  # fmt: skip
         self.process = subprocess.Popen([*command, "--port", str(self.port), "--device", "cpu"])
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LOGS: dict[int, list[str]] = {}  # what each server printed, by pid, read as it comes
+
+
 @contextlib.contextmanager
 def running_server(index: Path, *options: str) -> Iterator[tuple[tuple[str, int], int]]:
-    """``selhn serve --index INDEX OPTIONS`` on a free loopback port: ((host, port), pid)."""
+    """``selhn serve --index INDEX OPTIONS`` on a free loopback port: ((host, port), pid); its
+    output (the access log among it) is collected in ``LOGS[pid]``."""
     port = free_port()
     command = [sys.executable, "-m", "selhn", "serve", "--index", str(index), "--port", str(port)]
     process = subprocess.Popen(
@@ -31,6 +36,9 @@ def running_server(index: Path, *options: str) -> Iterator[tuple[tuple[str, int]
         stderr=subprocess.STDOUT,
         text=True,
     )
+    printed = LOGS.setdefault(process.pid, [])
+    reader = threading.Thread(target=lambda: printed.extend(process.stdout), daemon=True)
+    reader.start()
     address = ("127.0.0.1", port)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -39,11 +47,13 @@ def running_server(index: Path, *options: str) -> Iterator[tuple[tuple[str, int]
                 break
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(f"selhn serve stopped: {process.stdout.read()}") from None
+                reader.join(5)
+                raise AssertionError(f"selhn serve stopped: {''.join(printed)}") from None
             time.sleep(0.3)
     else:
         process.kill()
-        raise AssertionError(f"selhn serve did not start: {process.stdout.read()}")
+        reader.join(5)
+        raise AssertionError(f"selhn serve did not start: {''.join(printed)}")
     try:
         yield address, process.pid
     finally:
@@ -75,11 +85,12 @@ def multipart(content: bytes, filename: str) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def upload(address, path: Path | None, k=5, data=None, name="image.png"):
-    """POST /api/search with a multipart ``file``: the file at ``path``, or ``data``."""
+def upload(address, path: Path | None, k=5, data=None, name="image.png", extra=""):
+    """POST /api/search with a multipart ``file``: the file at ``path``, or ``data``;
+    ``extra``: more of the query string ("&modality=text")."""
     content = path.read_bytes() if path is not None else data
     body, headers = multipart(content, path.name if path is not None else name)
-    return request(address, "POST", f"/api/search?k={k}", body, headers)
+    return request(address, "POST", f"/api/search?k={k}{extra}", body, headers)
 
 
 def resident_mb(pid: int) -> float:

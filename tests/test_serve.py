@@ -6,12 +6,13 @@ import json
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from serving import request, running_server, upload
+from serving import LOGS, request, running_server, upload
 
 from selhn.cli import build_parser, main
 from selhn.inference.encoder import Encoder
@@ -30,10 +31,15 @@ def index(samples, features_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(index):
-    """``selhn serve`` in a subprocess: (host, port); uploads above 20 KB are refused."""
-    with running_server(index, "--max-upload-mb", str(20 / 1024)) as (address, _):
-        yield address
+def served(index):
+    """``selhn serve`` in a subprocess: ((host, port), pid); uploads above 20 KB are refused."""
+    with running_server(index, "--max-upload-mb", str(20 / 1024)) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 def stored_embeddings(index) -> np.ndarray:
@@ -54,6 +60,65 @@ def test_text_search_returns_the_models_ranking_with_captions(server, index, fea
     np.testing.assert_allclose([h["score"] for h in answer["hits"]], scores[best], atol=1e-5)
     captions = [json.loads(line) for line in (index / "captions.jsonl").open()]
     assert answer["hits"][0]["captions"] == captions[best[0]]
+
+
+def caption_table(index, features_model):
+    """(caption, image row) of every caption of the index, and their embeddings."""
+    lines = [json.loads(line) for line in (index / "captions.jsonl").open()]
+    pairs = [(text, row) for row, texts in enumerate(lines) for text in texts]
+    embedded = Encoder.load(features_model[1]).encode_texts([t for t, _ in pairs]).numpy()
+    return pairs, embedded
+
+
+@pytest.mark.subprocess
+def test_caption_search_ranks_the_indexs_captions(server, index, features_model):
+    pairs, embedded = caption_table(index, features_model)
+    query = Encoder.load(features_model[1]).encode_texts(["a red seven"]).numpy()[0]
+    scores = embedded @ query
+    best = np.argsort(-scores, kind="stable")[:5]
+    status, answer, _ = request(server, "GET", "/api/search?text=a%20red%20seven&k=5&modality=text")
+    assert status == 200 and answer["modality"] == "text"
+    assert [(h["caption"], h["row"]) for h in answer["hits"]] == [pairs[i] for i in best]
+    np.testing.assert_allclose([h["score"] for h in answer["hits"]], scores[best], atol=1e-5)
+    files = ImageIndex(index).files
+    assert answer["hits"][0]["image"] == files[pairs[best[0]][1]]
+    opened = ImageIndex(index)  # an image's captions come first for its own upload
+    row = next(r for r, f in enumerate(opened.files) if "digits" in f)
+    status, answer, _ = upload(server, opened.root / opened.files[row], extra="&modality=text")
+    image = stored_embeddings(index)[row]
+    assert status == 200
+    assert answer["hits"][0]["caption"] == pairs[int(np.argmax(embedded @ image))][0]
+
+
+@pytest.mark.subprocess
+def test_a_query_by_embedding_is_normalised_and_checked(server, index):
+    stored = stored_embeddings(index)
+    body = json.dumps({"embedding": (3 * stored[7]).tolist(), "k": 3}).encode()
+    headers = {"Content-Type": "application/json"}
+    status, answer, _ = request(server, "POST", "/api/search/vector", body, headers)
+    assert status == 200 and answer["hits"][0]["row"] == 7
+    assert answer["hits"][0]["score"] == pytest.approx(float(stored[7] @ stored[7]), abs=1e-3)
+    for embedding, message in (([1.0, 2.0], "embedding must hold"),
+                               ([0.0] * stored.shape[1], "not all zero")):  # fmt: skip
+        body = json.dumps({"embedding": embedding}).encode()
+        status, answer, _ = request(server, "POST", "/api/search/vector", body, headers)
+        assert status == 400 and message in answer["error"]
+
+
+@pytest.mark.subprocess
+def test_health_the_api_description_and_the_access_log(served):
+    server, pid = served
+    assert request(server, "GET", "/health")[:2] == (200, {"status": "ok", "images": 78})
+    status, described, _ = request(server, "GET", "/openapi.json")
+    assert status == 200
+    assert {"/api/search", "/api/search/vector", "/health"} <= set(described["paths"])
+    status, page, _ = request(server, "GET", "/docs")
+    assert status == 200 and b"/openapi.json" in page
+    request(server, "GET", "/api/search?text=a%20logged%20query&k=1")
+    deadline = time.monotonic() + 10
+    while not any("GET /api/search?text=a%20logged%20query" in line for line in LOGS[pid]):
+        assert time.monotonic() < deadline, "".join(LOGS[pid])
+        time.sleep(0.1)
 
 
 @pytest.mark.subprocess
@@ -189,6 +254,16 @@ def test_the_page_searches_by_text_and_by_upload_in_chromium(
         first = browser.find_elements(By.CSS_SELECTOR, "#results .hit")[0]
         assert first.get_attribute("data-file") == target
         assert first.find_element(By.CSS_SELECTOR, ".score").text == "1.000"
+        pairs, captions = caption_table(index, features_model)
+        browser.find_element(By.ID, "captions").click()  # shown: this index has captions
+        browser.find_element(By.ID, "search").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .hit[data-caption]"))
+        best = pairs[int(np.argmax(captions @ embedded))]
+        first = browser.find_elements(By.CSS_SELECTOR, "#results .hit")[0]
+        assert (first.get_attribute("data-caption"), first.get_attribute("data-row")) == (
+            best[0],
+            str(best[1]),
+        )
         browser.find_element(By.ID, "query").clear()
         browser.find_element(By.ID, "search").click()
         wait.until(lambda b: "query is empty" in b.find_element(By.ID, "status").text)

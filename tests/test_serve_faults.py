@@ -253,6 +253,19 @@ def test_a_query_longer_than_the_model_reads_is_answered_with_what_was_left_out(
     assert encoder.check_query("a red seven") == []
 
 
+@pytest.mark.subprocess
+def test_caption_search_of_an_index_without_captions_says_so(served):
+    address, _, _ = served
+    status, answer, _ = request(address, "GET", "/api/search?text=a%20cat&modality=text")
+    assert status == 400 and answer == {
+        "error": "this index holds no captions: search modality=image"
+    }
+    status, answer, _ = request(address, "GET", "/api/search?text=a%20cat&modality=sound")
+    assert status == 422 and "modality" in answer["error"]
+    status, info, _ = request(address, "GET", "/api/info")
+    assert info["captions"] is False and info["caption_count"] == 0
+
+
 def test_a_port_out_of_range_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["serve", "--index", "x", "--port", "70000"])

@@ -55,6 +55,12 @@ def add(commands: Any) -> None:
         help="seconds an upload may send nothing before it is refused",
     )  # fmt: skip
     serve.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default="info",
+        help="info: a line per request (the access log); warning: problems only",
+    )
+    serve.add_argument(
         "--allow-host",
         action="append",
         default=[],
@@ -107,7 +113,9 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from selhn.inference.index.store import ImageIndex
-    from selhn.inference.serve.app import LOOPBACK, Limits, create_app, return_freed_memory
+    from selhn.inference.serve.app import Limits, create_app
+    from selhn.inference.serve.guards import LOOPBACK
+    from selhn.inference.serve.images import return_freed_memory
     from selhn.utils.distributed import resolve_device
 
     index = ImageIndex(args.index)
@@ -126,7 +134,7 @@ def _serve(args: argparse.Namespace) -> None:
     return_freed_memory()
     print(f"serving {len(index)} images of {args.index} at http://{args.host}:{args.port}/")
     print(f"answering requests for hosts: {', '.join(dict.fromkeys(hosts))} (--allow-host adds)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def _check_port(host: str, number: int) -> None:

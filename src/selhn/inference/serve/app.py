@@ -2,9 +2,12 @@
 
 - ``GET /api/search?text=...&k=20``: the images a caption describes;
 - ``POST /api/search?k=20`` with a multipart ``file``: the images nearest an uploaded image;
-- ``GET /api/info``: the index's size, model and faiss choice;
+- ``POST /api/search/vector`` with JSON ``{"embedding": [...], "k": 20}``: the images nearest
+  an embedding of the model's space (normalised first);
+- each with ``modality=text`` (where the index holds captions): its captions instead;
+- ``GET /api/info``: the index's size, model and faiss choice; ``GET /health``: liveness;
 - ``GET /thumb/{row}`` and ``GET /image/{row}``: a thumbnail (JPEG) and the file of an index row;
-- ``GET /``: the page.
+- ``GET /``: the page; ``GET /docs``: the API's OpenAPI page (``/openapi.json``).
 
 What a request can reach is bounded: only hosts named as allowed are answered (so a page
 elsewhere cannot reach the server through DNS rebinding); a request body is counted as it
@@ -16,38 +19,38 @@ body without server paths: 4xx for a bad request, 500 (the details in the server
 failure of the server.
 """
 
-import asyncio
-import contextlib
-import ctypes
 import io
-import json
 import logging
 import mimetypes
-import re
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files as package_files
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from selhn.utils.extras import require
 
 require("serve", "selhn serve")  # FastAPI reads the annotations below: imported at module level
 
+import torch  # noqa: E402
 from fastapi import FastAPI, HTTPException, Query, Request, UploadFile  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse, Response  # noqa: E402
 from PIL import Image  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from selhn.data.image_files import TooManyPixels  # noqa: E402
 from selhn.inference.encoder import Encoder  # noqa: E402
+from selhn.inference.index.captions import CaptionHit, CaptionIndex  # noqa: E402
 from selhn.inference.index.files import RefusedFile  # noqa: E402
 from selhn.inference.index.store import Hit, ImageIndex  # noqa: E402
+from selhn.inference.serve.guards import LOOPBACK, AllowedHosts, BodyLimit  # noqa: E402
+from selhn.inference.serve.images import thumbnail_jpeg  # noqa: E402
 
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
+Modality = Literal["image", "text"]  # what a search returns: images, or the index's captions
 MULTIPART_ROOM = 2**16  # bytes of multipart framing allowed beside an upload
 
 
@@ -83,6 +86,21 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
     return out
 
 
+def _caption_json(hit: CaptionHit, index: ImageIndex) -> dict[str, Any]:
+    """A caption found, with the image it describes."""
+    return {"caption": hit.caption, "score": round(hit.score, 6), "row": hit.row,
+            "image": index.files[hit.row], "thumbnail": f"/thumb/{hit.row}",
+            "url": f"/image/{hit.row}"}  # fmt: skip
+
+
+class VectorQuery(BaseModel):
+    """A query by embedding: a vector of the model's space, normalised before the search."""
+
+    embedding: list[float]
+    k: int | None = None
+    modality: Literal["image", "text"] = "image"
+
+
 def create_app(
     index: ImageIndex,
     encoder: Encoder,
@@ -96,7 +114,8 @@ def create_app(
     model = {key: encoder.reference[key] for key in ("architecture", "embed_size")}
     page = package_files("selhn.inference.serve").joinpath("page.html").read_text(encoding="utf-8")
     decoding = threading.BoundedSemaphore(limits.max_decodes)
-    app = FastAPI(title="selhn search", docs_url=None, redoc_url=None, openapi_url=None)
+    captions = CaptionIndex(index.captions, encoder) if index.captions is not None else None
+    app = FastAPI(title="selhn search", redoc_url=None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -115,21 +134,34 @@ def create_app(
         logging.getLogger("selhn.serve").exception("%s %s failed", request.method, request.url)
         return JSONResponse({"error": f"internal error ({type(err).__name__})"}, status_code=500)
 
-    def check_k(k: int | None) -> int:
-        """``k``, or 20 (at most the index's size) when not given."""
+    def check_k(k: int | None, modality: str = "image") -> int:
+        """``k``, or 20 (at most the number searched) when not given."""
+        if modality == "text" and captions is None:
+            raise HTTPException(400, "this index holds no captions: search modality=image")
+        largest = largest_k if modality == "image" else min(limits.max_k, len(captions))
         if k is None:
-            return min(20, largest_k)
-        if not 1 <= k <= largest_k:
-            raise HTTPException(400, f"k must be in [1, {largest_k}]; got {k}")
+            return min(20, largest)
+        if not 1 <= k <= largest:
+            raise HTTPException(400, f"k must be in [1, {largest}]; got {k}")
         return k
 
-    def answer(query: dict[str, Any], embedding: Any, k: int, warnings: list[str]) -> dict:
-        hits = index.search(embedding, k)[0]
-        return {**query, "k": k, "hits": [_hit_json(h) for h in hits], "warnings": warnings}
+    def answer(
+        query: dict[str, Any], embedding: Any, k: int, warnings: list[str], modality: str
+    ) -> dict:
+        """The images (``modality="image"``) or captions (``"text"``) nearest ``embedding``."""
+        if modality == "text":
+            found = [_caption_json(h, index) for h in captions.search(embedding[0], k)]
+        else:
+            found = [_hit_json(h) for h in index.search(embedding, k)[0]]
+        return {**query, "k": k, "modality": modality, "hits": found, "warnings": warnings}
 
     @app.get("/", response_class=HTMLResponse)
     def home() -> str:
         return page
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "images": len(index)}
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
@@ -137,14 +169,17 @@ def create_app(
             "images": len(index),
             "max_k": largest_k,
             "captions": index.captions is not None,
+            "caption_count": len(captions) if captions is not None else 0,
             "image_queries": encoder.image_problem is None,
             "model": model,
             "faiss": index.meta["faiss"],
         }
 
     @app.get("/api/search")
-    def search_text(text: str = Query(""), k: int | None = Query(None)) -> dict[str, Any]:
-        k = check_k(k)
+    def search_text(
+        text: str = Query(""), k: int | None = Query(None), modality: Modality = "image"
+    ) -> dict[str, Any]:
+        k = check_k(k, modality)
         if len(text) > limits.max_query_chars:
             raise HTTPException(
                 400, f"the query has {len(text)} characters; at most {limits.max_query_chars}"
@@ -153,11 +188,13 @@ def create_app(
             warnings = encoder.check_query(text)
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
-        return answer({"text": text}, encoder.encode_texts([text]), k, warnings)
+        return answer({"text": text}, encoder.encode_texts([text]), k, warnings, modality)
 
     @app.post("/api/search")
-    def search_image(file: UploadFile, k: int | None = Query(None)) -> dict[str, Any]:
-        k = check_k(k)
+    def search_image(
+        file: UploadFile, k: int | None = Query(None), modality: Modality = "image"
+    ) -> dict[str, Any]:
+        k = check_k(k, modality)
         if encoder.image_problem is not None:
             raise HTTPException(400, encoder.image_problem)
         data = file.file.read(limits.max_upload_bytes + 1)
@@ -174,7 +211,21 @@ def create_app(
             raise HTTPException(413, str(err)) from None
         except ValueError as err:
             raise HTTPException(400, f"not an image: {err}") from None
-        return answer({"upload": file.filename}, encoder.encode_pixels(pixels[None]), k, [])
+        embedding = encoder.encode_pixels(pixels[None])
+        return answer({"upload": file.filename}, embedding, k, [], modality)
+
+    @app.post("/api/search/vector")
+    def search_vector(query: VectorQuery) -> dict[str, Any]:
+        k = check_k(query.k, query.modality)
+        vector = torch.tensor(query.embedding, dtype=torch.float32)
+        if vector.shape != (encoder.embed_size,):
+            raise HTTPException(
+                400, f"embedding must hold {encoder.embed_size} numbers; got {len(vector)}"
+            )
+        norm = vector.norm()
+        if not bool(torch.isfinite(vector).all()) or not 0 < float(norm) < float("inf"):
+            raise HTTPException(400, "embedding must be finite numbers, not all zero")
+        return answer({}, (vector / norm)[None], k, [], query.modality)
 
     def indexed(row: int, read: bool = True) -> bytes | None:
         """The file of an index row (with ``read``; else only checked), refused unless it is
@@ -195,7 +246,7 @@ def create_app(
     def thumbnail(row: int) -> bytes:
         data = indexed(row)
         with decoding:
-            return _thumbnail(data, limits.thumbnail_px, limits.max_pixels)
+            return thumbnail_jpeg(data, limits.thumbnail_px, limits.max_pixels)
 
     @app.get("/thumb/{row}")
     def thumb(row: int) -> Response:
@@ -217,145 +268,9 @@ def create_app(
         return Response(data, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
     limit = limits.max_upload_bytes + MULTIPART_ROOM
-    bodies = _BodyLimit(app, limit, _too_large(limits), limits.upload_timeout_s, limits.max_uploads)
-    return _AllowedHosts(bodies, allowed_hosts)
-
-
-def return_freed_memory() -> None:
-    """Make large freed blocks go back to the system (glibc only; a no-op elsewhere).
-
-    glibc raises its mmap threshold as large blocks are freed, after which blocks of a few MB
-    (a decoded image's) come from its heaps and stay there when freed: a server that decoded
-    a few large images at once stays that large. A fixed 1 MiB threshold maps every larger
-    block on its own and unmaps it when it is freed."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def _thumbnail(data: bytes, px: int, max_pixels: int) -> bytes:
-    """A JPEG of at most ``px`` x ``px`` of an image file's bytes. A JPEG is decoded reduced
-    (at most 1/8 of its pixels); another format is refused above ``max_pixels``."""
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        if image.format != "JPEG" and width * height > max_pixels:
-            raise TooManyPixels(f"{width} x {height} pixels; at most {max_pixels:,}")
-        image.draft("RGB", (px, px))
-        image = image.convert("RGB")
-        image.thumbnail((px, px))
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=85)
-    return out.getvalue()
+    bodies = BodyLimit(app, limit, _too_large(limits), limits.upload_timeout_s, limits.max_uploads)
+    return AllowedHosts(bodies, allowed_hosts)
 
 
 def _too_large(limits: Limits) -> str:
     return f"the upload is larger than {limits.max_upload_bytes / 2**20:g} MiB"
-
-
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
-
-
-async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _header(scope: dict, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-class _BodyLimit:
-    """Reads a request's body before the application sees it, counting the bytes received
-    (chunked or not): 413 as soon as they pass ``limit``, 408 when the client sends nothing for
-    ``timeout`` seconds, 503 while ``most`` other bodies are being received. So the memory that
-    bodies hold is at most ``most`` times ``limit``, however slowly clients send."""
-
-    def __init__(self, app: Callable, limit: int, message: str, timeout: float, most: int) -> None:
-        self.app, self.limit, self.message = app, limit, message
-        self.timeout, self.most, self.receiving = timeout, most, 0
-
-    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, 413, self.message)
-        first = await receive()
-        if first["type"] == "http.disconnect":
-            return None
-        if first.get("more_body", False):
-            if self.receiving >= self.most:
-                return await _send_error(send, 503, "too many uploads at once; try again")
-            self.receiving += 1
-            try:
-                body = await self._rest(first, receive)
-            except TimeoutError:
-                message = f"the upload stalled: nothing received for {self.timeout:g} s"
-                return await _send_error(send, 408, message)
-            finally:
-                self.receiving -= 1
-        else:
-            body = first.get("body", b"")
-        if body is None:
-            return None
-        if len(body) > self.limit:
-            return await _send_error(send, 413, self.message)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-    async def _rest(self, first: dict, receive: Receive) -> bytearray | None:
-        """The whole body, or as much as passes the limit; None if the client went away."""
-        body, message = bytearray(first.get("body", b"")), first
-        while message.get("more_body", False) and len(body) <= self.limit:
-            message = await asyncio.wait_for(receive(), self.timeout)
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-        return body
-
-
-class _AllowedHosts:
-    """Answers only requests whose ``Host`` header names an allowed host (any port)."""
-
-    def __init__(self, app: Callable, hosts: Iterable[str]) -> None:
-        self.app, self.hosts = app, {h.lower().strip("[]") for h in hosts}
-
-    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "*" not in self.hosts:
-            host = _hostname(_header(scope, b"host") or "")
-            if host not in self.hosts:
-                message = (
-                    f"this server does not answer for host {host!r}; start it with "
-                    "--allow-host NAME to allow a name"
-                )
-                return await _send_error(send, 400, message)
-        return await self.app(scope, receive, send)
-
-
-def _hostname(host: str) -> str:
-    """The name of a ``Host`` header, without its port ("[::1]:8000" -> "::1"); "" unless what
-    follows the name is a port number."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        name, _, rest = host[1:].partition("]")
-    elif host.count(":") == 1:
-        name, rest = host.split(":")[0], host[host.index(":") :]
-    else:
-        name, rest = host, ""
-    return name if rest == "" or re.fullmatch(r":[0-9]{1,5}", rest) else ""
