@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from selhn.checkpoint import load_model
 from selhn.cli import main
@@ -148,11 +149,11 @@ def test_a_model_with_nan_weights_or_overflowing_features_cannot_be_evaluated(
 ):
     nan_model = tmp_path / "nan"
     shutil.copytree(run / "best", nan_model)
-    state = torch.load(nan_model / "weights.pt")
+    state = load_file(nan_model / "model.safetensors")
     nan_state = {
         k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()
     }
-    torch.save(nan_state, nan_model / "weights.pt")
+    save_file(nan_state, nan_model / "model.safetensors")
     code, out, err = cli(capsys, "eval", "--checkpoint", str(nan_model), "--data", str(data))
     assert code == 2 and "16 of 16 image embeddings are not finite" in err and "rSum" not in out
 
@@ -261,9 +262,9 @@ def test_embeddings_of_another_split_or_model_are_refused(data, run, tmp_path, c
     assert code == 2 and "encodes another split (dev: 16 images, 80 captions) than test" in err
     changed = tmp_path / "changed"
     shutil.copytree(run / "best", changed)
-    state = torch.load(changed / "weights.pt")
+    state = load_file(changed / "model.safetensors")
     state["image_encoder.fc.bias"] += 0.01
-    torch.save(state, changed / "weights.pt")
+    save_file(state, changed / "model.safetensors")
     other = ["--checkpoint", str(changed), "--data", str(data)]
     code, _, err = cli(capsys, "search", *other, "--split", "dev", "--query", "a",
                        "--embeddings", str(emb))  # fmt: skip
@@ -362,7 +363,7 @@ def test_losses_refuse_scores_that_overflow():
         (lambda p: p.write_bytes(p.read_bytes()[:1000]), "cannot read the model's weights"),
         (lambda p: p.write_bytes(b""), "cannot read the model's weights"),
         (lambda p: p.write_bytes(os.urandom(4000)), "cannot read the model's weights"),
-        (lambda p: p.unlink(), "weights.pt: not found"),
+        (lambda p: p.unlink(), "model.safetensors: not found"),
         (
             lambda p: (p.parent / "config.json").write_text(
                 (p.parent / "config.json")
@@ -378,7 +379,7 @@ def test_losses_refuse_scores_that_overflow():
 def test_a_damaged_checkpoint_is_a_clear_error(data, run, tmp_path, capsys, damage, message):
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(run / "best", checkpoint)
-    damage(checkpoint / "weights.pt")
+    damage(checkpoint / "model.safetensors")
     code, _, err = cli(capsys, "eval", "--checkpoint", str(checkpoint), "--data", str(data))
     assert code == 2 and message in err and str(checkpoint) in err
     assert "Traceback" not in err and "weights_only=False" not in err
@@ -574,12 +575,12 @@ def test_kill_9_while_a_checkpoint_is_written(data, run, tmp_path):
     hidden directory is removed at the next start, and the resumed run is exact."""
     out = tmp_path / "torn"
     kill_in_save = (
-        "import os, signal, sys, selhn.checkpoint as c; save = c._save_tensors\n"
+        "import os, signal, sys, selhn.checkpoint as c; save = c.write_weights\n"
         "def dying(value, path):\n"
         "    save(value, path)\n"
-        "    if path.name == 'trainer_state.pt' and 'epoch-001' in str(path.parent):\n"
+        "    if path.name == 'model.safetensors' and '.epoch-001.' in str(path.parent):\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "c._save_tensors = dying\n"
+        "c.write_weights = dying\n"
         "from selhn.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     process = subprocess.run(
@@ -603,12 +604,12 @@ def test_a_full_disk_stops_the_run_clearly_and_keeps_its_checkpoints(data, run, 
     out = tmp_path / "full"
     code, _, err = finish(selhn(*train_argv(data, out, "--epochs", "1")))
     assert code == 0, err
-    size = (out / "last" / "weights.pt").stat().st_size
+    size = (out / "last" / "model.safetensors").stat().st_size
     # room for the log and small files, not for another weights file
     code, _, err = finish(
         selhn(*train_argv(data, out, "--epochs", "2", "--resume"), limit_file_size=size // 2)
     )
-    assert code == 2 and "weights.pt: writing failed" in err and "is the disk full?" in err
+    assert code == 2 and "model.safetensors: writing failed" in err and "is the disk full?" in err
     assert "Traceback" not in err
     assert (out / "last").resolve().name == "epoch-000"
     load_model(out / "last")

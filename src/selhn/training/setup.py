@@ -3,6 +3,8 @@ objective and optimiser state, the batches of each epoch, and the wrapping under
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,10 +65,11 @@ def start_model(
 
 
 def provenance(model: DualEncoder, data: Path, train_split: Split) -> dict[str, Any]:
-    """Which data made the model, recorded in every checkpoint: the train split's fingerprint
-    and how its stored features were made."""
+    """Which data and command made the model, recorded in every checkpoint: the train split's
+    fingerprint, how its stored features were made and this process's command line."""
     features = feature_job(data) if model.reads().stored else None
-    return {"train_data": fingerprint(train_split), "image_features": features}
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {"train_data": fingerprint(train_split), "image_features": features, "command": command}
 
 
 def make_objective(
