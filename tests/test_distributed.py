@@ -171,7 +171,7 @@ def test_torchrun_trains_and_resumes_with_another_process_count(tmp_path):
     assert first.stdout.count("best dev rSum") == 1  # rank 0 alone reports
     # 240 captions over 2 ranks of 8 pairs: 15 steps, logged once each (by rank 0 only)
     assert [r["step"] for r in read_log(run)[0]] == list(range(15))
-    assert [r["epoch"] for r in read_log(run)[1]] == [0]
+    assert [r["epoch"] for r in read_log(run)[1]] == [1]
 
     config = load_config(run / "config.yaml", {"train.epochs": 2})
     assert config.train.global_negatives
@@ -180,10 +180,10 @@ def test_torchrun_trains_and_resumes_with_another_process_count(tmp_path):
 
     torchrun("--data", str(data), "--out", str(run), "--resume", "--epochs", "3")
     evals = read_log(run)[1]
-    assert [r["epoch"] for r in evals] == [0, 1, 2]
-    assert (run / "last").resolve().name == "epoch-002"
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    assert (run / "last").resolve().name == "epoch-003"
     model, _, meta = load_model(run / "last")
-    assert meta["epoch"] == 2 and isinstance(model, RVSEPP)
+    assert meta["epoch"] == 3 and isinstance(model, RVSEPP)
     assert max(r["rsum"] for r in evals) > evals[0]["rsum"]
 
 

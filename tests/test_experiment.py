@@ -26,7 +26,7 @@ def test_experiment_end_to_end(tmp_path, capsys):
         rsums = [seed["rsum"] for seed in entry["seeds"]]
         assert abs(entry["rsum"]["mean"] - sum(rsums) / 2) < 1e-9, loss
         steps, evals = read_log(exp / "runs" / f"{loss}-seed1")
-        assert [r["epoch"] for r in evals] == [0, 1]
+        assert [r["epoch"] for r in evals] == [1, 2]
         objectives = {r["objective"] for r in steps}
         expected = (
             {"all", "hardest"} if loss == "hardest+warmup" else {entry["changes"]["loss.name"]}

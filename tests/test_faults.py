@@ -226,7 +226,7 @@ def test_a_run_directory_has_one_writer(data, tmp_path):
     code, _, err = finish(first)
     assert code == 0, err
     evals = read_log(out)[1]
-    assert [r["epoch"] for r in evals] == [0, 1, 2]  # one run's records, none interleaved
+    assert [r["epoch"] for r in evals] == [1, 2, 3]  # one run's records, none interleaved
 
 
 @pytest.mark.subprocess
@@ -578,7 +578,7 @@ def test_kill_9_while_a_checkpoint_is_written(data, run, tmp_path):
         "import os, signal, sys, selhn.checkpoint as c; save = c.write_weights\n"
         "def dying(value, path):\n"
         "    save(value, path)\n"
-        "    if path.name == 'model.safetensors' and '.epoch-001.' in str(path.parent):\n"
+        "    if path.name == 'model.safetensors' and '.epoch-002.' in str(path.parent):\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "c.write_weights = dying\n"
         "from selhn.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -590,8 +590,8 @@ def test_kill_9_while_a_checkpoint_is_written(data, run, tmp_path):
         text=True,
     )
     assert process.returncode == -signal.SIGKILL
-    leftovers = list((out / "checkpoints").glob(".epoch-001.*"))
-    assert leftovers and (out / "last").resolve().name == "epoch-000"
+    leftovers = list((out / "checkpoints").glob(".epoch-002.*"))
+    assert leftovers and (out / "last").resolve().name == "epoch-001"
     code, out_text, err = finish(selhn(*train_argv(data, out, "--epochs", "2", "--resume")))
     assert code == 0, err
     assert f"removed {leftovers[0]}, left by an interrupted write" in out_text
@@ -611,7 +611,7 @@ def test_a_full_disk_stops_the_run_clearly_and_keeps_its_checkpoints(data, run, 
     )
     assert code == 2 and "model.safetensors: writing failed" in err and "is the disk full?" in err
     assert "Traceback" not in err
-    assert (out / "last").resolve().name == "epoch-000"
+    assert (out / "last").resolve().name == "epoch-001"
     load_model(out / "last")
     assert not list((out / "checkpoints").glob(".*"))
     code, _, err = finish(selhn(*train_argv(data, out, "--epochs", "2", "--resume")))

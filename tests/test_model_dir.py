@@ -122,7 +122,7 @@ def test_the_model_card_says_what_the_model_is(probe):
     }
     card = model_card(model, meta)
     assert card.startswith("# probe image-text model")
-    assert "| epochs | 5 trained, finished |" in card
+    assert "| epochs | 4 trained, finished |" in card
     assert "| loss | selhn (false negatives: none) |" in card
     assert f"64 images, 320 captions, SHA-256 {'ab' * 32}" in card
     assert "| dev metrics | i2t_r1 30.0, rsum 412.5 |" in card

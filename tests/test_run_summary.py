@@ -1,7 +1,7 @@
 import json
 
 from selhn.training import report
-from selhn.training.run_dir import run_summary
+from selhn.training.run_dir import read_records, run_summary
 
 
 def _write_log(run, records):
@@ -21,29 +21,36 @@ def _eval(epoch, rsum):
 def test_run_summary_reports_the_best_dev_epoch_and_the_vanishing_peak_after_the_warm_up(tmp_path):
     run = tmp_path / "run"
     _write_log(run, [
-        _step(0, "all", 0.9, 0.9),  # the warm-up epoch of the mean loss: left out
-        _eval(0, 100.0),
-        _step(1, "hardest", 0.2, 0.4),
-        _eval(1, 150.5),
-        _step(2, "hardest", 0.6, 0.2),
-        _eval(2, 120.0),
+        _step(1, "all", 0.9, 0.9),  # the warm-up epoch of the mean loss: left out
+        _eval(1, 100.0),
+        _step(2, "hardest", 0.2, 0.4),
+        _eval(2, 150.5),
+        _step(3, "hardest", 0.6, 0.2),
+        _eval(3, 120.0),
     ])  # fmt: skip
-    # best 150.5 at 0-based epoch 1; 3 epochs; peak of (0.2+0.4)/2=0.3 and (0.6+0.2)/2=0.4
+    # best 150.5 at epoch 2; 3 epochs; peak of (0.2+0.4)/2=0.3 and (0.6+0.2)/2=0.4
     assert run_summary(run) == "best dev rSum 150.5 at epoch 2 of 3; vanishing peak 0.40"
+
+
+def test_a_log_of_selhn_0_1_0_is_read_with_epochs_numbered_from_1(tmp_path):
+    run = tmp_path / "run"
+    _write_log(run, [_step(0, "hardest", 0.2, 0.4), _eval(0, 150.5), _eval(1, 120.0)])
+    assert [r["epoch"] for r in read_records(run / "log.jsonl")] == [1, 1, 2]
+    assert run_summary(run) == "best dev rSum 150.5 at epoch 1 of 2; vanishing peak 0.30"
 
 
 def test_run_summary_of_a_loss_without_gaps_has_no_vanishing_share(tmp_path):
     run = tmp_path / "run"
     steps = [{"type": "step", "epoch": e, "step": e, "objective": "infonce", "loss": 1.0}
-             for e in range(2)]  # fmt: skip
-    _write_log(run, [steps[0], _eval(0, 80.0), steps[1], _eval(1, 70.0)])
+             for e in (1, 2)]  # fmt: skip
+    _write_log(run, [steps[0], _eval(1, 80.0), steps[1], _eval(2, 70.0)])
     assert run_summary(run) == "best dev rSum 80.0 at epoch 1 of 2"
 
 
 def test_run_summary_of_the_mean_loss_counts_its_own_steps(tmp_path):
     run = tmp_path / "run"
-    _write_log(run, [_step(0, "all", 0.1, 0.3), _eval(0, 90.0), _step(1, "all", 0.5, 0.1),
-                     _eval(1, 95.0)])  # fmt: skip
+    _write_log(run, [_step(1, "all", 0.1, 0.3), _eval(1, 90.0), _step(2, "all", 0.5, 0.1),
+                     _eval(2, 95.0)])  # fmt: skip
     # no warm-up: every step is the run's loss; peak of (0.1+0.3)/2=0.2 and (0.5+0.1)/2=0.3
     assert run_summary(run) == "best dev rSum 95.0 at epoch 2 of 2; vanishing peak 0.30"
 

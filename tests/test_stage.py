@@ -168,7 +168,7 @@ def test_a_stage_model_trains_evaluates_and_encodes_new_images_as_its_data(
     assert "loaded the last stage of the pretrained efficientnet-lite0 backbone" in printed
     assert "names (the class prior)" in printed
     assert (run / "config.yaml").read_text().count("class_prior: 0.5") == 1
-    assert {r["epoch"]: r["backbone"] for r in read_log(run)[0]} == {0: "frozen", 1: "learning"}
+    assert {r["epoch"]: r["backbone"] for r in read_log(run)[0]} == {1: "frozen", 2: "learning"}
     model, _, meta = load_model(run / "best")
     assert model.settings.backbone_stage == "efficientnet-lite0"
     assert meta["image_features"]["image_size"] == SIZE

@@ -57,14 +57,14 @@ def test_a_tiny_run_learns_and_keeps_its_checkpoints(data, tmp_path):
     for key in ("loss", "grad_norm_image", "grad_norm_text", "lr", "vanishing_i2t", "gap_t2i"):
         assert all(isinstance(r[key], float) for r in steps), key
     evals = read_log(tmp_path / "run")[1]
-    assert [r["epoch"] for r in evals] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in evals] == [1, 2, 3, 4]  # numbered as the console numbers them
     assert max(r["rsum"] for r in evals) == result["best_rsum"]
-    assert (tmp_path / "run" / "last").resolve().name == "epoch-003"
+    assert (tmp_path / "run" / "last").resolve().name == "epoch-004"
     kept = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
     best = f"epoch-{result['best_epoch']:03d}"
-    assert kept == {"epoch-003", best, "epoch-003.trainer_state.pt"}
+    assert kept == {"epoch-004", best, "epoch-004.trainer_state.pt"}
     card = (tmp_path / "run" / "best" / "README.md").read_text()
-    assert f"| epochs | {result['best_epoch'] + 1} trained" in card
+    assert f"| epochs | {result['best_epoch']} trained" in card
     assert f"rsum {result['best_rsum']}" in card
 
 
@@ -87,7 +87,7 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path, setup):
     part = load_config(None, {**settings, "train.epochs": 1})
     train(part, data, tmp_path / "part", progress=False)
     with open(tmp_path / "part" / "log.jsonl", "a") as log:  # a crash mid-epoch left this behind
-        log.write(json.dumps({"type": "step", "epoch": 1, "step": 99}) + "\n")
+        log.write(json.dumps({"type": "step", "epoch": 2, "step": 99}) + "\n")
     train(whole, data, tmp_path / "part", resume=True, progress=False)
 
     assert read_log(tmp_path / "part")[1] == read_log(tmp_path / "whole")[1]
@@ -122,7 +122,7 @@ def test_warmup_uses_all_negatives_first(data, tmp_path):
     config.loss.warmup_epochs = 1
     train(config, data, tmp_path / "run", progress=False)
     objectives = {r["epoch"]: r["objective"] for r in read_log(tmp_path / "run")[0]}
-    assert objectives == {0: "all", 1: "hardest"}
+    assert objectives == {1: "all", 2: "hardest"}
 
 
 @pytest.mark.training
@@ -217,9 +217,9 @@ def test_run_output_and_files(data, tmp_path, capsys, monkeypatch):
         -1
     ] == 2e-4  # not 0.00020000000000000004
     best, last = (tmp_path / "run" / "best").resolve(), (tmp_path / "run" / "last").resolve()
-    assert best.name == "epoch-000" and last.name == "epoch-002"
+    assert best.name == "epoch-001" and last.name == "epoch-003"
     states = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
-    assert states == ["epoch-002.trainer_state.pt"]  # beside last, none in a model directory
+    assert states == ["epoch-003.trainer_state.pt"]  # beside last, none in a model directory
     assert not list(best.glob("*.pt")) and not list(last.glob("*.pt"))
     umask = os.umask(0)
     os.umask(umask)
@@ -264,28 +264,47 @@ def test_tensorboard_events_hold_the_logs_scalars_and_survive_a_resume(data, tmp
 
 @pytest.mark.training
 def test_a_run_of_0_1_0_resumes_exactly(data, tmp_path):
-    """0.1.0 saved one loss's state as ``loss``, no epoch in the training state and none of the
-    keys added since (those chosen from the data now resume as such a run was trained)."""
+    """0.1.0 numbered epochs from 0 (log, checkpoint names, ``epoch`` in config.json), kept
+    every tensor in ``weights.pt`` and the training state inside the checkpoint, saved one loss's
+    state as ``loss``, no epoch in the training state and none of the keys added since (those
+    chosen from the data now resume as such a run was trained)."""
     settings = {**TINY, "loss.name": "infonce"}
     train(
         load_config(None, {**settings, "train.epochs": 2}), data, tmp_path / "whole", progress=False
     )
     part = tmp_path / "part"
     train(load_config(None, {**settings, "train.epochs": 1}), data, part, progress=False)
-    path = part / "checkpoints" / "epoch-000.trainer_state.pt"
-    state = torch.load(path, weights_only=True)
+    new, old_dir = part / "checkpoints" / "epoch-001", part / "checkpoints" / "epoch-000"
+    model, _, meta = load_model(new)
+    state = torch.load(part / "checkpoints" / "epoch-001.trainer_state.pt", weights_only=True)
     old = {key: state[key] for key in ("optimizer", "best_rsum", "best_epoch")}
     old["loss"] = {"logit_scale": state["losses"]["infonce.logit_scale"]}
-    torch.save(old, path)
-    meta = json.loads((part / "last" / "config.json").read_text())
+    new.rename(old_dir)
+    (part / "checkpoints" / "epoch-001.trainer_state.pt").unlink()
+    torch.save(old, old_dir / "trainer_state.pt")
+    (old_dir / "model.safetensors").unlink()
+    torch.save(model.state_dict(), old_dir / "weights.pt")
     for section, key in [("model", "backbone_stage"), ("model", "image_head"),
                          ("model", "class_prior"), ("train", "weight_average")]:  # fmt: skip
         del meta["config"][section][key]  # keys added after 0.1.0
-    (part / "last" / "config.json").write_text(json.dumps(meta))
+    meta.update(format=1, epoch=0)
+    for key in ("packaged", "finished", "train_data", "image_features", "command"):
+        meta.pop(key, None)
+    (old_dir / "config.json").write_text(json.dumps(meta))
+    for link in ("last", "best"):
+        (part / link).unlink()
+        (part / link).symlink_to("checkpoints/epoch-000")
+    records = [json.loads(line) for line in (part / "log.jsonl").read_text().splitlines()]
+    (part / "log.jsonl").write_text("".join(
+        json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in records))  # fmt: skip
     train(
         load_config(None, {**settings, "train.epochs": 2}), data, part, resume=True, progress=False
     )
     assert read_log(part) == read_log(tmp_path / "whole")
+    assert [r["epoch"] for r in read_log(part)[1]] == [1, 2]  # the old records renumbered
+    assert json.loads((part / "log.jsonl").read_text().splitlines()[0])["epoch"] == 1
+    assert (part / "last").resolve().name == "epoch-002"
+    assert not list(old_dir.glob("*.pt"))  # best, no longer last: its state is gone
 
 
 @pytest.mark.training
@@ -299,15 +318,15 @@ def test_training_stops_early_and_stays_stopped(data, tmp_path, capsys, monkeypa
     run = tmp_path / "run"
     # the best is epoch 2; epochs 3 and 4 do not beat it: training ends after epoch 4
     assert train(config, data, run, progress=False) == {
-        "best_epoch": 1,
+        "best_epoch": 2,
         "best_rsum": 120.0,
         "epochs": 4,
     }
     assert "stopping early: dev rSum has not improved for 2 epochs" in capsys.readouterr().out
-    assert read_meta(run / "last")["finished"] and read_meta(run / "last")["epoch"] == 3
-    assert (run / "best").resolve().name == "epoch-001"
+    assert read_meta(run / "last")["finished"] and read_meta(run / "last")["epoch"] == 4
+    assert (run / "best").resolve().name == "epoch-002"
     assert train(config, data, run, resume=True, progress=False)["epochs"] == 4  # nothing more
-    assert [r["epoch"] for r in read_log(run)[1]] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in read_log(run)[1]] == [1, 2, 3, 4]
 
 
 @pytest.mark.training
@@ -319,10 +338,10 @@ def test_the_paper_recipe_trains_as_selhn_0_1_0_did(data, tmp_path):
     train(config, data, tmp_path / "run", progress=False)
     steps, evals = read_log(tmp_path / "run")
     assert [r["step"] for r in steps] == list(range(30 * 3))  # 320 captions: 3 batches an epoch
-    assert [r["epoch"] for r in steps] == [step // 3 for step in range(90)]
-    assert [r["lr"] for r in steps] == [5e-4 * (0.1 if r["epoch"] >= 15 else 1) for r in steps]
+    assert [r["epoch"] for r in steps] == [step // 3 + 1 for step in range(90)]
+    assert [r["lr"] for r in steps] == [5e-4 * (0.1 if r["epoch"] > 15 else 1) for r in steps]
     assert {r["objective"] for r in steps} == {"selhn"}
-    assert [r["epoch"] for r in evals] == list(range(30))
+    assert [r["epoch"] for r in evals] == list(range(1, 31))
 
 
 @pytest.mark.training

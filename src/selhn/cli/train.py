@@ -167,7 +167,7 @@ def _train(args: argparse.Namespace) -> None:
         require("tensorboard", "train.tensorboard=true")
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if job.is_main:
-        print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch'] + 1}")
+        print(f"best dev rSum {result['best_rsum']:.1f} at epoch {result['best_epoch']}")
 
 
 def _show(args: argparse.Namespace) -> None:

@@ -96,8 +96,8 @@ class TrainConfig:
     batch_size: int = 128  # the global batch: under torchrun, split evenly over the processes
     lr: float = 5e-4  # AdamW learning rate (times each optimiser group's lr_scale)
     warmup_steps: int | None = None  # steps of linear learning-rate warm-up; None: 5% of all
-    lr_decay_epoch: float | None = None  # the learning rate is multiplied by lr_decay from this
-    # epoch on (a fraction: from that share of the epoch's steps); None: from half of all steps
+    lr_decay_epoch: float | None = None  # the learning rate is multiplied by lr_decay after this
+    # many epochs (a fraction: part-way through an epoch); None: from half of all steps
     lr_decay: float = 0.1  # learning-rate factor after the decay point
     patience: int | None = None  # epochs without a better dev rSum before training stops
     # early (0: never); None: 5% of the epochs, at least 5

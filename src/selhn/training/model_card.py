@@ -40,7 +40,7 @@ def model_card(model: DualEncoder, meta: dict[str, Any]) -> str:
     config, loss = meta["config"], meta["config"]["loss"]
     settings = ", ".join(f"{k} {v}" for k, v in vars(model.settings).items() if v is not None)
     data = meta.get("train_data") or {}
-    trained = f"{meta['epoch'] + 1} trained" + (", finished" if meta.get("finished") else "")
+    trained = f"{meta['epoch']} trained" + (", finished" if meta.get("finished") else "")
     rows = [
         ("architecture", f"{model.architecture}: {settings}"),
         ("recipe", closest_recipe(config)),

@@ -27,7 +27,7 @@ def _series(logs: list[Log], key: str, kind: int, max_epoch: int | None) -> tupl
     per_seed = []
     for log in logs:
         records = [
-            r for r in log[kind] if key in r and (max_epoch is None or r["epoch"] < max_epoch)
+            r for r in log[kind] if key in r and (max_epoch is None or r["epoch"] <= max_epoch)
         ]
         x_key = "step" if kind == 0 else "epoch"
         per_seed.append({r[x_key]: r[key] for r in records})

@@ -1,5 +1,6 @@
 """A run directory: ``config.yaml`` (the resolved configuration), ``log.jsonl`` (one JSON record
-per logged step and per evaluation), ``checkpoints/epoch-NNN/`` model directories, the training
+per logged step and per evaluation), ``checkpoints/epoch-NNN/`` model directories (epochs are
+numbered from 1, in the log and the checkpoints' names as on the console), the training
 state of the last one beside it (``checkpoints/epoch-NNN.trainer_state.pt``: a model directory
 holds only the model) and the symlinks ``last`` and ``best`` that point at them."""
 
@@ -25,7 +26,8 @@ STATE = "trainer_state"  # the training state of a checkpoint: epoch-NNN.trainer
 
 
 class RunLog:
-    """Appends JSON records to ``log.jsonl``; on resume, drops records of unfinished epochs.
+    """Appends JSON records to ``log.jsonl``; on resume, keeps only the records of the
+    ``epochs_done`` first epochs (a log of selhn 0.1.0, numbered from 0, is renumbered).
 
     With ``tensorboard`` (a directory) every numeric value of a record is also a TensorBoard
     scalar, tagged ``train/NAME`` for step records and ``SPLIT/NAME`` for evaluations, at the
@@ -35,13 +37,13 @@ class RunLog:
     def __init__(
         self,
         path: Path,
-        keep_before_epoch: int,
+        epochs_done: int,
         tensorboard: Path | None = None,
         resume_step: int = 0,
     ) -> None:
         self.path = path
         if path.exists():
-            kept = [r for r in read_records(path) if r["epoch"] < keep_before_epoch]
+            kept = [r for r in read_records(path) if r["epoch"] <= epochs_done]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         self.file = path.open("a", encoding="utf-8")
         self.events = None
@@ -75,8 +77,9 @@ def rounded(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl``. A last line without its line end is a write that a kill
-    cut short: it is left out; any other line that is not a record raises ValueError."""
+    """The records of a ``log.jsonl``, epochs numbered from 1 (a log of selhn 0.1.0 numbered
+    them from 0: its records are renumbered). A last line without its line end is a write that a
+    kill cut short: it is left out; any other line that is not a record raises ValueError."""
     lines = read_text(path).split("\n")
     torn = lines.pop()  # "" when the file ends with a line end
     records = []
@@ -90,6 +93,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         records.append(record)
     if torn:
         print(f"{path}: left out its last line, cut short by an interrupted write", flush=True)
+    if any(record["epoch"] == 0 for record in records):
+        records = [{**record, "epoch": record["epoch"] + 1} for record in records]
     return records
 
 
@@ -113,15 +118,15 @@ def vanishing_peak(run: Path) -> float | None:
 
 
 def run_summary(run: Path) -> str:
-    """Best dev rSum, its epoch and the epochs trained (1-based), and the peak vanishing share
-    where the loss measures it (``vanishing_peak``)."""
+    """Best dev rSum, its epoch and the epochs trained, and the peak vanishing share where the
+    loss measures it (``vanishing_peak``)."""
     _, evals = read_log(run)
     best = max(evals, key=lambda record: record["rsum"])
     peak = vanishing_peak(run)
     vanishing = f"; vanishing peak {peak:.2f}" if peak is not None else ""
     return (
-        f"best dev rSum {best['rsum']:.1f} at epoch {best['epoch'] + 1} of "
-        f"{evals[-1]['epoch'] + 1}{vanishing}"
+        f"best dev rSum {best['rsum']:.1f} at epoch {best['epoch']} of "
+        f"{evals[-1]['epoch']}{vanishing}"
     )
 
 
@@ -203,13 +208,13 @@ class RunDirectory:
         saved = load_tensors(state, f"the saved {STATE}")
         return model, vocab, meta, upgrade.trainer_state(saved, meta)
 
-    def start(self, config: Config, keep_before_epoch: int, resume_step: int) -> RunLog:
+    def start(self, config: Config, epochs_done: int, resume_step: int) -> RunLog:
         """Create the directory, write ``config.yaml`` and open the log (with TensorBoard events
         in ``tensorboard/`` if configured)."""
         self.path.mkdir(parents=True, exist_ok=True)
         save_config(config, self.path / "config.yaml")
         events = self.path / "tensorboard" if config.train.tensorboard else None
-        return RunLog(self.path / "log.jsonl", keep_before_epoch, events, resume_step)
+        return RunLog(self.path / "log.jsonl", epochs_done, events, resume_step)
 
     def save_epoch(
         self,
@@ -220,7 +225,8 @@ class RunDirectory:
         state: dict[str, Any],
         is_best: bool,
     ) -> None:
-        """Write checkpoints/epoch-NNN (with its model card) and its training state, point
+        """Write checkpoints/epoch-NNN (``epoch``: its number, from 1; with its model card) and
+        its training state, point
         ``last`` (and ``best`` if improved) at it, and prune: only ``last``'s state is kept."""
         folder = self.path / "checkpoints"
         directory = folder / f"epoch-{epoch:03d}"

@@ -220,7 +220,8 @@ class _Run:
         finally:
             if self.log is not None:
                 self.log.close()
-        return {"best_epoch": state.best_epoch, "best_rsum": state.best_rsum, "epochs": state.epoch}
+        best = {"best_epoch": state.best_epoch + 1, "best_rsum": state.best_rsum}
+        return {**best, "epochs": state.epoch}
 
     def _train_epoch(
         self, network: nn.Module, epoch: int, step: int, objective: str, show_progress: bool
@@ -242,7 +243,7 @@ class _Run:
             if state.average is not None:
                 state.average.update()
             if step % tc.log_every == 0:  # .item() synchronises with the device
-                record = {"type": "step", "epoch": epoch, "step": step, "lr": lr}
+                record = {"type": "step", "epoch": epoch + 1, "step": step, "lr": lr}
                 record |= {"objective": objective, **phase}
                 record |= mean_over_ranks(values, self.job)
                 if self.log is not None:
@@ -254,7 +255,7 @@ class _Run:
         """Evaluate on the dev split, log, checkpoint; return the (possibly new) best rSum and
         its epoch, and whether training stops early here."""
         state, config = self.state, self.config
-        epoch = state.epoch
+        epoch = state.epoch + 1  # its number, as the console, the log and the checkpoint say it
         batch, workers = config.train.eval_batch_size, config.data.num_workers
         dev = evaluate(self.model, self.dev_split, self.vocab, batch, self.device, workers)
         metrics = rounded(dev)  # as logged, so the checkpoint, the log and the best agree
