@@ -1,6 +1,7 @@
 """The pretrained text transformer (packaged all-MiniLM-L6-v2) and GloVe initialisation."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_the_encoder_is_the_pretrained_transformer_then_linear_gpo_and_norm(enco
 
 def test_tokenizer_mask_id_and_length(encoder):
     tokenizer = WordPieceTokenizer(default_text_model())
-    assert tokenizer.mask_id == tokenizer.tokenizer.convert_tokens_to_ids("[MASK]")
+    assert tokenizer.mask_id == tokenizer.tokenizer.token_to_id("[MASK]") == 103
     assert len(tokenizer) == encoder.transformer.config.vocab_size
     with pytest.raises(FileNotFoundError, match=r"config\.json: not found"):
         WordPieceTokenizer("/nonexistent")
@@ -107,3 +108,48 @@ def test_loading_the_pretrained_weights_prints_nothing(capfd):
     model.load_pretrained()
     out, err = capfd.readouterr()
     assert out == "" and "Loading" not in err and "%" not in err
+
+
+HARD_TEXTS = [
+    *CAPTIONS,
+    "Café crème brûlée, naïve ÀÉÎ",
+    "北京 大学 and 東京",
+    "emoji 🐶🏖️ dogs!! don't stop-believing, 3.14 e-mail@x.com",
+    "\u200bzero\u200dwidth [MASK] [CLS] hello [SEP]",
+    "seven " * 80,
+    "",
+]
+
+
+def test_the_tokenizer_reads_text_as_transformers_does():
+    """selhn runs the fast tokenizer without ``transformers``: the same pieces, decoded text,
+    unknown words and special ids as ``AutoTokenizer``."""
+    hf = AutoTokenizer.from_pretrained(default_text_model())
+    tokenizer = WordPieceTokenizer(default_text_model(), max_pieces=8)
+    assert len(tokenizer) == len(hf) and tokenizer.mask_id == hf.mask_token_id
+    assert tokenizer.boundary_ids() == (hf.cls_token_id, hf.sep_token_id)
+    for text in HARD_TEXTS:
+        pieces = hf.encode(text, add_special_tokens=False)
+        assert tokenizer.encode(text) == (pieces[:8] or [hf.unk_token_id]), text
+        assert tokenizer.unread_text(text) == hf.decode(pieces[8:]).strip(), text
+        unknown = [w for w in text.split() if hf.unk_token in hf.tokenize(w)]
+        assert tokenizer.unknown_words(text) == unknown, text
+
+
+def test_the_frozen_sentence_model_computes_what_transformers_computes():
+    """``PlainBert`` (the sentence encoder's frozen BERT) against ``transformers``' BertModel on
+    the same weights: the same parameter names and token features (to float rounding)."""
+    from selhn.models.bert import PlainBert, plain_bert_config
+    from selhn.models.transformer import with_boundaries
+
+    reference = AutoModel.from_pretrained(default_text_model()).eval()
+    plain = PlainBert(plain_bert_config(Path(default_text_model()))).eval()
+    own = {k: v for k, v in reference.state_dict().items() if not k.startswith("pooler.")}
+    plain.load_state_dict(own)  # strict: every name the same
+    tokenizer = WordPieceTokenizer(default_text_model())
+    tokens, lengths = pad_tokens([tokenizer.encode(text) for text in HARD_TEXTS])
+    ids, mask = with_boundaries(tokens, lengths, *tokenizer.boundary_ids())
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        found = plain(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    torch.testing.assert_close(found[mask], expected[mask], rtol=0, atol=1e-5)

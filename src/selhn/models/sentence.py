@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selhn.data.batch import pad_tokens
+from selhn.models.bert import PlainBert, plain_bert_config
 from selhn.models.class_prior import learned_size, with_prior
 from selhn.models.packaged import mark
 from selhn.models.pooling import masked_mean
@@ -39,8 +40,11 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.model_dir = model_directory(model_dir)
         self.default = model_dir is None  # the packaged all-MiniLM-L6-v2
-        # frozen: no gradients, and no dropout, in training too (``train``)
-        self.transformer = build_transformer(self.model_dir).requires_grad_(False).eval()
+        # frozen: no gradients, and no dropout, in training too (``train``); a BERT is computed
+        # by selhn's own module, which loads in a fraction of the time transformers takes
+        plain = plain_bert_config(self.model_dir)
+        transformer = PlainBert(plain) if plain else build_transformer(self.model_dir)
+        self.transformer = transformer.requires_grad_(False).eval()
         hidden = self.transformer.config.hidden_size
         self.prior_weight = prior_weight
         learned = learned_size(embed_size, hidden) if prior_weight else embed_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,46 +72,53 @@ def read_model_files(source: Path) -> dict[str, bytes]:
 class WordPieceTokenizer:
     """The model directory's tokenizer, used like ``Vocabulary``: ``encode`` gives the caption's
     piece ids without special tokens (at most ``max_pieces``). ``model_dir`` None: the packaged
-    all-MiniLM-L6-v2."""
+    all-MiniLM-L6-v2.
+
+    It runs the directory's fast tokenizer (``tokenizer.json``) with the ``tokenizers`` library
+    directly, as ``transformers`` does, without importing ``transformers`` (seconds); a directory
+    without one is read by ``transformers.AutoTokenizer``."""
 
     def __init__(self, model_dir: str | Path | None = None, max_pieces: int = 64) -> None:
         require("text", "a text transformer's tokenizer", ("transformers",))
-        from transformers import AutoTokenizer
-
         self.model_dir = model_directory(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.tokenizer, self.special = _fast_tokenizer(self.model_dir)
         self.max_pieces = max_pieces
         self.files = read_model_files(self.model_dir)  # saved with checkpoints, kept in memory
 
     def __len__(self) -> int:
-        return len(self.tokenizer)
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _id(self, role: str) -> int | None:
+        token = self.special.get(role)
+        return None if token is None else self.tokenizer.token_to_id(token)
 
     @property
-    def mask_id(self) -> int:
-        return self.tokenizer.mask_token_id
+    def mask_id(self) -> int | None:
+        return self._id("mask_token")
 
     def boundary_ids(self) -> tuple[int, int]:
         """The ids that open and close a sequence: [CLS] and [SEP], or BOS and EOS."""
-        t = self.tokenizer
-        first = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
-        last = t.sep_token_id if t.sep_token_id is not None else t.eos_token_id
+        first = self._id("cls_token") if "cls_token" in self.special else self._id("bos_token")
+        last = self._id("sep_token") if "sep_token" in self.special else self._id("eos_token")
         if first is None or last is None:
             raise ValueError(f"{self.model_dir}: the tokenizer has no [CLS]/[SEP] or BOS/EOS token")
         return first, last
 
+    def _pieces(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
     def encode(self, caption: str) -> list[int]:
-        ids = self.tokenizer.encode(caption, add_special_tokens=False)[: self.max_pieces]
-        return ids or [self.tokenizer.unk_token_id]
+        return self._pieces(caption)[: self.max_pieces] or [self._id("unk_token")]
 
     def unread_text(self, caption: str) -> str:
         """The caption's text past its first ``max_pieces`` pieces, which ``encode`` drops."""
-        pieces = self.tokenizer.encode(caption, add_special_tokens=False)
-        return self.tokenizer.decode(pieces[self.max_pieces :]).strip()
+        return self.tokenizer.decode(self._pieces(caption)[self.max_pieces :]).strip()
 
     def unknown_words(self, caption: str) -> list[str]:
         """The caption's words that the tokenizer reads as its unknown token."""
-        unk = self.tokenizer.unk_token
-        return [w for w in caption.split() if unk in self.tokenizer.tokenize(w)]
+        unk = self.special.get("unk_token")
+        encode = self.tokenizer.encode
+        return [w for w in caption.split() if unk in encode(w, add_special_tokens=False).tokens]
 
     def save(self, target: Path) -> None:
         """Write the model's configuration and tokenizer files (no weights) into ``target``."""
@@ -143,6 +151,34 @@ class TransformerTextEncoder(nn.Module):
         ids, mask = with_boundaries(tokens, lengths, self.cls_id, self.sep_id)
         hidden = self.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return F.normalize(self.pool(self.fc(hidden), lengths + 2), dim=-1)
+
+
+SPECIAL_ROLES = ("unk_token", "cls_token", "sep_token", "bos_token", "eos_token", "mask_token")
+
+
+def _fast_tokenizer(model_dir: Path) -> tuple[Any, dict[str, str]]:
+    """(the ``tokenizers.Tokenizer`` of ``model_dir``, its special tokens by role), set to
+    neither truncate nor pad, as ``transformers`` runs it for ``encode``."""
+    file, roles = model_dir / "tokenizer.json", model_dir / "special_tokens_map.json"
+    if file.is_file() and roles.is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(file))
+        named = json.loads(roles.read_text(encoding="utf-8"))
+        special = {
+            role: value["content"] if isinstance(value, dict) else value
+            for role, value in named.items()
+            if role in SPECIAL_ROLES and value
+        }
+    else:
+        from transformers import AutoTokenizer
+
+        wrapped = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = wrapped.backend_tokenizer
+        special = {r: getattr(wrapped, r) for r in SPECIAL_ROLES if getattr(wrapped, r, None)}
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer, special
 
 
 def build_transformer(model_dir: Path) -> nn.Module:
