@@ -220,7 +220,7 @@ def test_manifest_to_features_to_training_to_eval_from_the_command_line(
     if encoder[1] == "transformer":  # self-contained: config and tokenizer, no second weights
         assert (run / "best" / "text_model" / "tokenizer.json").exists()
         assert not list((run / "best" / "text_model").glob("*.safetensors"))
-        assert vocab.encode("a red seven") == vocab.tokenizer.encode("a red seven")[1:-1]
+        assert vocab.encode("a red seven") == vocab.tokenizer.encode("a red seven").ids[1:-1]
         save_model(tmp_path / "copy", model, vocab)  # needs nothing of the run any more
         shutil.rmtree(run)
         again, tokenizer, _ = load_model(tmp_path / "copy")

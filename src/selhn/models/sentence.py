@@ -43,7 +43,9 @@ class SentenceEncoder(nn.Module):
         # frozen: no gradients, and no dropout, in training too (``train``); a BERT is computed
         # by selhn's own module, which loads in a fraction of the time transformers takes
         plain = plain_bert_config(self.model_dir)
-        transformer = PlainBert(plain) if plain else build_transformer(self.model_dir)
+        with torch.random.fork_rng(devices=[]):  # its weights are loaded, never drawn: the
+            # learned parts start from the same random numbers whatever the text model
+            transformer = PlainBert(plain) if plain else build_transformer(self.model_dir)
         self.transformer = transformer.requires_grad_(False).eval()
         hidden = self.transformer.config.hidden_size
         self.prior_weight = prior_weight
