@@ -33,7 +33,8 @@ LIMIT_MB = 2  # the server's upload limit in these tests
 
 @pytest.fixture(scope="module")
 def photos(samples, tmp_path_factory):
-    """A folder of 24 sample images, in two sub-folders, and one image of 42 million pixels."""
+    """A folder of 24 sample images, in two sub-folders, one image of 42 million pixels and two
+    images whose names read as data URLs."""
     root = tmp_path_factory.mktemp("hostile") / "photos"
     images = sorted((samples.parent / "images").glob("*.png"))[:24]
     for number, image in enumerate(images):
@@ -41,6 +42,10 @@ def photos(samples, tmp_path_factory):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(image, folder / image.name)
     Image.new("1", (7000, 6000)).save(root / "vast.png")  # a few KB; 42 M pixels decoded
+    for folder in ("data:image", "data:text"):  # names that read as data URLs
+        (root / folder).mkdir()
+    shutil.copy(images[0], root / "data:image" / "svg+xml,x.png")
+    shutil.copy(images[1], root / "data:text" / "html,y.png")
     return root
 
 
@@ -410,3 +415,10 @@ def test_stalled_uploads_are_dropped_and_their_number_is_bounded(served):
     codes = sorted(answer.split()[1] for answer in answers)
     assert codes == [b"408"] * 8 + [b"503"] * 2, answers
     assert resident_mb(pid) < before + 50
+
+
+def test_a_files_type_comes_from_its_suffix_not_from_a_name_like_a_data_url(served, photos):
+    address, _, index = served
+    for name in ("data:image/svg+xml,x.png", "data:text/html,y.png"):
+        status, data, kind = request(address, "GET", f"/image/{row_of(index, name)}")
+        assert status == 200 and kind == "image/png" and data == (photos / name).read_bytes()
