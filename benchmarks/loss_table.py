@@ -2,7 +2,8 @@
 on the full model with every other setting at its default.
 
 A loss is a name of ``selhn experiment --losses`` (``hardest+warmup``: one all-negatives epoch
-first); a mode a value of ``loss.false_negatives``. Every run is trained here, so all of them are
+first), optionally with its own learning rate (``selhn@1e-4``); a mode a value of
+``loss.false_negatives``. Every run is trained here, so all of them are
 timed alike (``--jobs`` side by side).
 """
 
@@ -25,9 +26,11 @@ MARKERS = ("<!-- real_data losses -->", "<!-- /real_data losses -->")
 
 
 def flags(loss: str, mode: str) -> list[str]:
-    """``selhn train`` flags of a loss and false-negative mode."""
-    setup = loss_setup(f"{loss}:{mode}")
+    """``selhn train`` flags of a loss (``NAME`` or ``NAME@LR``) and false-negative mode."""
+    name, _, lr = loss.partition("@")
+    setup = loss_setup(f"{name}:{mode}")
     out = ["--loss", setup.pop("loss.name"), "--false-negatives", setup.pop("loss.false_negatives")]
+    out += [f"--lr={float(lr)}"] if lr else []
     return out + [f"--{key}={value}" for key, value in setup.items()]
 
 
@@ -37,7 +40,7 @@ class Comparison:
     def __init__(self, losses: list[str], modes: list[str], seeds: int, jobs: int = 1) -> None:
         self.cases = [(loss, mode) for loss in losses for mode in modes]
         for loss, mode in self.cases:
-            loss_setup(f"{loss}:{mode}")  # a bad name fails now, not hours later
+            flags(loss, mode)  # a bad name fails now, not hours later
         self.seeds, self.jobs = seeds, max(1, jobs)
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
         self.results: dict[str, dict[tuple[str, str], list[dict]]] = {}
