@@ -13,9 +13,10 @@ from selhn.checkpoint import load_model, save_model
 from selhn.config.resolve import recipe_values
 from selhn.config.schema import Config
 from selhn.models import create_model
-from selhn.models.packaged import PackagedWeights, file_sha256, packaged_parts
+from selhn.models.packaged import PackagedWeights, packaged_parts
 from selhn.models.transformer import WordPieceTokenizer, default_text_model
 from selhn.training.model_card import model_card
+from selhn.utils.digests import file_sha256
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from selhn.data.vocab import TextVocabulary
 from selhn.models import DualEncoder
 from selhn.models.packaged import load_packaged, packaged_parts
 from selhn.models.registry import model_class
+from selhn.utils.digests import file_sha256
 from selhn.utils.extras import require_all
 from selhn.utils.textfiles import read_json
 
@@ -202,11 +202,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def weights_sha256(directory: str | Path) -> str:
     """SHA-256 of a model directory's weights file: which trained model made something."""
-    digest = hashlib.sha256()
-    with weights_file(directory).open("rb") as weights:
-        while block := weights.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(weights_file(directory))
 
 
 def load_tensors(path: Path, what: str) -> Any:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from selhn.data.inputs import Split
 from selhn.losses import Duplicates
+from selhn.utils.digests import file_sha256
 
 
 def normalise_caption(text: str) -> str:
@@ -40,14 +41,6 @@ def equal_keys(values: Iterable[Hashable]) -> np.ndarray:
     return np.array([seen.setdefault(value, len(seen)) for value in values], dtype=np.int64)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def image_keys(split: Split) -> tuple[np.ndarray, str]:
     """((N_images,) keys equal for identical images, what they were read from): the bytes of
     the listed image files where every one is present (names relative to the data directory),
@@ -57,7 +50,7 @@ def image_keys(split: Split) -> tuple[np.ndarray, str]:
         root = split.captions_path.parent
         paths = [Path(f) if Path(f).is_absolute() else root / f for f in files]
         if all(path.is_file() for path in paths):
-            return equal_keys(_file_digest(path) for path in paths), "image files"
+            return equal_keys(file_sha256(path) for path in paths), "image files"
     stored = (np.asarray(split.image(i)) for i in range(split.num_images))
     keys = equal_keys(hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest() for a in stored)
     return keys, "stored image input"

