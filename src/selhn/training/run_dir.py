@@ -230,7 +230,7 @@ class RunDirectory:
         ``last`` (and ``best`` if improved) at it, and prune: only ``last``'s state is kept."""
         folder = self.path / "checkpoints"
         directory = folder / f"epoch-{epoch:03d}"
-        save_model(directory, model, vocab, meta, card=model_card(model, meta))
+        save_model(directory, model, vocab, meta, card=lambda saved: model_card(model, saved))
         state_file = folder / f"{directory.name}.{STATE}.pt"
         tmp = folder / f".{state_file.name}.tmp"
         save_tensors(state, tmp)
