@@ -4,7 +4,7 @@ import math
 import pytest
 import yaml
 
-from selhn.config.resolve import recipe_values, resolve
+from selhn.config.resolve import RECIPES, recipe_values, resolve
 from selhn.config.schema import Config, load_config, save_config
 from selhn.config.upgrade import saved_config
 from selhn.data.facts import DataFacts
@@ -149,6 +149,10 @@ def test_packaged_configurations_are_found_by_name(tmp_path, capsys):
     assert all("  # " in line for line in keys)  # every key has its comment
     assert "  embed_size: 256  # joint embedding dimension" in shown
     assert describe(Config()) != describe(load_config("demo"))
+    assert main(["config", "show", "own-data"]) == 0  # a recipe, with its settings for some losses
+    shown = capsys.readouterr().out
+    assert yaml.safe_load(shown)["train"]["lr"] == 5e-4  # the lines for some losses are comments
+    assert "#   loss.name=selhn: train.lr=0.0001" in shown.splitlines()
 
 
 def test_version_is_printed_and_recorded(tmp_path, capsys):
@@ -246,3 +250,32 @@ def test_the_recipe_is_chosen_from_the_data_and_what_the_user_sets_is_kept(tmp_p
     assert "own-data recipe's model settings are rvsepp's" in probe.choices[1]
     paper = resolve(DataFacts.read(features), recipe="paper")
     assert paper.choices == [] and paper.config == recipe_config("paper")
+
+
+def test_a_recipe_sets_the_learning_rate_of_the_triplet_losses_unless_the_user_does(tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "train_caps.txt").write_text("a red cube\n" * 300)
+    job = {"backbone": "efficientnet-lite0", "image_size": 224, "weights": None}
+    (features / "features.json").write_text(json.dumps(job))
+    (features / "train_trunk.npy").write_bytes(b"")
+    facts = DataFacts.read(features)
+    special = yaml.safe_load((RECIPES / "own-data.yaml").read_text())["for_loss"]
+    assert set(special) == {"selhn", "hardest"}
+    infonce = resolve(facts).config
+    assert (infonce.loss.name, infonce.train.lr) == ("infonce", 5e-4)
+    for loss in ("selhn", "hardest"):
+        chosen = resolve(facts, overrides={"loss.name": loss})
+        assert chosen.config.train.lr == special[loss]["train"]["lr"] == 1e-4
+        assert f"train.lr=0.0001, the own-data recipe's setting for loss.name={loss}" in (
+            chosen.choices
+        )
+    mine = resolve(facts, overrides={"loss.name": "selhn", "train.lr": 3e-4})
+    assert mine.config.train.lr == 3e-4 and not any("loss.name=selhn" in c for c in mine.choices)
+    from_file = tmp_path / "mine.yaml"
+    from_file.write_text("loss:\n  name: hardest\n")  # the loss named by a file counts too
+    assert resolve(facts, config_file=from_file).config.train.lr == 1e-4
+    paper = resolve(facts, recipe="paper", overrides={"loss.name": "hardest"})
+    assert paper.config.train.lr == 5e-4
+    assert recipe_values("own-data", "selhn")["train"] == {"weight_average": 0.95, "lr": 1e-4}
+    assert "for_loss" not in recipe_values("own-data")

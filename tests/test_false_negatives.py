@@ -277,3 +277,24 @@ def test_negative_caption_keys_and_keys_on_another_device_are_refused():
     elsewhere = Duplicates(*(t.to("meta") for t in dup.tensors()))
     with pytest.raises(ValueError, match=r"duplicates.image_keys is on meta; the scores are on"):
         loss(img, txt, caption_to_image=rows, duplicates=elsewhere)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_pairs_found_by_sorting_keys_are_the_ones_the_definition_names(seed):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(30):
+        images = int(torch.randint(2, 9, (1,), generator=gen))
+        captions = int(torch.randint(images, 16, (1,), generator=gen))
+        extra = torch.randint(0, images, (captions - images,), generator=gen)
+        rows = torch.cat([torch.arange(images), extra])
+        width = int(torch.randint(1, 4, (1,), generator=gen))
+        dup = Duplicates(
+            torch.randint(0, 4, (images,), generator=gen, dtype=torch.int32),  # a narrower type
+            torch.randint(0, 6, (captions,), generator=gen),
+            torch.randint(-1, 6, (images, width), generator=gen),
+        )
+        expected = {(i, q) for i in range(images) for q in range(captions)
+                    if describes(dup, i, q, rows)}  # fmt: skip
+        image, caption = dup.pairs(rows)
+        found = list(zip(image.tolist(), caption.tolist(), strict=True))
+        assert len(found) == len(set(found)) and set(found) == expected

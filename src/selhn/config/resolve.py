@@ -22,6 +22,7 @@ from selhn.data.facts import DataFacts
 RECIPES = Path(__file__).parent / "recipes"
 AUTO = "auto"  # the recipe chosen from the data
 NONE = "none"  # no recipe: the defaults (the paper's model and loss)
+FOR_LOSS = "for_loss"  # a recipe's section of settings that apply to some losses only
 
 
 @dataclass
@@ -37,11 +38,28 @@ def recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES.glob("*.yaml"))
 
 
-def recipe_values(name: str) -> dict[str, Any]:
+def _read_recipe(name: str) -> dict[str, Any]:
     path = RECIPES / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(recipes())} or none")
     return read_yaml(path)
+
+
+def recipe_values(name: str, loss: str | None = None) -> dict[str, Any]:
+    """A recipe's settings, ``{section: {key: value}}``; with ``loss``, those it sets for that
+    ``loss.name`` (its ``FOR_LOSS`` section) over them."""
+    values = _read_recipe(name)
+    special = values.pop(FOR_LOSS, {}).get(loss) or {}
+    for section, entries in special.items():
+        values[section] = {**values.get(section, {}), **entries}
+    return values
+
+
+def recipe_loss_settings(name: str) -> dict[str, dict[str, Any]]:
+    """``{loss name: {"section.key": value}}``: what a recipe sets for some losses only."""
+    if name == NONE:
+        return {}
+    return {loss: dotted(values) for loss, values in _read_recipe(name).get(FOR_LOSS, {}).items()}
 
 
 def choose_recipe(facts: DataFacts) -> tuple[str, str]:
@@ -107,8 +125,10 @@ def layered(
     recipe: str, config_file: str | Path | None, overrides: dict[str, Any] | None
 ) -> tuple[Config, set[str], list[str]]:
     """(the defaults with the recipe, the file and the overrides over them, in that order, not
-    yet validated; the keys the user set; notes on what was left out). A recipe's model
-    settings are its architecture's: with another ``model.architecture`` they are left out."""
+    yet validated; the keys the user set; notes on what was left out or added). A recipe's model
+    settings are its architecture's: with another ``model.architecture`` they are left out. Its
+    settings for the loss the layers chose (``FOR_LOSS``) come last, for the keys the user did
+    not set."""
     base = {} if recipe == NONE else recipe_values(recipe)
     file_values, source = {}, None
     if config_file is not None:
@@ -129,6 +149,11 @@ def layered(
     if source is not None:
         config.update(file_values, str(source))
     config.set_all(overrides or {})
+    loss = config.loss.name
+    for key, value in recipe_loss_settings(recipe).get(loss, {}).items():
+        if key not in given:
+            config.set(key, value, f"recipe {recipe}, for loss {loss}")
+            notes.append(f"{key}={value}, the {recipe} recipe's setting for loss.name={loss}")
     return config, set(given), notes
 
 

@@ -29,8 +29,8 @@ class Candidates:
 
     rows: Tensor  # (P,) image row of each caption
     negative: Tensor  # (N, P) bool: image i and caption q are negatives of each other
-    target: Tensor | None  # (N, P) bool: caption q describes image i (a duplicate), not its
-    # own pair; None without duplicates
+    targets: tuple[Tensor, Tensor] | None  # (image rows, captions): caption q describes image
+    # i (a duplicate) and is not of its group; None without duplicates
     count: Tensor | None  # (N, 1) the number of captions of each image row; None: one each
 
     @classmethod
@@ -43,17 +43,18 @@ class Candidates:
         else:
             same = image_groups[:, None] == pairs.groups[None, :]
         rows = pairs.image_rows(n_pairs, device)
-        target, negative = None, ~same
+        targets, negative = None, ~same
         if pairs.duplicates is not None:
-            images = torch.arange(n_images, device=device)
-            target = pairs.duplicates.describes(images, rows) & ~same
-            negative &= ~target
+            image, caption = pairs.duplicates.pairs(rows)
+            other = negative[image, caption]
+            targets = (image[other], caption[other])
+            negative[targets] = False
         count = None
         if pairs.rows is not None:
             count = torch.zeros(n_images, device=device)
             count.index_add_(0, rows, torch.ones(n_pairs, device=device))
             count = count[:, None]
-        return cls(rows, negative, target, count)
+        return cls(rows, negative, targets, count)
 
     def log_count(self, dtype: torch.dtype) -> Tensor | float:
         """(N, 1) log of the captions of each image row (0 where each has one)."""
@@ -97,6 +98,15 @@ class Sharpening:
         return image, text
 
 
+def _grouped_logsumexp(values: Tensor, groups: Tensor, size: int) -> Tensor:
+    """(size,) log sum exp of ``values`` per group (-inf for a group without values)."""
+    top = values.new_full((size,), -math.inf).scatter_reduce(0, groups, values.detach(), "amax")
+    shift = top.where(torch.isfinite(top), torch.zeros_like(top))
+    total = values.new_zeros(size).index_add(0, groups, (values - shift[groups]).exp())
+    found = total > 0
+    return torch.where(found, shift + total.where(found, torch.ones_like(total)).log(), -math.inf)
+
+
 def contrastive_terms(
     logits: Tensor,
     pairs: PairIndex,
@@ -116,10 +126,12 @@ def contrastive_terms(
     negatives = logits.masked_fill(~candidates.negative, -math.inf)
     count = candidates.log_count(logits.dtype)
     image_pos = text_pos = pos
-    if candidates.target is not None:
-        extra = logits.masked_fill(~candidates.target, -math.inf)
-        image_pos = torch.logaddexp(pos, torch.logsumexp(extra, dim=1)[rows])  # (P,)
-        text_pos = torch.logaddexp(pos, torch.logsumexp(extra + count, dim=0))
+    if candidates.targets is not None:
+        image, caption = candidates.targets
+        extra = logits[image, caption]
+        weighted = extra if candidates.count is None else extra + count[image, 0]
+        image_pos = torch.logaddexp(pos, _grouped_logsumexp(extra, image, logits.shape[0])[rows])
+        text_pos = torch.logaddexp(pos, _grouped_logsumexp(weighted, caption, logits.shape[1]))
     image_neg = torch.logsumexp(negatives, dim=1)[rows]
     text_neg = torch.logsumexp(negatives + count, dim=0)
     sharpening = sharpen(pos.detach(), negatives.detach()) if sharpen is not None else None

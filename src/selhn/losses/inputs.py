@@ -52,8 +52,35 @@ class Duplicates:
             described |= column[:, None] == captions[None, :]
         return described
 
+    def pairs(self, caption_images: Tensor) -> tuple[Tensor, Tensor]:
+        """(image rows, captions): every (i, q) with caption q describing image row i, each
+        once, found by sorting the keys rather than comparing every image with every caption
+        (``describes`` of all the rows, as indices)."""
+        n_images = self.image_keys.shape[0]
+        owners = torch.arange(n_images, device=self.image_keys.device)
+        named = self.image_captions >= 0
+        same_image = _matching(self.image_keys, owners, self.image_keys[caption_images])
+        same_caption = _matching(
+            self.image_captions[named], owners[:, None].expand_as(named)[named], self.caption_keys
+        )
+        flat = torch.cat([pair[0] * len(caption_images) + pair[1]
+                          for pair in (same_image, same_caption)]).unique()  # fmt: skip
+        return flat // len(caption_images), flat % len(caption_images)
+
     def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.image_keys, self.caption_keys, self.image_captions
+
+
+def _matching(keys: Tensor, owners: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
+    """(owner, query) for every entry of ``keys`` equal to a query (``owners``: the owner of
+    each key)."""
+    keys, order = keys.long().sort()
+    queries = queries.long()
+    start = torch.searchsorted(keys, queries, side="left")
+    count = torch.searchsorted(keys, queries, side="right") - start
+    query = torch.repeat_interleave(torch.arange(len(queries), device=queries.device), count)
+    first = torch.repeat_interleave(start - (count.cumsum(0) - count), count)
+    return owners[order[first + torch.arange(len(query), device=queries.device)]], query
 
 
 @dataclass(frozen=True)

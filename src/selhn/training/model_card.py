@@ -21,7 +21,8 @@ def closest_recipe(config: dict[str, Any]) -> str:
     most three)."""
     settings = dotted(config)
     changed = {
-        name: {k: settings.get(k) for k, v in dotted(recipe_values(name)).items()
+        name: {k: settings.get(k)
+               for k, v in dotted(recipe_values(name, settings.get("loss.name"))).items()
                if settings.get(k) != v}
         for name in recipes()
     }  # fmt: skip
