@@ -152,7 +152,7 @@ def test_packaged_configurations_are_found_by_name(tmp_path, capsys):
     assert main(["config", "show", "own-data"]) == 0  # a recipe, with its settings for some losses
     shown = capsys.readouterr().out
     assert yaml.safe_load(shown)["train"]["lr"] == 5e-4  # the lines for some losses are comments
-    assert "#   loss.name=selhn: train.lr=0.0001" in shown.splitlines()
+    assert "#   loss.name=selhn: train.lr=0.0001, train.patience=0" in shown.splitlines()
 
 
 def test_version_is_printed_and_recorded(tmp_path, capsys):
@@ -267,15 +267,20 @@ def test_a_recipe_sets_the_learning_rate_of_the_triplet_losses_unless_the_user_d
     for loss in ("selhn", "hardest"):
         chosen = resolve(facts, overrides={"loss.name": loss})
         assert chosen.config.train.lr == special[loss]["train"]["lr"] == 1e-4
+        assert chosen.config.train.patience == 0  # not the schedule's rule
+        assert not any(choice.startswith("train.patience=") and "rule" in choice
+                       for choice in chosen.choices)  # fmt: skip
         assert f"train.lr=0.0001, the own-data recipe's setting for loss.name={loss}" in (
             chosen.choices
         )
     mine = resolve(facts, overrides={"loss.name": "selhn", "train.lr": 3e-4})
-    assert mine.config.train.lr == 3e-4 and not any("loss.name=selhn" in c for c in mine.choices)
+    assert mine.config.train.lr == 3e-4 and mine.config.train.patience == 0  # the rest applies
+    assert not any(choice.startswith("train.lr=") for choice in mine.choices)
     from_file = tmp_path / "mine.yaml"
     from_file.write_text("loss:\n  name: hardest\n")  # the loss named by a file counts too
     assert resolve(facts, config_file=from_file).config.train.lr == 1e-4
     paper = resolve(facts, recipe="paper", overrides={"loss.name": "hardest"})
     assert paper.config.train.lr == 5e-4
-    assert recipe_values("own-data", "selhn")["train"] == {"weight_average": 0.95, "lr": 1e-4}
+    assert recipe_values("own-data", "selhn")["train"] == {
+        "weight_average": 0.95, "lr": 1e-4, "patience": 0}  # fmt: skip
     assert "for_loss" not in recipe_values("own-data")
