@@ -252,14 +252,18 @@ def test_the_recipe_is_chosen_from_the_data_and_what_the_user_sets_is_kept(tmp_p
     assert paper.choices == [] and paper.config == recipe_config("paper")
 
 
-def test_a_recipe_sets_the_learning_rate_of_the_triplet_losses_unless_the_user_does(tmp_path):
-    features = tmp_path / "features"
-    features.mkdir()
-    (features / "train_caps.txt").write_text("a red cube\n" * 300)
+def own_features(folder):
+    """The facts of a data directory that the own-data recipe is chosen for (its files empty)."""
+    folder.mkdir()
+    (folder / "train_caps.txt").write_text("a red cube\n" * 300)
     job = {"backbone": "efficientnet-lite0", "image_size": 224, "weights": None}
-    (features / "features.json").write_text(json.dumps(job))
-    (features / "train_trunk.npy").write_bytes(b"")
-    facts = DataFacts.read(features)
+    (folder / "features.json").write_text(json.dumps(job))
+    (folder / "train_trunk.npy").write_bytes(b"")
+    return DataFacts.read(folder)
+
+
+def test_a_recipe_sets_the_learning_rate_of_the_triplet_losses_unless_the_user_does(tmp_path):
+    facts = own_features(tmp_path / "features")
     special = yaml.safe_load((RECIPES / "own-data.yaml").read_text())["for_loss"]
     assert set(special) == {"selhn", "hardest"}
     infonce = resolve(facts).config
@@ -284,3 +288,16 @@ def test_a_recipe_sets_the_learning_rate_of_the_triplet_losses_unless_the_user_d
     assert recipe_values("own-data", "selhn")["train"] == {
         "weight_average": 0.95, "lr": 1e-4, "patience": 0}  # fmt: skip
     assert "for_loss" not in recipe_values("own-data")
+
+
+def test_an_experiment_records_what_the_recipe_sets_for_each_loss(tmp_path):
+    from selhn.config.schema import loss_setup
+    from selhn.training.experiment import loss_changes
+
+    facts = own_features(tmp_path / "features")
+    base = resolve(facts).config
+    expected = {"loss.name": "selhn", "train.lr": 1e-4, "train.patience": 0}
+    for loss, more in (("selhn", expected), ("infonce", {"loss.name": "infonce"})):
+        config = resolve(facts, overrides={**loss_setup(loss), "train.seed": 2}).config
+        assert loss_changes(loss, config, base) == more
+    assert loss_changes("selhn", Config(), Config()) == {"loss.name": "selhn"}

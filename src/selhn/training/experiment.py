@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from selhn.checkpoint import load_model, read_meta
-from selhn.config.resolve import AUTO, resolve
-from selhn.config.schema import loss_setup
+from selhn.config.resolve import AUTO, dotted, resolve
+from selhn.config.schema import Config, loss_setup
 from selhn.data.facts import DataFacts
 from selhn.evaluation.evaluate import evaluate, split_for
 from selhn.evaluation.metrics import METRIC_NAMES
@@ -51,6 +51,15 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": std}
 
 
+def loss_changes(loss: str, config: Config, base: Config) -> dict[str, Any]:
+    """What the runs of a compared loss set: its ``loss_setup``, and every other setting in
+    which its ``config`` differs from the ``base`` (what the recipe sets for that loss), the
+    seed aside."""
+    mine, others = dotted(config.to_dict()), dotted(base.to_dict())
+    differ = {k: v for k, v in mine.items() if others.get(k) != v and k != "train.seed"}
+    return {**loss_setup(loss), **differ}
+
+
 def run_experiment(
     data: str | Path,
     out: str | Path,
@@ -82,6 +91,7 @@ def run_experiment(
         for seed in range(seeds):
             changes = {**(overrides or {}), **loss_setup(loss), "train.seed": seed}
             config = resolve(facts, recipe, config_file, changes).config
+            setup = loss_changes(loss, config, base.config)
             run = out / "runs" / f"{loss}-seed{seed}"
             if not _finished(run, config.train.epochs):
                 print(f"[experiment] {loss}, seed {seed} -> {run}", flush=True)
@@ -90,7 +100,7 @@ def run_experiment(
             runs[loss].append(run)
             per_seed.append(_test_metrics(run, data, test_split, config.train.device))
         results["losses"][loss] = {
-            "changes": loss_setup(loss),
+            "changes": setup,
             "seeds": per_seed,
             **{name: _mean_std([m[name] for m in per_seed]) for name in METRIC_NAMES},
         }
