@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from selhn.config.resolve import resolve
+from selhn.cli import build_parser
+from selhn.cli.common import config_overrides
+from selhn.cli.train import train_overrides
+from selhn.config.resolve import dotted, resolve
 from selhn.data.facts import DataFacts
 
 
@@ -52,11 +56,7 @@ def train_and_test(
                       "--no-progress", *flags, *again, threads=threads),
         resumed,
     )  # fmt: skip
-    expected = flags[flags.index("--loss") + 1] if "--loss" in flags else default_loss(features)
-    trained = json.loads((run / "last" / "config.json").read_text())["config"]["loss"]["name"]
-    if trained != expected:
-        raise SystemExit(f"{run}: trained with loss {trained}, not {expected} (a run of another "
-                         "version's defaults?); use a new --work")  # fmt: skip
+    check_trained_as_asked(run, features, flags, seed)
     report = report_path(run)
     if not report.exists() or "duplicate_aware" not in json.loads(report.read_text()):
         selhn("eval", "--checkpoint", str(run / "best"), "--data", str(features),
@@ -67,9 +67,32 @@ def train_and_test(
             "seconds": seconds, "resumed": timing.get("resumed", False)}  # fmt: skip
 
 
-def default_loss(features: Path) -> str:
-    """The loss ``selhn train`` picks for ``features`` when no ``--loss`` is given."""
-    return resolve(DataFacts.read(features)).config.loss.name
+# settings of how a run is computed and logged, which do not change what it trains
+HOW_COMPUTED = ("train.device", "train.eval_batch_size", "train.log_every", "train.tensorboard",
+                "data.num_workers")  # fmt: skip
+
+
+def asked_config(features: Path, flags: list[str], seed: int) -> dict[str, dict[str, Any]]:
+    """The configuration ``selhn train --data FEATURES --seed SEED FLAGS`` resolves now."""
+    args, extra = build_parser().parse_known_args(
+        ["train", "--data", str(features), "--out", "unused", "--seed", str(seed), *flags]
+    )
+    args.overrides = config_overrides(extra)
+    facts = DataFacts.read(features)
+    return resolve(facts, args.recipe, args.config, train_overrides(args)).config.to_dict()
+
+
+def check_trained_as_asked(run: Path, features: Path, flags: list[str], seed: int) -> None:
+    """Exit, naming the settings, unless a reused ``run`` was trained as its flags ask now (a run
+    of another version's defaults would stand for the new ones)."""
+    saved = json.loads((run / "last" / "config.json").read_text())["config"]
+    trained, asked = dotted(saved), dotted(asked_config(features, flags, seed))
+    shared = sorted((trained.keys() & asked.keys()) - set(HOW_COMPUTED))
+    differ = [f"{key} {trained[key]!r}, not {asked[key]!r}" for key in shared
+              if trained[key] != asked[key]]  # fmt: skip
+    if differ:
+        raise SystemExit(f"{run}: trained with {'; '.join(differ)} (a run of another version's "
+                         "defaults?); use a new --work or another name for it")  # fmt: skip
 
 
 def mean_std(values: list[float]) -> str:

@@ -288,6 +288,20 @@ def test_a_recipe_sets_the_learning_rate_of_the_triplet_losses_unless_the_user_d
     assert recipe_values("own-data", "selhn")["train"] == {
         "weight_average": 0.95, "lr": 1e-4, "patience": 0}  # fmt: skip
     assert "for_loss" not in recipe_values("own-data")
+    # the recipe's model is rvsepp's, and so are its settings for a loss
+    probe = resolve(facts, overrides={"model.architecture": "probe", "loss.name": "selhn"})
+    assert probe.config.train.lr == 5e-4 and probe.config.train.patience != 0
+
+
+def test_a_recipe_naming_an_unknown_loss_is_refused(tmp_path, monkeypatch):
+    from selhn.config import resolve as resolving
+
+    monkeypatch.setattr(resolving, "RECIPES", tmp_path)
+    (tmp_path / "mine.yaml").write_text("for_loss:\n  selhm:\n    train: {lr: 1.0e-4}\n")
+    with pytest.raises(ValueError, match=r"mine.yaml: for_loss names unknown losses \['selhm'\]"):
+        recipe_values("mine")
+    (tmp_path / "mine.yaml").write_text("for_loss:\n")  # empty: no settings for any loss
+    assert recipe_values("mine", "selhn") == {} and resolving.recipe_loss_settings("mine") == {}
 
 
 def test_an_experiment_records_what_the_recipe_sets_for_each_loss(tmp_path):

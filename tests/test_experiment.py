@@ -43,3 +43,7 @@ def test_experiment_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--no-progress", *tiny]) == 0
     assert "[experiment]" not in capsys.readouterr().out
+    # finished runs trained otherwise than asked are refused, not reported as the new settings
+    assert main([*argv, "--no-progress", *tiny, "--train.lr=1e-3"]) == 2
+    refused = capsys.readouterr().err
+    assert "all-seed0/last was trained with (train.lr: 0.0005 -> 0.001)" in refused

@@ -298,3 +298,37 @@ def test_the_pairs_found_by_sorting_keys_are_the_ones_the_definition_names(seed)
         image, caption = dup.pairs(rows)
         found = list(zip(image.tolist(), caption.tolist(), strict=True))
         assert len(found) == len(set(found)) and set(found) == expected
+
+
+def random_duplicates(seed, images=7, captions=12):
+    """A batch whose keys collide at random: images that are one file, captions sharing words,
+    and images whose known captions (padded with -1) include ones outside the batch."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.cat([torch.arange(images), torch.randint(0, images, (captions - images,),
+                                                          generator=gen)])  # fmt: skip
+    img = F.normalize(torch.randn(images, 4, generator=gen, dtype=torch.float64), dim=1)
+    txt = F.normalize(img[rows] + 0.7 * torch.randn(captions, 4, generator=gen,
+                                                    dtype=torch.float64), dim=1)  # fmt: skip
+    caption_keys = torch.randint(0, 8, (captions,), generator=gen)
+    known = [caption_keys[rows == i].tolist() + torch.randint(-1, 10, (2,), generator=gen).tolist()
+             for i in range(images)]  # fmt: skip
+    width = max(len(k) for k in known)
+    table = torch.tensor([k + [-1] * (width - len(k)) for k in known])
+    image_keys = torch.randint(0, 5, (images,), generator=gen)
+    return img, txt, rows, Duplicates(image_keys, caption_keys, table)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_infonce_and_selective_infonce_match_their_loops_on_random_duplicates(seed):
+    img, txt, rows, dup = random_duplicates(seed)
+    infonce = InfoNCELoss(temperature=0.2, learnable=False, reduction="none").double()
+    scale = infonce.logit_scale.exp()
+    assert_same(lambda a, b: infonce(a, b, caption_to_image=rows, duplicates=dup),
+                lambda a, b: infonce_reference(scale * (a @ b.T), rows, dup), img, txt)  # fmt: skip
+    selective = SelectiveInfoNCELoss(0.2, epsilon=0.05, hardness=0.7, learnable=False,
+                                     reduction="none").double()  # fmt: skip
+    assert_same(lambda a, b: selective(a, b, caption_to_image=rows, duplicates=dup),
+                lambda a, b: selective_reference(a @ b.T, scale, rows, dup, 0.05, 0.7)[0],
+                img, txt)  # fmt: skip
+    image, caption = dup.pairs(rows)
+    assert bool((rows[caption] != image).any())  # some pairs are false negatives, not their own

@@ -175,7 +175,7 @@ def _show(args: argparse.Namespace) -> None:
     from selhn.config.resolve import recipe_loss_settings, recipe_values
     from selhn.config.schema import load_config
 
-    special = {}
+    special: dict[str, dict[str, Any]] = {}
     if args.name in recipes():
         config = Config()
         config.update(recipe_values(args.name), f"recipe {args.name}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selhn.config.schedule import fit_schedule
-from selhn.config.schema import Config, preset_file, read_yaml
+from selhn.config.schema import LOSSES, Config, preset_file, read_yaml
 from selhn.data.facts import DataFacts
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -45,12 +45,24 @@ def _read_recipe(name: str) -> dict[str, Any]:
     return read_yaml(path)
 
 
+def _split_recipe(name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(a recipe's settings, its ``FOR_LOSS`` section: ``{loss name: settings}``), checked."""
+    values = _read_recipe(name)
+    special = values.pop(FOR_LOSS, None) or {}
+    unknown = sorted(set(special) - set(LOSSES))
+    if unknown:
+        raise ValueError(
+            f"{RECIPES / name}.yaml: {FOR_LOSS} names unknown losses {unknown}; losses are "
+            f"{', '.join(LOSSES)}"
+        )
+    return values, {loss: entries or {} for loss, entries in special.items()}
+
+
 def recipe_values(name: str, loss: str | None = None) -> dict[str, Any]:
     """A recipe's settings, ``{section: {key: value}}``; with ``loss``, those it sets for that
     ``loss.name`` (its ``FOR_LOSS`` section) over them."""
-    values = _read_recipe(name)
-    special = values.pop(FOR_LOSS, {}).get(loss) or {}
-    for section, entries in special.items():
+    values, special = _split_recipe(name)
+    for section, entries in special.get(loss, {}).items():
         values[section] = {**values.get(section, {}), **entries}
     return values
 
@@ -59,7 +71,7 @@ def recipe_loss_settings(name: str) -> dict[str, dict[str, Any]]:
     """``{loss name: {"section.key": value}}``: what a recipe sets for some losses only."""
     if name == NONE:
         return {}
-    return {loss: dotted(values) for loss, values in _read_recipe(name).get(FOR_LOSS, {}).items()}
+    return {loss: dotted(values) for loss, values in _split_recipe(name)[1].items()}
 
 
 def choose_recipe(facts: DataFacts) -> tuple[str, str]:
@@ -126,9 +138,9 @@ def layered(
 ) -> tuple[Config, set[str], list[str]]:
     """(the defaults with the recipe, the file and the overrides over them, in that order, not
     yet validated; the keys the user set; notes on what was left out or added). A recipe's model
-    settings are its architecture's: with another ``model.architecture`` they are left out. Its
-    settings for the loss the layers chose (``FOR_LOSS``) come last, for the keys the user did
-    not set."""
+    settings are its architecture's: with another ``model.architecture`` they are left out, and
+    so are its settings for a loss (``FOR_LOSS``), which otherwise come last, for the chosen
+    loss and the keys the user did not set."""
     base = {} if recipe == NONE else recipe_values(recipe)
     file_values, source = {}, None
     if config_file is not None:
@@ -150,7 +162,8 @@ def layered(
         config.update(file_values, str(source))
     config.set_all(overrides or {})
     loss = config.loss.name
-    for key, value in recipe_loss_settings(recipe).get(loss, {}).items():
+    special = recipe_loss_settings(recipe).get(loss, {}) if architecture == own else {}
+    for key, value in special.items():
         if key not in given:
             config.set(key, value, f"recipe {recipe}, for loss {loss}")
             notes.append(f"{key}={value}, the {recipe} recipe's setting for loss.name={loss}")

@@ -20,7 +20,7 @@ from selhn.models.registry import ARCHITECTURES, model_class
 LOSSES = ("selhn", "hardest", "all", "infonce", "selnce")
 FALSE_NEGATIVES = ("none", "same_image", "same_caption", "similar")  # loss.false_negatives
 
-# What each compared loss changes in the configuration; nothing else differs between runs.
+# What each compared loss changes in the configuration (a recipe may set more for a loss).
 LOSS_SETUPS: dict[str, dict[str, Any]] = {
     "all": {"loss.name": "all"},
     "hardest": {"loss.name": "hardest"},

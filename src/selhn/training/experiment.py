@@ -16,8 +16,9 @@ import torch
 import yaml
 
 from selhn.checkpoint import load_model, read_meta
-from selhn.config.resolve import AUTO, dotted, resolve
+from selhn.config.resolve import AUTO, check_resumable, dotted, resolve
 from selhn.config.schema import Config, loss_setup
+from selhn.config.upgrade import saved_config
 from selhn.data.facts import DataFacts
 from selhn.evaluation.evaluate import evaluate, split_for
 from selhn.evaluation.metrics import METRIC_NAMES
@@ -27,12 +28,14 @@ from selhn.utils.distributed import resolve_device
 from selhn.utils.extras import require_all
 
 
-def _finished(run: Path, epochs: int | None) -> bool:
-    """Whether a run's schedule is done (runs of selhn 0.1.0: all ``epochs`` trained)."""
+def _finished(run: Path, config: Config) -> bool:
+    """Whether a run's schedule is done (runs of selhn 0.1.0: all epochs trained); a run
+    trained with settings a resume may not change is refused, as a resume would refuse it."""
     if not (run / "last").exists():
         return False
     meta = read_meta(run / "last")
-    return meta["finished"] if "finished" in meta else meta["epoch"] + 1 == epochs
+    check_resumable(saved_config(meta["config"], str(run / "last")), config, run / "last")
+    return meta["finished"] if "finished" in meta else meta["epoch"] + 1 == config.train.epochs
 
 
 def _test_metrics(run: Path, data: Path, split: str, device_name: str) -> dict[str, float]:
@@ -93,7 +96,7 @@ def run_experiment(
             config = resolve(facts, recipe, config_file, changes).config
             setup = loss_changes(loss, config, base.config)
             run = out / "runs" / f"{loss}-seed{seed}"
-            if not _finished(run, config.train.epochs):
+            if not _finished(run, config):
                 print(f"[experiment] {loss}, seed {seed} -> {run}", flush=True)
                 resume = (run / "last").exists()
                 train(config, data, run, resume=resume, progress=progress)
