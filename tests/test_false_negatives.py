@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from selhn import AllNegativesLoss, HardestNegativeLoss, InfoNCELoss, SelHNLoss
 from selhn.losses import SelectiveInfoNCELoss
-from selhn.losses.inputs import Duplicates
+from selhn.losses.infonce import Candidates
+from selhn.losses.inputs import Duplicates, PairIndex
 
 TRIPLET = {
     "selhn": (lambda: SelHNLoss(epsilon=0.1), 0.1),
@@ -97,7 +98,8 @@ def infonce_reference(logits, rows, dup):
 
 
 def selective_reference(scores, scale, rows, dup, epsilon, hardness):
-    """(2, P) selective InfoNCE terms and the shares of anchors below epsilon, anchor by anchor:
+    """(2, P) selective InfoNCE terms and (P,) which image and text anchors are below epsilon,
+    anchor by anchor:
     where |s_pos - max s_neg| >= epsilon the negatives' exponentials are weighted by
     exp(hardness * logit) over their (count-weighted) mean, without gradient."""
     images, pairs = scores.shape
@@ -139,7 +141,7 @@ def selective_reference(scores, scale, rows, dup, epsilon, hardness):
         text_terms.append(value)
         small_t.append(small)
     terms = torch.stack([torch.stack(image_terms), torch.stack(text_terms)])
-    return terms, sum(small_i) / pairs, sum(small_t) / pairs
+    return terms, torch.tensor(small_i), torch.tensor(small_t)
 
 
 def value_and_grads(fn, img, txt):
@@ -233,6 +235,9 @@ def test_selective_infonce_weights_hard_negatives_only_past_the_gap_test(duplica
     infonce = infonce_reference(scale * (img @ txt.T), rows, dup)
     assert not torch.allclose(under_test(img, txt).detach(), infonce)  # the weights count
     _, small_i, small_t = selective_reference(img @ txt.T, scale, rows, dup, 0.1, 0.7)
+    assert any(len(set(small_i[rows == i].tolist())) == 2 for i in range(len(img)))  # an image
+    # whose captions take both branches
+    small_i, small_t = small_i.double().mean().item(), small_t.double().mean().item()
     assert 0 < small_i < 1 and 0 < small_t < 1  # both branches taken
     assert loss.stats["vanishing_i2t"].item() == pytest.approx(small_i)
     assert loss.stats["vanishing_t2i"].item() == pytest.approx(small_t)
@@ -332,3 +337,24 @@ def test_infonce_and_selective_infonce_match_their_loops_on_random_duplicates(se
                 img, txt)  # fmt: skip
     image, caption = dup.pairs(rows)
     assert bool((rows[caption] != image).any())  # some pairs are false negatives, not their own
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_negative_totals_count_the_negatives_of_the_mask(seed):
+    img, _, rows, dup = random_duplicates(seed)
+    square_ids = torch.randint(0, 3, (len(img),), generator=torch.Generator().manual_seed(seed))
+    cases = [
+        (PairIndex.of(rows, None, dup), len(img), len(rows)),
+        (PairIndex.of(rows, None), len(img), len(rows)),
+        (PairIndex.of(None, square_ids), len(img), len(img)),
+        (PairIndex(), len(img), len(img)),
+    ]
+    for pairs, n_images, n_pairs in cases:
+        candidates = Candidates.of(pairs, n_images, n_pairs, img.device)
+        negative = candidates.negative.long()
+        count = torch.ones(n_images, 1, dtype=torch.long)
+        if candidates.count is not None:
+            count = candidates.count.long()
+        row_total, col_total = candidates.negative_totals(pairs)
+        assert torch.equal(row_total, negative.sum(1))
+        assert torch.equal(col_total, (negative * count).sum(0))

@@ -56,6 +56,32 @@ class Candidates:
             count = count[:, None]
         return cls(rows, negative, targets, count)
 
+    def negative_totals(self, pairs: PairIndex) -> tuple[Tensor, Tensor]:
+        """(N,) the negatives of each image row and (P,) of each caption, an image row counted
+        once per caption of it; from the groups and targets, without a pass over the matrix."""
+        n_images, n_pairs = self.negative.shape
+        device = self.negative.device
+        weight = torch.ones(n_images, dtype=torch.long, device=device)
+        if self.count is not None:
+            weight = self.count.reshape(-1).long()
+        image_groups = _image_groups(pairs, n_images)
+        if image_groups is None:  # only a pair's own image and caption
+            row_same = (torch.arange(n_images, device=device) < n_pairs).long()
+            col_same = (torch.arange(n_pairs, device=device) < n_images).long()
+        else:
+            assert pairs.groups is not None
+            codes = torch.unique(torch.cat([image_groups, pairs.groups]), return_inverse=True)[1]
+            image_codes, caption_codes = codes[:n_images], codes[n_images:]
+            size = n_images + n_pairs
+            row_same = torch.bincount(caption_codes, minlength=size)[image_codes]
+            col_same = weight.new_zeros(size).index_add_(0, image_codes, weight)[caption_codes]
+        row_total, col_total = n_pairs - row_same, weight.sum() - col_same
+        if self.targets is not None:
+            image, caption = self.targets
+            row_total = row_total - torch.bincount(image, minlength=n_images)
+            col_total = col_total - weight.new_zeros(n_pairs).index_add_(0, caption, weight[image])
+        return row_total, col_total
+
     def log_count(self, dtype: torch.dtype) -> Tensor | float:
         """(N, 1) log of the captions of each image row (0 where each has one)."""
         return 0.0 if self.count is None else self.count.to(dtype).log()
@@ -75,27 +101,56 @@ class Sharpening:
     image_pairs: Tensor
     text_pairs: Tensor
 
-    def log_sums(
-        self, negatives: Tensor, log_count: Tensor | float, candidates: Candidates
-    ) -> tuple[Tensor, Tensor]:
-        """(N,) log sum_j w_j exp(l_j) over each image row's negative captions and (P,) over
-        each caption's negative images, from the -inf-masked negative logits."""
-        fixed = self.hardness * negatives.detach()  # -inf off the negatives
-        sharp = negatives + fixed  # logsumexp: sum_j exp(l_j) exp(hardness * l_j), gradient
+    def image_sums(
+        self, negatives: Tensor, off: Tensor, candidates: Candidates, total: Tensor
+    ) -> Tensor:
+        """(P,) log sum_j w_j exp(l_j) over each image anchor's negative captions (w_j = 1 for
+        an anchor not weighted), from the negative logits, -inf where ``off``.
+
+        One pass serves every row: a row is weighted where any of its pairs is, and the rows
+        whose pairs disagree (captions of one image) also get the plain sum."""
+        rows, n_rows = candidates.rows, negatives.shape[0]
+        weighted_pairs = torch.zeros(n_rows, device=rows.device).index_add_(
+            0, rows, self.image_pairs.float())  # fmt: skip
+        sharp_rows = weighted_pairs > 0
+        sums = self._log_sums(negatives, off, sharp_rows[:, None], 0.0, total, dim=1)[rows]
+        row_pairs = weighted_pairs if candidates.count is None else candidates.count.reshape(-1)
+        mixed = (sharp_rows & (weighted_pairs < row_pairs)).nonzero().reshape(-1)
+        if len(mixed):
+            plain = torch.logsumexp(negatives.index_select(0, mixed), dim=1)
+            plain = sums.new_zeros(n_rows).index_copy(0, mixed, plain)[rows]
+            sums = torch.where(self.image_pairs | ~sharp_rows[rows], sums, plain)
+        return sums
+
+    def text_sums(
+        self, negatives: Tensor, off: Tensor, log_count: Tensor | float, total: Tensor
+    ) -> Tensor:
+        """(P,) the same over each caption anchor's negative images, an image row counted once
+        per caption of it (log-weight ``log_count``)."""
+        return self._log_sums(negatives, off, self.text_pairs[None, :], log_count, total, dim=0)
+
+    def _log_sums(
+        self,
+        negatives: Tensor,
+        off: Tensor,
+        sharp: Tensor,
+        log_count: Tensor | float,
+        total: Tensor,
+        dim: int,
+    ) -> Tensor:
+        """log sum_j w_j exp(l_j) along ``dim``, the weights where ``sharp`` (an (N, 1) or
+        (1, P) bool) holds; ``total``: the (count-weighted) negatives of each anchor."""
+        fixed = negatives.detach() * (self.hardness * sharp.to(negatives.dtype))
+        fixed.masked_fill_(off, -math.inf)
+        summed = negatives + fixed  # logsumexp: sum_j exp(l_j) exp(hardness * l_j), gradient
         # through exp(l_j) only
-
-        def log_mean(values: Tensor, dim: int, total: Tensor) -> Tensor:
-            norm = torch.logsumexp(values, dim=dim)  # -inf for an anchor with no negatives
-            return torch.where(torch.isfinite(norm), norm - total.log(), torch.zeros_like(norm))
-
-        negative = candidates.negative.to(negatives.dtype)
-        count = candidates.count
-        col_total = negative.sum(0) if count is None else count.to(negative.dtype).T @ negative
-        image = torch.logsumexp(sharp, dim=1) - log_mean(fixed, 1, negative.sum(1))
-        text = torch.logsumexp(sharp + log_count, dim=0) - log_mean(
-            fixed + log_count, 0, col_total.reshape(-1)
-        )
-        return image, text
+        if isinstance(log_count, Tensor):
+            summed, fixed = summed + log_count, fixed + log_count
+        norm = torch.logsumexp(fixed, dim=dim)  # -inf for an anchor with no negatives
+        weighs = sharp.reshape(-1) & torch.isfinite(norm)
+        log_total = total.to(norm.dtype).log()
+        log_mean = torch.where(weighs, norm - log_total, torch.zeros_like(norm))
+        return torch.logsumexp(summed, dim=dim) - log_mean
 
 
 def _grouped_logsumexp(values: Tensor, groups: Tensor, size: int) -> Tensor:
@@ -123,7 +178,8 @@ def contrastive_terms(
     (-inf elsewhere), both detached, may reweight the negatives of some anchors."""
     rows = candidates.rows
     pos = positives(logits, pairs.rows)
-    negatives = logits.masked_fill(~candidates.negative, -math.inf)
+    off = ~candidates.negative
+    negatives = logits.masked_fill(off, -math.inf)
     count = candidates.log_count(logits.dtype)
     image_pos = text_pos = pos
     if candidates.targets is not None:
@@ -132,13 +188,14 @@ def contrastive_terms(
         weighted = extra if candidates.count is None else extra + count[image, 0]
         image_pos = torch.logaddexp(pos, _grouped_logsumexp(extra, image, logits.shape[0])[rows])
         text_pos = torch.logaddexp(pos, _grouped_logsumexp(weighted, caption, logits.shape[1]))
-    image_neg = torch.logsumexp(negatives, dim=1)[rows]
-    text_neg = torch.logsumexp(negatives + count, dim=0)
     sharpening = sharpen(pos.detach(), negatives.detach()) if sharpen is not None else None
-    if sharpening is not None:
-        image_sharp, text_sharp = sharpening.log_sums(negatives, count, candidates)
-        image_neg = torch.where(sharpening.image_pairs, image_sharp[rows], image_neg)
-        text_neg = torch.where(sharpening.text_pairs, text_sharp, text_neg)
+    if sharpening is None:
+        image_neg = torch.logsumexp(negatives, dim=1)[rows]
+        text_neg = torch.logsumexp(negatives + count, dim=0)
+    else:
+        row_total, col_total = candidates.negative_totals(pairs)
+        image_neg = sharpening.image_sums(negatives, off, candidates, row_total)
+        text_neg = sharpening.text_sums(negatives, off, count, col_total)
     image_term = torch.logaddexp(image_neg, image_pos) - image_pos
     text_term = torch.logaddexp(text_neg, text_pos) - text_pos
     return torch.stack([image_term, text_term])

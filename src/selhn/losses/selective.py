@@ -57,8 +57,8 @@ class SelectiveInfoNCELoss(InfoNCELoss):
             """The anchors whose gap |S_pos - max S_neg| (logits / scale) reaches epsilon."""
             rows = candidates.rows
             unit = scale.detach()
-            row_gap = (pos - negatives.max(dim=1).values[rows]).abs() / unit
-            col_gap = (pos - negatives.max(dim=0).values).abs() / unit  # inf: no negative
+            row_gap = (pos - negatives.amax(dim=1)[rows]).abs() / unit
+            col_gap = (pos - negatives.amax(dim=0)).abs() / unit  # inf: no negative
             for name, gap in (("i2t", row_gap), ("t2i", col_gap)):
                 finite = torch.isfinite(gap)
                 self.stats[f"vanishing_{name}"] = (gap < self.epsilon).float().mean()
