@@ -4,7 +4,8 @@ on the full model with every other setting at its default.
 A loss is a name of ``selhn experiment --losses`` (``hardest+warmup``: one all-negatives epoch
 first), optionally with its own learning rate (``selhn@1e-4``); a mode a value of
 ``loss.false_negatives``. Every run is trained here, so all of them are
-timed alike (``--jobs`` side by side).
+timed alike (``--jobs`` side by side), and recorded in the ledger (``run_ledger.py``) as it
+finishes; a run the ledger holds is read from it, not trained again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from training_runs import mean_std, report_path, train_and_test
+from run_ledger import RunLedger
+from training_runs import (
+    config_differences,
+    mean_std,
+    report_path,
+    train_and_test,
+    trained_config,
+)
 
 from selhn.config.schema import loss_setup
 from selhn.data.duplicates import split_duplicates
@@ -37,18 +45,20 @@ def flags(loss: str, mode: str) -> list[str]:
 class Comparison:
     """Runs, results and the table of every (set, loss, mode, seed)."""
 
-    def __init__(self, losses: list[str], modes: list[str], seeds: int, jobs: int = 1) -> None:
+    def __init__(
+        self, losses: list[str], modes: list[str], seeds: int, ledger: RunLedger, jobs: int = 1
+    ) -> None:
         self.cases = [(loss, mode) for loss in losses for mode in modes]
         for loss, mode in self.cases:
             flags(loss, mode)  # a bad name fails now, not hours later
-        self.seeds, self.jobs = seeds, max(1, jobs)
+        self.seeds, self.ledger, self.jobs = seeds, ledger, max(1, jobs)
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
         self.results: dict[str, dict[tuple[str, str], list[dict]]] = {}
         self.duplicates: list[str] = []
 
     def run(self, name: str, features: Path, out: Path, finished_only: bool = False) -> None:
-        """Train and test every case of one set under ``out`` (reusing what is there); with
-        ``finished_only``, only read the runs already trained and tested."""
+        """Train and test every case of one set under ``out`` (reusing what is there or in the
+        ledger); with ``finished_only``, only read the runs already trained and tested."""
         for split_name in ("train", "dev", "test"):
             split = open_split(features, split_name)
             found = split_duplicates(split, "same_caption")
@@ -63,12 +73,25 @@ class Comparison:
 
         def one(task):
             (loss, mode), seed = task
+            asked = flags(loss, mode)
+            recorded = self.ledger.get((name, loss, mode, seed))
+            if recorded is not None:
+                differ = config_differences(recorded["config"], features, asked, seed)
+                if differ:
+                    raise SystemExit(
+                        f"{self.ledger.path}: {self.ledger.describe((name, loss, mode, seed))} "
+                        f"was trained with {'; '.join(differ)}; remove its line to train it again"
+                    )
+                return recorded
             run = out / "runs" / f"{loss}-{mode}-seed{seed}"
             if finished_only and not report_path(run).exists():
                 return None
-            found = train_and_test(features, run, flags(loss, mode), seed, self.threads)
-            return {**found, "seed": seed, "vanishing": vanishing_peak(run),
-                    "summary": run_summary(run)}  # fmt: skip
+            found = train_and_test(features, run, asked, seed, self.threads)
+            record = {"set": name, "loss": loss, "false_negatives": mode, "seed": seed, **found,
+                      "vanishing": vanishing_peak(run), "summary": run_summary(run),
+                      "config": trained_config(run)}  # fmt: skip
+            self.ledger.add(record)
+            return record
 
         with ThreadPoolExecutor(self.jobs) as pool:
             done = list(pool.map(one, tasks))

@@ -16,7 +16,9 @@ with ``--docs FILE``, into FILE between its ``<!-- real_data losses -->`` marker
 set too, without ``--docs``; ``--finished-only`` makes the table of the finished runs and trains
 nothing). ``--jobs N``
 trains N runs side by side, each with (CPU cores / N) threads; ``--models ''`` trains no
-model comparison.
+model comparison. Each loss run is recorded as it finishes in ``--ledger`` (by default the
+committed ``benchmarks/results/real_data_losses.jsonl``), from which the table is made on any
+machine: a run recorded there is not trained again.
 
 Everything is written under ``--work`` and reused: a rerun measures only what is missing.
 
@@ -24,6 +26,7 @@ Usage: python benchmarks/real_data.py [--sets openclipart,emoji,samples] [--seed
            [--models full,probe] [--work runs/real_data]
            [--losses infonce,selhn,hardest,hardest+warmup,selnce]
            [--false-negatives none,same_caption] [--jobs 1] [--docs docs/experiment.md]
+           [--ledger benchmarks/results/real_data_losses.jsonl] [--finished-only]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from loss_table import Comparison
 from real_sets import build
+from run_ledger import RunLedger
 from training_runs import mean_std, selhn, timed_once, train_and_test
 
 from selhn.training.run_dir import run_summary
@@ -41,6 +45,7 @@ from selhn.training.run_dir import run_summary
 # full: the default model (the own-data recipe: the backbone's last stage learning on the stored
 # trunk activations, frozen sentence embeddings, the class prior, InfoNCE); probe: the baseline
 MODELS = {"full": [], "probe": ["--architecture", "probe"]}
+LEDGER = Path(__file__).parent / "results" / "real_data_losses.jsonl"
 
 
 def set_manifest(name: str, work: Path) -> Path:
@@ -76,16 +81,21 @@ def main() -> None:
     parser.add_argument(
         "--finished-only", action="store_true", help="the loss table of the finished runs only"
     )
+    parser.add_argument("--ledger", default=str(LEDGER), help="the finished loss runs")
     parser.add_argument("--work", default="runs/real_data")
     args = parser.parse_args()
     work = Path(args.work)
+    ledger = RunLedger(Path(args.ledger))
     if args.losses:
         compare = Comparison(args.losses.split(","), args.false_negatives.split(","),
-                                    args.seeds, args.jobs)  # fmt: skip
+                             args.seeds, ledger, args.jobs)  # fmt: skip
 
     rows, summary, per_run = [], [], []
     for name in args.sets.split(","):
-        if args.finished_only and not (work / name / "features" / "features.json").exists():
+        # a set whose runs the ledger holds is prepared (built, its features computed) here
+        recorded = bool(args.losses) and ledger.holds_set(name)
+        prepared = (work / name / "features" / "features.json").exists()
+        if args.finished_only and not (prepared or recorded):
             continue
         features, feature_s, images = prepare(name, work)
         results = {}

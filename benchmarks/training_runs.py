@@ -82,14 +82,28 @@ def asked_config(features: Path, flags: list[str], seed: int) -> dict[str, dict[
     return resolve(facts, args.recipe, args.config, train_overrides(args)).config.to_dict()
 
 
+def trained_config(run: Path) -> dict[str, Any]:
+    """The settings ``run`` was trained with (its last checkpoint's), dotted, without those of
+    how it was computed."""
+    saved = json.loads((run / "last" / "config.json").read_text())["config"]
+    return {key: value for key, value in dotted(saved).items() if key not in HOW_COMPUTED}
+
+
+def config_differences(
+    trained: dict[str, Any], features: Path, flags: list[str], seed: int
+) -> list[str]:
+    """``"KEY TRAINED, not ASKED"`` for each setting of ``trained`` (dotted) that differs from
+    what ``selhn train --data FEATURES --seed SEED FLAGS`` resolves now."""
+    asked = dotted(asked_config(features, flags, seed))
+    shared = sorted((trained.keys() & asked.keys()) - set(HOW_COMPUTED))
+    return [f"{key} {trained[key]!r}, not {asked[key]!r}" for key in shared
+            if trained[key] != asked[key]]  # fmt: skip
+
+
 def check_trained_as_asked(run: Path, features: Path, flags: list[str], seed: int) -> None:
     """Exit, naming the settings, unless a reused ``run`` was trained as its flags ask now (a run
     of another version's defaults would stand for the new ones)."""
-    saved = json.loads((run / "last" / "config.json").read_text())["config"]
-    trained, asked = dotted(saved), dotted(asked_config(features, flags, seed))
-    shared = sorted((trained.keys() & asked.keys()) - set(HOW_COMPUTED))
-    differ = [f"{key} {trained[key]!r}, not {asked[key]!r}" for key in shared
-              if trained[key] != asked[key]]  # fmt: skip
+    differ = config_differences(trained_config(run), features, flags, seed)
     if differ:
         raise SystemExit(f"{run}: trained with {'; '.join(differ)} (a run of another version's "
                          "defaults?); use a new --work or another name for it")  # fmt: skip
