@@ -3,9 +3,9 @@ on the full model with every other setting at its default.
 
 A loss is a name of ``selhn experiment --losses`` (``hardest+warmup``: one all-negatives epoch
 first), optionally with its own learning rate (``selhn@1e-4``); a mode a value of
-``loss.false_negatives``. Every run is trained here, so all of them are
-timed alike (``--jobs`` side by side), and recorded in the ledger (``run_ledger.py``) as it
-finishes; a run the ledger holds is read from it, not trained again.
+``loss.false_negatives``. Every run is trained here, so all of them are timed alike (``--jobs``
+side by side), and recorded in the ledger (``selhn.training.run_ledger``) as it finishes; a run
+the ledger holds is read from it, not trained again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from run_ledger import RunLedger
 from training_runs import (
     config_differences,
     mean_std,
@@ -29,6 +28,7 @@ from selhn.config.schema import loss_setup
 from selhn.data.duplicates import split_duplicates
 from selhn.data.precomp import open_split
 from selhn.training.run_dir import run_summary, vanishing_peak
+from selhn.training.run_ledger import RunLedger
 
 MARKERS = ("<!-- real_data losses -->", "<!-- /real_data losses -->")
 

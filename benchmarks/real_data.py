@@ -37,10 +37,10 @@ from pathlib import Path
 
 from loss_table import Comparison
 from real_sets import build
-from run_ledger import RunLedger
 from training_runs import mean_std, selhn, timed_once, train_and_test
 
 from selhn.training.run_dir import run_summary
+from selhn.training.run_ledger import RunLedger
 
 # full: the default model (the own-data recipe: the backbone's last stage learning on the stored
 # trunk activations, frozen sentence embeddings, the class prior, InfoNCE); probe: the baseline

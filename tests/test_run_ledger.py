@@ -2,13 +2,10 @@
 a damaged file is refused with its line."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from run_ledger import FIELDS, RunLedger
+from selhn.training.run_ledger import FIELDS, RunLedger
 
 
 def _record(seed, rsum):
@@ -33,7 +30,7 @@ def test_recorded_runs_are_read_back_by_a_new_ledger(tmp_path):
 def test_a_run_recorded_twice_is_refused(tmp_path):
     ledger = RunLedger(tmp_path / "runs.jsonl")
     ledger.add(_record(0, 300.5))
-    with pytest.raises(SystemExit, match="emoji selhn none seed 0 is recorded twice"):
+    with pytest.raises(ValueError, match="emoji selhn none seed 0 is recorded twice"):
         ledger.add(_record(0, 301.0))
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 1
 
@@ -51,7 +48,7 @@ def test_a_run_recorded_twice_is_refused(tmp_path):
 def test_a_damaged_ledger_names_its_line(tmp_path, line, expected):
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps(_record(0, 1.0)) + "\n" + line + "\n")
-    with pytest.raises(SystemExit, match=expected):
+    with pytest.raises(ValueError, match=expected):
         RunLedger(path)
 
 

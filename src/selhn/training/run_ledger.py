@@ -1,6 +1,5 @@
-"""The finished runs of ``loss_table.py``, one JSON object a line in a committed file, so its table
-outlives the work folder that trained them: a run recorded here is not trained again, and the
-settings it was trained with are checked against those its flags resolve to now."""
+"""The finished runs of a loss comparison (``benchmarks/real_data.py``), one JSON object a line in
+a file kept beside the code, so its table outlives the work folder that trained them."""
 
 from __future__ import annotations
 
@@ -8,6 +7,8 @@ import json
 import threading
 from pathlib import Path
 from typing import Any
+
+from selhn.utils.textfiles import read_lines
 
 # what identifies a run, and what the table reads of it
 KEY = ("set", "loss", "false_negatives", "seed")
@@ -23,7 +24,7 @@ class RunLedger:
         self.path = path
         self._lock = threading.Lock()
         self._records: dict[Key, dict[str, Any]] = {}
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        lines = read_lines(path) if path.exists() else []
         for number, line in enumerate(lines, 1):
             if line.strip():
                 self._remember(self._parse(line, f"{path}:{number}"), f"{path}:{number}")
@@ -33,18 +34,18 @@ class RunLedger:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise SystemExit(f"{where}: not a JSON object ({error})") from None
+            raise ValueError(f"{where}: not a JSON object ({error})") from None
         if not isinstance(record, dict):
-            raise SystemExit(f"{where}: expected a JSON object, got {type(record).__name__}")
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         missing = [field for field in FIELDS if field not in record]
         if missing:
-            raise SystemExit(f"{where}: no {', '.join(missing)} (a run needs {', '.join(FIELDS)})")
+            raise ValueError(f"{where}: no {', '.join(missing)} (a run needs {', '.join(FIELDS)})")
         return record
 
     def _remember(self, record: dict[str, Any], where: str) -> None:
         key = tuple(record[field] for field in KEY)
         if key in self._records:
-            raise SystemExit(f"{where}: {self.describe(key)} is recorded twice; keep one line")
+            raise ValueError(f"{where}: {self.describe(key)} is recorded twice; keep one line")
         self._records[key] = record
 
     @staticmethod
