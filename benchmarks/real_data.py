@@ -13,8 +13,8 @@ epochs trained, the peak share of anchors in the vanishing regime).
 --loss NAME --false-negatives MODE`` and ``selhn eval``; the table (test rSum, standard and
 duplicate-aware, peak vanishing share, minutes) is printed, written to ``WORK/losses.md`` and,
 with ``--docs FILE``, into FILE between its ``<!-- real_data losses -->`` markers (after each
-set too, without ``--docs``; ``--finished-only`` makes the table of the finished runs and trains
-nothing). ``--jobs N``
+set too, without ``--docs``). ``--finished-only`` trains nothing: both tables show only the runs
+already trained and tested (the model table says how many seeds). ``--jobs N``
 trains N runs side by side, each with (CPU cores / N) threads; ``--models ''`` trains no
 model comparison. Each loss run is recorded as it finishes in ``--ledger`` (by default the
 committed ``benchmarks/results/real_data_losses.jsonl``), from which the table is made on any
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from loss_table import Comparison
 from real_sets import build
-from training_runs import mean_std, selhn, timed_once, train_and_test
+from training_runs import mean_std, report_path, selhn, timed_once, train_and_test
 
 from selhn.training.run_dir import run_summary
 from selhn.training.run_ledger import RunLedger
@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="loss runs side by side")
     parser.add_argument("--docs", help="write the loss table into this file's marked block")
     parser.add_argument(
-        "--finished-only", action="store_true", help="the loss table of the finished runs only"
+        "--finished-only",
+        action="store_true",
+        help="tables of the finished runs only; trains nothing",
     )
     parser.add_argument("--ledger", default=str(LEDGER), help="the finished loss runs")
     parser.add_argument("--work", default="runs/real_data")
@@ -103,13 +105,17 @@ def main() -> None:
             runs = []
             for seed in range(args.seeds):
                 run = work / name / "runs" / f"{model}-seed{seed}"
+                if args.finished_only and not report_path(run).exists():
+                    continue
                 runs.append(train_and_test(features, run, MODELS[model], seed))
                 per_run.append(f"{name} {model} seed {seed}: test rSum {runs[-1]['rsum']:.1f}; "
                                f"{run_summary(run)}")  # fmt: skip
+            if not runs:
+                continue
             results[model] = runs
             rsums = [r["rsum"] for r in runs]
             minutes = statistics.mean(r["seconds"] for r in runs) / 60
-            rows.append(f"| {name} | {model} | {mean_std(rsums)} | {minutes:.1f} |")
+            rows.append(f"| {name} | {model} | {len(runs)} | {mean_std(rsums)} | {minutes:.1f} |")
         for full in (m for m in results if m != "probe" and "probe" in results):
             ratio = statistics.mean(r["rsum"] for r in results[full]) / statistics.mean(
                 r["rsum"] for r in results["probe"]
@@ -125,7 +131,7 @@ def main() -> None:
             compare.report(work / "losses.md", None)  # the table so far
 
     print(f"\n{args.seeds} seeds, default settings, test split")
-    print("| set | model | test rSum | train min |\n|---|---|---|---|")
+    print("| set | model | seeds | test rSum | train min |\n|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n".join(summary))
     print("\n".join(per_run))
